@@ -1,0 +1,280 @@
+//! The event envelope and the event-log port.
+//!
+//! Events are the record. Every service appends its events to streams (one
+//! stream per referral, or per aggregate such as a group class) through the
+//! [`EventLog`] port, and every projection or downstream consumer reads them
+//! back through a [`Subscription`]. Adapters implement the port: the embedded
+//! single-file store (`mskflow-eventlog-sqlite`) and, in production, Kafka.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One stored event with everything needed to trace and order it.
+///
+/// The wire form (`serde`) is the envelope analysts and consumers see; the
+/// payload is the event body as JSON, so old payloads can be upcast by the
+/// reader (see `mskflow-events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique id of this event; consumers de-duplicate on it.
+    pub event_id: Uuid,
+    /// The stream (aggregate) this event belongs to: the referral id for
+    /// referral events.
+    pub stream_id: String,
+    /// 1-based position of the event in its stream.
+    pub sequence: u64,
+    /// Position in the whole log (embedded) or the partition offset (Kafka).
+    /// Informational: ordering is only guaranteed within a stream.
+    pub position: u64,
+    /// When the thing happened, as the domain saw it.
+    pub occurred_at: DateTime<Utc>,
+    /// When the log made it durable.
+    pub recorded_at: DateTime<Utc>,
+    /// The event or request that caused this one.
+    pub causation_id: Option<Uuid>,
+    /// Ties every event of one journey (for a referral: its first request).
+    pub correlation_id: Uuid,
+    /// W3C trace context (`traceparent`), if the writer had one.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate`, if any.
+    pub tracestate: Option<String>,
+    /// Event type name, e.g. `ReferralReceived`.
+    pub event_type: String,
+    /// Version of the payload schema for this event type.
+    pub schema_version: u32,
+    /// The event body.
+    pub payload: serde_json::Value,
+}
+
+/// An event to append: the caller decides its id, type and time; the log
+/// assigns sequence, position and recorded-at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: serde_json::Value,
+}
+
+/// Metadata shared by all events of one append.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Metadata {
+    pub causation_id: Option<Uuid>,
+    pub correlation_id: Uuid,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// What the writer believes the stream's current version to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check (use only for streams with a single writer by construction).
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last sequence must be exactly this (0 = empty).
+    Exact(u64),
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// The result of a successful append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream's version after the append (its last sequence).
+    pub version: u64,
+    /// Position of the last appended event in the log.
+    pub position: u64,
+}
+
+/// Where a new subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// After the consumer's stored checkpoint, or the beginning if it has none.
+    Checkpoint,
+    /// From the first event, ignoring any stored checkpoint (replay). Commits
+    /// still move the stored checkpoint forward.
+    Beginning,
+}
+
+/// Errors of the event log. Each variant says how it crosses a boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Optimistic concurrency: the stream moved on since the writer read it.
+    /// gRPC `ABORTED`; HTTP 409 with OperationOutcome `conflict`.
+    #[error("stream {stream_id}: expected version {expected}, found {actual}")]
+    WrongExpectedVersion {
+        stream_id: String,
+        expected: ExpectedVersion,
+        actual: u64,
+    },
+    /// An event with this id is already stored (a retried append).
+    /// gRPC `ALREADY_EXISTS`; HTTP 409 `duplicate`.
+    #[error("event {event_id} is already stored (stream {stream_id})")]
+    DuplicateEvent { stream_id: String, event_id: Uuid },
+    /// The append was refused before touching the store (e.g. empty batch).
+    /// gRPC `INVALID_ARGUMENT`; HTTP 500 (a caller bug, not the sender's).
+    #[error("invalid append to stream {stream_id}: {reason}")]
+    InvalidAppend { stream_id: String, reason: String },
+    /// The store could not be read or written. gRPC `UNAVAILABLE`;
+    /// HTTP 503 with OperationOutcome `transient`.
+    #[error("event store unavailable ({context}): {source}")]
+    Unavailable {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Stored data could not be decoded. gRPC `DATA_LOSS`; HTTP 500 `exception`.
+    #[error("corrupt event at position {position}: {reason}")]
+    Corrupt { position: u64, reason: String },
+    /// The log has been shut down. gRPC `UNAVAILABLE`; HTTP 503 `transient`.
+    #[error("event log is closed")]
+    Closed,
+}
+
+/// The event-log port.
+#[async_trait]
+pub trait EventLog: Send + Sync + fmt::Debug {
+    /// Append events to a stream atomically, checking the expected version.
+    /// Returns only once the events are durable.
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        metadata: &Metadata,
+    ) -> Result<Appended, Error>;
+
+    /// Read a stream's events with `sequence >= from_sequence`, in order.
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from_sequence: u64,
+    ) -> Result<Vec<Envelope>, Error>;
+
+    /// Open a subscription to every event of the log for a named consumer.
+    async fn subscribe(
+        &self,
+        consumer: &str,
+        start: StartFrom,
+    ) -> Result<Box<dyn Subscription>, Error>;
+
+    /// Cheap liveness check of the underlying store.
+    async fn ping(&self) -> Result<(), Error>;
+}
+
+/// A named consumer's view of the log.
+///
+/// Delivery is at-least-once: a consumer that stops before `commit` sees the
+/// uncommitted events again, so handlers must be idempotent by `event_id`.
+#[async_trait]
+pub trait Subscription: Send + fmt::Debug {
+    /// Wait for and return the next batch of at most `max` events (never an
+    /// empty batch).
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error>;
+
+    /// Return the next batch if one is available now, otherwise an empty vec.
+    async fn poll_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error>;
+
+    /// Durably record that every event returned so far has been handled.
+    async fn commit(&mut self) -> Result<(), Error>;
+
+    /// Consumer lag: events stored but not yet returned, if known.
+    async fn lag(&self) -> Result<u64, Error>;
+}
+
+/// Serialise a domain event into a [`NewEvent`].
+///
+/// `T` is an adjacently tagged serde enum (`{"type": .., "data": ..}`); the
+/// tag becomes `event_type` and the content the payload.
+pub fn new_event<T: Serialize>(
+    event: &T,
+    schema_version: u32,
+    occurred_at: DateTime<Utc>,
+) -> Result<NewEvent, serde_json::Error> {
+    let value = serde_json::to_value(event)?;
+    let (event_type, payload) = split_tagged(value)?;
+    Ok(NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type,
+        schema_version,
+        occurred_at,
+        payload,
+    })
+}
+
+fn split_tagged(
+    value: serde_json::Value,
+) -> Result<(String, serde_json::Value), serde_json::Error> {
+    use serde::de::Error as _;
+    match value {
+        serde_json::Value::Object(mut map) => {
+            let event_type = match map.remove("type") {
+                Some(serde_json::Value::String(t)) => t,
+                _ => return Err(serde_json::Error::custom("event has no string `type` tag")),
+            };
+            let payload = map.remove("data").unwrap_or(serde_json::Value::Null);
+            Ok((event_type, payload))
+        }
+        _ => Err(serde_json::Error::custom("event is not a tagged object")),
+    }
+}
+
+/// Decode an envelope's payload back into an adjacently tagged enum `T`.
+pub fn decode<T: serde::de::DeserializeOwned>(envelope: &Envelope) -> Result<T, serde_json::Error> {
+    let mut map = serde_json::Map::with_capacity(2);
+    map.insert(
+        "type".to_owned(),
+        serde_json::Value::String(envelope.event_type.clone()),
+    );
+    map.insert("data".to_owned(), envelope.payload.clone());
+    serde_json::from_value(serde_json::Value::Object(map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    enum Sample {
+        Happened { n: u32 },
+    }
+
+    #[test]
+    fn new_event_and_decode_round_trip() -> Result<(), serde_json::Error> {
+        let ev = new_event(&Sample::Happened { n: 7 }, 1, Utc::now())?;
+        assert_eq!(ev.event_type, "Happened");
+        assert_eq!(ev.payload, serde_json::json!({"n": 7}));
+        let env = Envelope {
+            event_id: ev.event_id,
+            stream_id: "s".into(),
+            sequence: 1,
+            position: 1,
+            occurred_at: ev.occurred_at,
+            recorded_at: ev.occurred_at,
+            causation_id: None,
+            correlation_id: Uuid::nil(),
+            traceparent: None,
+            tracestate: None,
+            event_type: ev.event_type,
+            schema_version: 1,
+            payload: ev.payload,
+        };
+        assert_eq!(decode::<Sample>(&env)?, Sample::Happened { n: 7 });
+        Ok(())
+    }
+}
