@@ -1,1 +1,106 @@
-fn main() {}
+//! `mskflow`: the whole system in one process, and the operator's commands.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mskflow::Config;
+
+/// MSK referral pathway: FHIR gateway, intake and triage on an embedded,
+/// durable event store.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Configuration file (TOML). Environment variables `MSKFLOW__SECTION__KEY`
+    /// override it.
+    #[arg(long, short, global = true, env = "MSKFLOW_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every service in this process (the default).
+    Run {
+        /// Data directory for the embedded event store.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Gateway HTTP address, e.g. 127.0.0.1:8080 (port 0 picks one).
+        #[arg(long)]
+        http_addr: Option<std::net::SocketAddr>,
+        /// Intake gRPC address.
+        #[arg(long)]
+        grpc_addr: Option<std::net::SocketAddr>,
+    },
+    /// Check the configuration and print it as resolved.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Load and validate the configuration, print the result as TOML.
+    Check,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    match cli.command.unwrap_or(Command::Run {
+        data_dir: None,
+        http_addr: None,
+        grpc_addr: None,
+    }) {
+        Command::Config {
+            action: ConfigAction::Check,
+        } => {
+            let format: mskflow_telemetry::LogFormat = config.log_format.parse()?;
+            let _ = format;
+            print!("{}", toml_string(&config)?);
+            Ok(())
+        }
+        Command::Run {
+            data_dir,
+            http_addr,
+            grpc_addr,
+        } => {
+            if let Some(d) = data_dir {
+                config.data_dir = d;
+            }
+            if let Some(a) = http_addr {
+                config.gateway.addr = a;
+            }
+            if let Some(a) = grpc_addr {
+                config.intake.grpc_addr = a;
+            }
+            mskflow_telemetry::init("mskflow", config.log_format.parse()?)?;
+            let running = mskflow::start(&config).await?;
+            let url = format!("http://{}/fhir", running.gateway_addr);
+            println!(
+                "mskflow is running on the embedded event store {}",
+                config.event_store_path().display()
+            );
+            println!("  FHIR gateway:  {url}");
+            println!("  intake gRPC:   {}", running.intake_addr);
+            println!("Post a referral:");
+            println!(
+                "  curl -s -X POST {url}/\\$process-message -H 'Content-Type: application/fhir+json' \
+                 -H \"X-Request-Id: $(cat /proc/sys/kernel/random/uuid)\" \
+                 -H \"X-Correlation-Id: $(cat /proc/sys/kernel/random/uuid)\" \
+                 --data @crates/fhir/tests/fixtures/referral-message.json"
+            );
+            println!("ready");
+            running
+                .run_until(mskflow_telemetry::shutdown_signal())
+                .await
+        }
+    }
+}
+
+fn toml_string(config: &Config) -> anyhow::Result<String> {
+    Ok(toml::to_string_pretty(config)?)
+}

@@ -29,3 +29,24 @@ pub const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
 pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
     intake::schemas()
 }
+
+/// The files of `schemas/events/`: `{EventType}.v{SCHEMA_VERSION}.schema.json`
+/// and their pretty-printed text (with a trailing newline).
+pub fn schema_files() -> Result<Vec<(String, String)>, serde_json::Error> {
+    schemas()
+        .into_iter()
+        .map(|(name, schema)| {
+            let mut value = schema.to_value();
+            if let Some(obj) = value.as_object_mut() {
+                obj.insert(
+                    "$id".to_owned(),
+                    serde_json::Value::String(format!(
+                        "https://fhir.mskflow.org/schemas/events/{name}.v{SCHEMA_VERSION}.schema.json"
+                    )),
+                );
+            }
+            let text = serde_json::to_string_pretty(&value)? + "\n";
+            Ok((format!("{name}.v{SCHEMA_VERSION}.schema.json"), text))
+        })
+        .collect()
+}

@@ -1,1 +1,172 @@
-//! gateway service
+//! The FHIR R4 gateway: the front door for GP and hospital systems.
+//!
+//! It parses referrals (`mskflow-fhir`), hands them to intake over gRPC (even
+//! in one process, so the split deployment runs the same code), and serves
+//! `Task` and `ServiceRequest` views built only from events.
+
+pub mod error;
+pub mod http;
+pub mod projection;
+pub mod render;
+pub mod views;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, middleware, web};
+use mskflow_eventlog::EventLog;
+use mskflow_proto::intake::v1::intake_service_client::IntakeServiceClient;
+
+use crate::projection::ViewStore;
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where to listen for HTTP (port 0 picks a free port).
+    pub http_addr: SocketAddr,
+    /// The intake service's gRPC endpoint, e.g. `http://127.0.0.1:50051`.
+    pub intake_url: String,
+    /// Largest accepted request body in bytes (default 1 MiB).
+    pub body_limit: usize,
+    /// Public base URL of the FHIR API (`https://host/fhir`); derived from the
+    /// request when not set.
+    pub base_url: Option<String>,
+    /// HTTP worker threads.
+    pub workers: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            intake_url: "http://127.0.0.1:50051".to_owned(),
+            body_limit: 1024 * 1024,
+            base_url: None,
+            workers: 2,
+        }
+    }
+}
+
+/// Errors starting or running the gateway. They end the process (the binary
+/// reports them); none reaches an HTTP client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid intake endpoint {url}: {source}")]
+    IntakeEndpoint {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("cannot replay the event log into the views: {0}")]
+    Replay(#[from] mskflow_eventlog::Error),
+    #[error("HTTP server failed: {0}")]
+    Server(#[source] std::io::Error),
+}
+
+/// A built gateway, listening but not yet serving.
+#[derive(Debug)]
+pub struct Service {
+    listener: TcpListener,
+    options: Options,
+    log: Arc<dyn EventLog>,
+    views: Arc<ViewStore>,
+    subscription: Box<dyn mskflow_eventlog::Subscription>,
+    intake: IntakeServiceClient<tonic::transport::Channel>,
+}
+
+impl Service {
+    /// Bind the listener, replay the log into the views, and prepare the
+    /// intake client (connected lazily, so start-up order does not matter).
+    pub async fn build(options: Options, log: Arc<dyn EventLog>) -> Result<Self, Error> {
+        let listener = TcpListener::bind(options.http_addr).map_err(|source| Error::Bind {
+            addr: options.http_addr,
+            source,
+        })?;
+        let channel = tonic::transport::Endpoint::from_shared(options.intake_url.clone())
+            .map_err(|source| Error::IntakeEndpoint {
+                url: options.intake_url.clone(),
+                source,
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let views = Arc::new(ViewStore::default());
+        let subscription = projection::catch_up(&log, &views).await?;
+        tracing::info!(
+            referrals = views.read(|v| v.len()),
+            "gateway views replayed"
+        );
+        Ok(Self {
+            listener,
+            options,
+            log,
+            views,
+            subscription,
+            intake: IntakeServiceClient::new(channel),
+        })
+    }
+
+    /// The bound HTTP address.
+    pub fn local_addr(&self) -> Result<SocketAddr, std::io::Error> {
+        self.listener.local_addr()
+    }
+
+    /// The live views (for tests and the operator's tools).
+    pub fn views(&self) -> Arc<ViewStore> {
+        self.views.clone()
+    }
+
+    /// Serve until `shutdown` resolves, then finish in-flight requests.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let state = web::Data::new(http::AppState {
+            views: self.views.clone(),
+            log: self.log.clone(),
+            intake: self.intake,
+            base_url: self.options.base_url.clone(),
+            body_limit: self.options.body_limit,
+            wait_timeout: Duration::from_secs(10),
+            intake_timeout: Duration::from_secs(30),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(middleware::from_fn(http::echo_ids))
+                .configure(http::configure)
+        })
+        .workers(self.options.workers.max(1))
+        .disable_signals()
+        .shutdown_timeout(10)
+        .listen(self.listener)
+        .map_err(Error::Server)?
+        .run();
+        let handle = server.handle();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let follower = tokio::spawn(projection::follow(
+            self.subscription,
+            self.views.clone(),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let stopper = tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("gateway stopping: finishing in-flight requests");
+            handle.stop(true).await;
+        });
+        let result = server.await.map_err(Error::Server);
+        let _ = stop_tx.send(());
+        let _ = follower.await;
+        stopper.abort();
+        result
+    }
+}

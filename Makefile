@@ -1,0 +1,39 @@
+# mskflow: the two commands a newcomer needs are `make run` and `make test`.
+
+CARGO   ?= cargo
+PROFILE ?= dev
+ARGS    ?=
+
+.PHONY: run test build lint fmt bench schemas clean-data
+
+## Build and start every service in one process on the embedded event store.
+run:
+	$(CARGO) run --profile $(PROFILE) --bin mskflow -- run $(ARGS)
+
+## Run every test (formatting and lints first).
+test: lint
+	$(CARGO) test --workspace --all-targets --no-fail-fast
+	$(CARGO) test --workspace --doc
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Benchmarks print figures (release build).
+bench:
+	$(CARGO) bench -p mskflow-eventlog-sqlite
+	$(CARGO) run --release --example load -- $(ARGS)
+
+## Regenerate schemas/events/ from the event types.
+schemas:
+	$(CARGO) run -p mskflow-events --bin schemas
+
+## Remove the embedded store of `make run`.
+clean-data:
+	rm -rf .mskflow

@@ -1,0 +1,561 @@
+//! The HTTP edge: routes, headers, body limits and content negotiation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName};
+use actix_web::middleware::Next;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures::StreamExt;
+use mskflow_eventlog::EventLog;
+use mskflow_fhir::IssueType;
+use mskflow_proto::intake::v1 as pb;
+use mskflow_proto::intake::v1::intake_service_client::IntakeServiceClient;
+use serde_json::Value;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::error::{ApiError, from_grpc};
+use crate::projection::ViewStore;
+use crate::render;
+
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+pub const X_REQUEST_ID: &str = "x-request-id";
+pub const X_CORRELATION_ID: &str = "x-correlation-id";
+
+/// Shared state of the HTTP workers.
+#[derive(Debug)]
+pub struct AppState {
+    pub views: Arc<ViewStore>,
+    pub log: Arc<dyn EventLog>,
+    pub intake: IntakeServiceClient<Channel>,
+    pub base_url: Option<String>,
+    pub body_limit: usize,
+    pub wait_timeout: Duration,
+    pub intake_timeout: Duration,
+}
+
+type State = web::Data<AppState>;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/health/live")
+            .route(web::get().to(live))
+            .default_service(web::to(not_allowed)),
+    )
+    .service(
+        web::resource("/health/ready")
+            .route(web::get().to(ready))
+            .default_service(web::to(not_allowed)),
+    )
+    .service(
+        web::scope("/fhir")
+            .service(
+                web::resource("/metadata")
+                    .route(web::get().to(metadata))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/$process-message")
+                    .route(web::post().to(process_message))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/ServiceRequest")
+                    .route(web::post().to(create_service_request))
+                    .route(web::get().to(search_service_requests))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/ServiceRequest/{id}")
+                    .route(web::get().to(read_service_request))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/Task")
+                    .route(web::get().to(search_tasks))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/Task/{id}")
+                    .route(web::get().to(read_task))
+                    .default_service(web::to(not_allowed)),
+            ),
+    )
+    .default_service(web::to(not_found));
+}
+
+/// Echo `X-Request-Id` and `X-Correlation-Id` on every answer.
+pub async fn echo_ids(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let request_id = req.headers().get(X_REQUEST_ID).cloned();
+    let correlation_id = req.headers().get(X_CORRELATION_ID).cloned();
+    let mut res = next.call(req).await?;
+    for (name, value) in [
+        (X_REQUEST_ID, request_id),
+        (X_CORRELATION_ID, correlation_id),
+    ] {
+        if let Some(v) = value {
+            res.headers_mut().insert(HeaderName::from_static(name), v);
+        }
+    }
+    Ok(res)
+}
+
+fn fhir_ok(status: StatusCode, body: &Value) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type(FHIR_JSON)
+        .body(body.to_string())
+}
+
+fn base_url(state: &AppState, req: &HttpRequest) -> String {
+    match &state.base_url {
+        Some(b) => b.trim_end_matches('/').to_owned(),
+        None => {
+            let info = req.connection_info();
+            format!("{}://{}/fhir", info.scheme(), info.host())
+        }
+    }
+}
+
+fn header_uuid(req: &HttpRequest, name: &str) -> Result<Uuid, ApiError> {
+    let value = req.headers().get(name).ok_or_else(|| {
+        ApiError::bad_request(
+            IssueType::Invalid,
+            format!("header {name} is required (a UUID)"),
+        )
+    })?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| Uuid::parse_str(v.trim()).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(IssueType::Invalid, format!("header {name} must be a UUID"))
+        })
+}
+
+/// `X-Request-Id` and `X-Correlation-Id`, required on every write.
+fn request_ids(req: &HttpRequest) -> Result<(Uuid, Uuid), ApiError> {
+    Ok((
+        header_uuid(req, X_REQUEST_ID)?,
+        header_uuid(req, X_CORRELATION_ID)?,
+    ))
+}
+
+fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/fhir+json" || mime == "application/json" {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IssueType::NotSupported,
+            format!("Content-Type must be application/fhir+json, got '{ct}'"),
+        ))
+    }
+}
+
+/// Read the body, refusing more than the configured limit without buffering it.
+async fn read_body(
+    state: &AppState,
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<web::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            IssueType::TooLong,
+            format!(
+                "request body is larger than the limit of {} bytes",
+                state.body_limit
+            ),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > state.body_limit
+    {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(
+                IssueType::Structure,
+                format!("could not read the body: {e}"),
+            )
+        })?;
+        if body.len() + chunk.len() > state.body_limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Submit to intake over gRPC, then wait until the views show the result.
+async fn submit(
+    state: &AppState,
+    req: &HttpRequest,
+    request_id: Uuid,
+    correlation_id: Uuid,
+    referral: pb::Referral,
+) -> Result<crate::views::ReferralView, ApiError> {
+    let mut request = tonic::Request::new(pb::SubmitReferralRequest {
+        request_id: request_id.to_string(),
+        correlation_id: correlation_id.to_string(),
+        referral: Some(referral),
+    });
+    request.set_timeout(state.intake_timeout);
+    if let Some(tp) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        && let Ok(v) = tp.parse()
+    {
+        request.metadata_mut().insert("traceparent", v);
+    }
+    let mut client = state.intake.clone();
+    let response = client.submit_referral(request).await.map_err(|s| {
+        tracing::info!(code = ?s.code(), %request_id, "intake refused the referral");
+        from_grpc(&s)
+    })?;
+    let submitted = response.into_inner();
+    let referral_id = Uuid::parse_str(&submitted.referral_id)
+        .map_err(|_| ApiError::internal("intake answered with an invalid referral id"))?;
+    tracing::info!(%referral_id, %request_id, version = submitted.version, "referral recorded");
+    state
+        .views
+        .wait_for(referral_id, submitted.version, state.wait_timeout)
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                IssueType::Transient,
+                format!("referral {referral_id} was recorded but its Task is not yet readable; poll Task/{referral_id}"),
+            )
+        })
+}
+
+async fn process_message(
+    state: State,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (request_id, correlation_id) = request_ids(&req)?;
+    check_content_type(&req)?;
+    let body = read_body(&state, &req, payload).await?;
+    let mut parsed = mskflow_fhir::parse_process_message(&body)?;
+    if parsed.event_code != "servicerequest-request" {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueType::NotSupported,
+            format!(
+                "message event '{}' is not supported; send servicerequest-request",
+                parsed.event_code
+            ),
+        )
+        .at("Bundle.entry[0].resource.eventCoding"));
+    }
+    if parsed.referral.sender.software.is_none() {
+        parsed.referral.sender.software = req
+            .headers()
+            .get("nhsd-requesting-software")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+    }
+    let view = submit(
+        &state,
+        &req,
+        request_id,
+        correlation_id,
+        parsed.referral.into(),
+    )
+    .await?;
+    let base = base_url(&state, &req);
+    let body = render::response_message(&base, &parsed.message_id, &view);
+    Ok(HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .insert_header((
+            header::LOCATION,
+            format!("{base}/Task/{}", view.referral_id),
+        ))
+        .body(body.to_string()))
+}
+
+async fn create_service_request(
+    state: State,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (request_id, correlation_id) = request_ids(&req)?;
+    check_content_type(&req)?;
+    let body = read_body(&state, &req, payload).await?;
+    let referral = mskflow_fhir::parse_service_request(&body)?;
+    let view = submit(&state, &req, request_id, correlation_id, referral.into()).await?;
+    let base = base_url(&state, &req);
+    let id = view.referral_id;
+    Ok(HttpResponse::Created()
+        .content_type(FHIR_JSON)
+        .insert_header((
+            header::LOCATION,
+            format!("{base}/ServiceRequest/{id}/_history/{}", view.version),
+        ))
+        .insert_header((header::ETAG, format!("W/\"{}\"", view.version)))
+        .insert_header((
+            header::LINK,
+            format!("<{base}/Task/{id}>; rel=\"related\"; type=\"Task\""),
+        ))
+        .body(render::service_request(&view).to_string()))
+}
+
+fn parse_id(raw: &str, resource: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::not_found(format!("{resource}/{raw} is not known")))
+}
+
+fn read_response(resource: &Value, version: u64) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .insert_header((header::ETAG, format!("W/\"{version}\"")))
+        .body(resource.to_string())
+}
+
+async fn read_task(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path, "Task")?;
+    state
+        .views
+        .read(|v| {
+            v.referral(&id)
+                .map(|r| read_response(&render::task(r), r.version))
+        })
+        .ok_or_else(|| ApiError::not_found(format!("Task/{id} is not known")))
+}
+
+async fn read_service_request(
+    state: State,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path, "ServiceRequest")?;
+    state
+        .views
+        .read(|v| {
+            v.referral(&id)
+                .map(|r| read_response(&render::service_request(r), r.version))
+        })
+        .ok_or_else(|| ApiError::not_found(format!("ServiceRequest/{id} is not known")))
+}
+
+/// Parsed common search parameters.
+struct Search {
+    params: Vec<(String, String)>,
+    count: usize,
+}
+
+const DEFAULT_COUNT: usize = 50;
+const MAX_COUNT: usize = 1000;
+
+fn parse_search(req: &HttpRequest, allowed: &[&str]) -> Result<Search, ApiError> {
+    let pairs: Vec<(String, String)> =
+        web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+            .map_err(|e| {
+                ApiError::bad_request(IssueType::Invalid, format!("invalid query string: {e}"))
+            })?
+            .into_inner();
+    let mut count = DEFAULT_COUNT;
+    let mut params = Vec::new();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "_count" => {
+                count = v
+                    .parse::<usize>()
+                    .map_err(|_| {
+                        ApiError::bad_request(
+                            IssueType::Invalid,
+                            "_count must be a non-negative integer",
+                        )
+                    })?
+                    .min(MAX_COUNT);
+            }
+            "_format" if v.contains("json") => {}
+            "_format" => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_ACCEPTABLE,
+                    IssueType::NotSupported,
+                    format!(
+                        "_format {v} is not supported; this server speaks application/fhir+json"
+                    ),
+                ));
+            }
+            name if allowed.contains(&name) => params.push((k, v)),
+            other => {
+                return Err(ApiError::bad_request(
+                    IssueType::NotSupported,
+                    format!(
+                        "search parameter '{other}' is not supported (supported: {})",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Search { params, count })
+}
+
+/// The referral id in a reference such as `ServiceRequest/{id}`, a full URL
+/// ending that way, or a bare id.
+fn reference_id(value: &str) -> Option<Uuid> {
+    let tail = value.rsplit('/').next().unwrap_or(value);
+    if value.contains('/') && !value.contains("ServiceRequest/") {
+        return None;
+    }
+    Uuid::parse_str(tail).ok()
+}
+
+fn search_bundle(
+    state: &AppState,
+    req: &HttpRequest,
+    resource: &str,
+    matched: Vec<Value>,
+    count: usize,
+) -> HttpResponse {
+    let base = base_url(state, req);
+    let total = matched.len();
+    let page: Vec<Value> = matched.into_iter().take(count).collect();
+    let query = req.query_string();
+    let self_link = if query.is_empty() {
+        format!("{base}/{resource}")
+    } else {
+        format!("{base}/{resource}?{query}")
+    };
+    fhir_ok(
+        StatusCode::OK,
+        &render::searchset(&base, &self_link, page, total),
+    )
+}
+
+async fn search_tasks(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let search = parse_search(&req, &["focus", "based-on", "status"])?;
+    let mut focus: Option<Option<Uuid>> = None;
+    let mut statuses: Vec<String> = Vec::new();
+    for (k, v) in &search.params {
+        match k.as_str() {
+            "focus" | "based-on" => {
+                let id = reference_id(v);
+                if let Some(Some(prev)) = focus
+                    && Some(prev) != id
+                {
+                    focus = Some(None);
+                } else {
+                    focus = Some(id);
+                }
+            }
+            "status" => statuses.extend(v.split(',').map(str::to_owned)),
+            _ => {}
+        }
+    }
+    let matched = state.views.read(|views| {
+        views
+            .referrals()
+            .filter(|r| match focus {
+                None => true,
+                Some(Some(id)) => r.referral_id == id,
+                Some(None) => false,
+            })
+            .filter(|r| {
+                statuses.is_empty() || statuses.iter().any(|s| s == render::task_status(r.status))
+            })
+            .map(render::task)
+            .collect::<Vec<_>>()
+    });
+    Ok(search_bundle(&state, &req, "Task", matched, search.count))
+}
+
+async fn search_service_requests(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let search = parse_search(&req, &["status"])?;
+    let statuses: Vec<String> = search
+        .params
+        .iter()
+        .flat_map(|(_, v)| v.split(',').map(str::to_owned))
+        .collect();
+    let matched = state.views.read(|views| {
+        views
+            .referrals()
+            .filter(|r| {
+                statuses.is_empty()
+                    || statuses
+                        .iter()
+                        .any(|s| s == render::service_request_status(r.status))
+            })
+            .map(render::service_request)
+            .collect::<Vec<_>>()
+    });
+    Ok(search_bundle(
+        &state,
+        &req,
+        "ServiceRequest",
+        matched,
+        search.count,
+    ))
+}
+
+async fn metadata(state: State, req: HttpRequest) -> HttpResponse {
+    fhir_ok(
+        StatusCode::OK,
+        &render::capability_statement(&base_url(&state, &req)),
+    )
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "pass"}))
+}
+
+async fn ready(state: State) -> HttpResponse {
+    let store = state.log.ping().await;
+    let caught_up = state.views.is_ready();
+    let body = serde_json::json!({
+        "status": if store.is_ok() && caught_up { "pass" } else { "fail" },
+        "checks": {
+            "event-store": match &store { Ok(()) => "pass".to_owned(), Err(e) => format!("fail: {e}") },
+            "views": if caught_up { "pass" } else { "fail: replaying" },
+        }
+    });
+    if store.is_ok() && caught_up {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found(format!(
+        "no such endpoint: {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+async fn not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        IssueType::NotSupported,
+        format!("{} is not supported on {}", req.method(), req.path()),
+    ))
+}

@@ -1,0 +1,265 @@
+//! FHIR R4 JSON for the views: `Task`, `ServiceRequest`, `Bundle`s and the
+//! `CapabilityStatement`.
+
+use mskflow_events::{NHS_NUMBER_SYSTEM, ODS_SYSTEM};
+use serde_json::{Value, json};
+
+use crate::views::{Decision, ReferralStatus, ReferralView};
+
+/// Code system of our referral business statuses (`Task.businessStatus`).
+pub const BUSINESS_STATUS_SYSTEM: &str = "https://fhir.mskflow.org/CodeSystem/referral-status";
+/// Identifier system of referral ids we assign.
+pub const REFERRAL_ID_SYSTEM: &str = "https://fhir.mskflow.org/Id/referral";
+/// Code system of triage outputs (`Task.output.type`).
+pub const TRIAGE_OUTPUT_SYSTEM: &str = "https://fhir.mskflow.org/CodeSystem/triage-output";
+/// NHS Booking and Referral Standard message events.
+pub const MESSAGE_EVENT_SYSTEM: &str = "https://fhir.nhs.uk/CodeSystem/message-event";
+
+fn instant(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// FHIR `Task.status` for a referral status.
+pub fn task_status(status: ReferralStatus) -> &'static str {
+    match status {
+        ReferralStatus::Received => "received",
+        ReferralStatus::Triaged => "accepted",
+        ReferralStatus::Redirected | ReferralStatus::Rejected => "rejected",
+    }
+}
+
+/// FHIR `ServiceRequest.status` for a referral status.
+pub fn service_request_status(status: ReferralStatus) -> &'static str {
+    match status {
+        ReferralStatus::Received | ReferralStatus::Triaged => "active",
+        ReferralStatus::Redirected | ReferralStatus::Rejected => "revoked",
+    }
+}
+
+fn output(code: &str, display: &str, value: &str) -> Value {
+    json!({
+        "type": {"coding": [{"system": TRIAGE_OUTPUT_SYSTEM, "code": code, "display": display}]},
+        "valueString": value,
+    })
+}
+
+/// The workflow `Task` the referrer polls: `focus` and `basedOn` are the
+/// ServiceRequest.
+pub fn task(view: &ReferralView) -> Value {
+    let id = view.referral_id.to_string();
+    let mut task = json!({
+        "resourceType": "Task",
+        "id": id,
+        "meta": {"versionId": view.version.to_string(), "lastUpdated": instant(&view.last_updated)},
+        "identifier": [{"system": REFERRAL_ID_SYSTEM, "value": id}],
+        "basedOn": [{"reference": format!("ServiceRequest/{id}")}],
+        "status": task_status(view.status),
+        "businessStatus": {"coding": [{
+            "system": BUSINESS_STATUS_SYSTEM,
+            "code": view.status.code(),
+            "display": business_display(view.status),
+        }]},
+        "intent": "order",
+        "priority": view.details.requested_priority.code(),
+        "focus": {"reference": format!("ServiceRequest/{id}")},
+        "for": {"identifier": {"system": NHS_NUMBER_SYSTEM, "value": view.details.patient.nhs_number.as_str()}},
+        "authoredOn": instant(&view.created),
+        "lastModified": instant(&view.last_updated),
+    });
+    if let Some(ods) = view.details.sender.ods_code.as_ref() {
+        task["requester"] = json!({"identifier": {"system": ODS_SYSTEM, "value": ods.as_str()}});
+    }
+    let mut outputs = Vec::new();
+    if let Some(v) = &view.rule_set_version {
+        outputs.push(output("rule-set-version", "Triage rule set version", v));
+    }
+    if let Some(r) = &view.rule_id {
+        outputs.push(output("rule-id", "Triage rule", r));
+    }
+    match &view.decision {
+        Some(Decision::Triaged {
+            priority,
+            pathway,
+            start_back,
+            ..
+        }) => {
+            outputs.push(output("pathway", "Pathway", pathway.code()));
+            outputs.push(output("priority", "FCP priority", priority.code()));
+            if let Some(s) = start_back {
+                outputs.push(output("start-back-risk", "STarT Back risk", s.risk.code()));
+                outputs.push(json!({
+                    "type": {"coding": [{"system": TRIAGE_OUTPUT_SYSTEM, "code": "start-back-total", "display": "STarT Back total score"}]},
+                    "valueInteger": s.total,
+                }));
+                outputs.push(json!({
+                    "type": {"coding": [{"system": TRIAGE_OUTPUT_SYSTEM, "code": "start-back-psychosocial", "display": "STarT Back psychosocial subscore"}]},
+                    "valueInteger": s.psychosocial,
+                }));
+            }
+        }
+        Some(Decision::Redirected {
+            destination,
+            urgency,
+            reason,
+            ..
+        }) => {
+            task["statusReason"] = json!({"text": reason});
+            outputs.push(output(
+                "redirect-destination",
+                "Redirected to",
+                destination.code(),
+            ));
+            outputs.push(output("urgency", "Urgency", urgency.code()));
+        }
+        Some(Decision::Rejected {
+            reason_code,
+            reason,
+        }) => {
+            task["statusReason"] = json!({
+                "coding": [{"system": BUSINESS_STATUS_SYSTEM, "code": reason_code}],
+                "text": reason,
+            });
+        }
+        None => {}
+    }
+    if !outputs.is_empty() {
+        task["output"] = Value::Array(outputs);
+    }
+    task
+}
+
+fn business_display(status: ReferralStatus) -> &'static str {
+    match status {
+        ReferralStatus::Received => "Referral received",
+        ReferralStatus::Triaged => "Triaged to First Contact Practitioner",
+        ReferralStatus::Redirected => "Redirected (red flag)",
+        ReferralStatus::Rejected => "Rejected",
+    }
+}
+
+/// The ServiceRequest exactly as the referrer sent it (every element, known or
+/// not), with our id, version and current status.
+pub fn service_request(view: &ReferralView) -> Value {
+    let original = serde_json::from_str::<Value>(&view.details.fhir_json)
+        .ok()
+        .and_then(extract_service_request)
+        .unwrap_or_else(|| json!({"resourceType": "ServiceRequest", "intent": "order"}));
+    let mut sr = original;
+    let id = view.referral_id.to_string();
+    sr["id"] = json!(id);
+    sr["meta"] =
+        json!({"versionId": view.version.to_string(), "lastUpdated": instant(&view.last_updated)});
+    sr["status"] = json!(service_request_status(view.status));
+    sr
+}
+
+fn extract_service_request(value: Value) -> Option<Value> {
+    match value.get("resourceType").and_then(Value::as_str) {
+        Some("ServiceRequest") => Some(value),
+        Some("Bundle") => value
+            .get("entry")?
+            .as_array()?
+            .iter()
+            .filter_map(|e| e.get("resource"))
+            .find(|r| r.get("resourceType").and_then(Value::as_str) == Some("ServiceRequest"))
+            .cloned(),
+        _ => None,
+    }
+}
+
+/// A `searchset` Bundle.
+pub fn searchset(base: &str, self_link: &str, resources: Vec<Value>, total: usize) -> Value {
+    let entries: Vec<Value> = resources
+        .into_iter()
+        .map(|r| {
+            let full_url = format!(
+                "{base}/{}/{}",
+                r.get("resourceType")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                r.get("id").and_then(Value::as_str).unwrap_or_default()
+            );
+            json!({"fullUrl": full_url, "resource": r, "search": {"mode": "match"}})
+        })
+        .collect();
+    json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": [{"relation": "self", "url": self_link}],
+        "entry": entries,
+    })
+}
+
+/// The response message to `$process-message`: a `MessageHeader` answering
+/// the request's, then the Task and the ServiceRequest.
+pub fn response_message(base: &str, request_message_id: &str, view: &ReferralView) -> Value {
+    let id = view.referral_id;
+    let header_id = uuid::Uuid::new_v4().to_string();
+    json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": instant(&view.last_updated)},
+        "type": "message",
+        "timestamp": instant(&chrono::Utc::now()),
+        "entry": [
+            {
+                "fullUrl": format!("urn:uuid:{header_id}"),
+                "resource": {
+                    "resourceType": "MessageHeader",
+                    "id": header_id,
+                    "eventCoding": {"system": MESSAGE_EVENT_SYSTEM, "code": "servicerequest-response"},
+                    "source": {"endpoint": base, "software": "mskflow", "version": env!("CARGO_PKG_VERSION")},
+                    "response": {"identifier": request_message_id, "code": "ok"},
+                    "focus": [{"reference": format!("{base}/Task/{id}")}],
+                }
+            },
+            {"fullUrl": format!("{base}/Task/{id}"), "resource": task(view)},
+            {"fullUrl": format!("{base}/ServiceRequest/{id}"), "resource": service_request(view)},
+        ]
+    })
+}
+
+/// What this server supports, and nothing more. `tests` compare it with the
+/// routes.
+pub fn capability_statement(base: &str) -> Value {
+    json!({
+        "resourceType": "CapabilityStatement",
+        "id": "mskflow-gateway",
+        "status": "active",
+        "date": "2026-11-23",
+        "publisher": "mskflow",
+        "kind": "instance",
+        "software": {"name": "mskflow", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "mskflow FHIR gateway", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "resource": [
+                {
+                    "type": "ServiceRequest",
+                    "interaction": [{"code": "read"}, {"code": "create"}, {"code": "search-type"}],
+                    "searchParam": [
+                        {"name": "status", "type": "token"},
+                        {"name": "_count", "type": "number"}
+                    ]
+                },
+                {
+                    "type": "Task",
+                    "interaction": [{"code": "read"}, {"code": "search-type"}],
+                    "searchParam": [
+                        {"name": "focus", "type": "reference"},
+                        {"name": "based-on", "type": "reference"},
+                        {"name": "status", "type": "token"},
+                        {"name": "_count", "type": "number"}
+                    ]
+                }
+            ],
+            "operation": [{
+                "name": "process-message",
+                "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"
+            }]
+        }]
+    })
+}

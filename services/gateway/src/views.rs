@@ -1,0 +1,217 @@
+//! Read models behind the FHIR views: built only from events.
+//!
+//! [`Views::apply`] is pure and idempotent (an event at or below a referral's
+//! version is skipped), so replaying the log from empty rebuilds exactly the
+//! same views; `tests` prove it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use mskflow_eventlog::Envelope;
+use mskflow_events::IntakeEvent;
+use mskflow_events::intake::{ReferralDetails, StartBackScore};
+use mskflow_events::types::{FcpPriority, Pathway, RedFlag, RedirectDestination, Urgency};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Where a referral stands, as the referrer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReferralStatus {
+    Received,
+    Triaged,
+    Redirected,
+    Rejected,
+}
+
+impl ReferralStatus {
+    pub fn code(self) -> &'static str {
+        match self {
+            ReferralStatus::Received => "received",
+            ReferralStatus::Triaged => "triaged",
+            ReferralStatus::Redirected => "redirected",
+            ReferralStatus::Rejected => "rejected",
+        }
+    }
+}
+
+/// The triage decision, once made.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Decision {
+    Triaged {
+        priority: FcpPriority,
+        pathway: Pathway,
+        start_back: Option<StartBackScore>,
+        reasons: Vec<String>,
+    },
+    Redirected {
+        destination: RedirectDestination,
+        urgency: Urgency,
+        red_flags: Vec<RedFlag>,
+        reason: String,
+    },
+    Rejected {
+        reason_code: String,
+        reason: String,
+    },
+}
+
+/// One referral's view.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReferralView {
+    pub referral_id: Uuid,
+    /// The referral stream's version (last applied sequence).
+    pub version: u64,
+    pub status: ReferralStatus,
+    pub request_id: Uuid,
+    pub correlation_id: Uuid,
+    pub created: DateTime<Utc>,
+    pub last_updated: DateTime<Utc>,
+    pub details: ReferralDetails,
+    pub rule_set_version: Option<String>,
+    pub rule_id: Option<String>,
+    pub decision: Option<Decision>,
+}
+
+/// A problem applying an event. Never crosses a boundary: the projection
+/// logs it, counts it and skips the event.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("event {event_id} ({event_type}) does not decode: {source}")]
+    Decode {
+        event_id: Uuid,
+        event_type: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("event {event_id} ({event_type}) for unknown referral {referral_id}")]
+    UnknownReferral {
+        event_id: Uuid,
+        event_type: String,
+        referral_id: Uuid,
+    },
+}
+
+/// All read models of the gateway.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Views {
+    referrals: BTreeMap<Uuid, ReferralView>,
+}
+
+impl Views {
+    /// Apply one event. Returns whether it changed anything. Events of other
+    /// services are ignored; events already applied are skipped.
+    pub fn apply(&mut self, envelope: &Envelope) -> Result<bool, Error> {
+        if !IntakeEvent::TYPES.contains(&envelope.event_type.as_str()) {
+            return Ok(false);
+        }
+        let event: IntakeEvent =
+            mskflow_eventlog::decode(envelope).map_err(|source| Error::Decode {
+                event_id: envelope.event_id,
+                event_type: envelope.event_type.clone(),
+                source,
+            })?;
+        let referral_id = match &event {
+            IntakeEvent::ReferralReceived(e) => e.referral_id,
+            IntakeEvent::ReferralTriaged(e) => e.referral_id,
+            IntakeEvent::ReferralRedirected(e) => e.referral_id,
+            IntakeEvent::ReferralRejected(e) => e.referral_id,
+        };
+        if let Some(view) = self.referrals.get(&referral_id)
+            && envelope.sequence <= view.version
+        {
+            return Ok(false);
+        }
+        match event {
+            IntakeEvent::ReferralReceived(e) => {
+                self.referrals.insert(
+                    referral_id,
+                    ReferralView {
+                        referral_id,
+                        version: envelope.sequence,
+                        status: ReferralStatus::Received,
+                        request_id: e.request_id,
+                        correlation_id: envelope.correlation_id,
+                        created: envelope.recorded_at,
+                        last_updated: envelope.recorded_at,
+                        details: e.referral,
+                        rule_set_version: None,
+                        rule_id: None,
+                        decision: None,
+                    },
+                );
+            }
+            other => {
+                let view =
+                    self.referrals
+                        .get_mut(&referral_id)
+                        .ok_or_else(|| Error::UnknownReferral {
+                            event_id: envelope.event_id,
+                            event_type: envelope.event_type.clone(),
+                            referral_id,
+                        })?;
+                view.version = envelope.sequence;
+                view.last_updated = envelope.recorded_at;
+                match other {
+                    IntakeEvent::ReferralTriaged(e) => {
+                        view.status = ReferralStatus::Triaged;
+                        view.rule_set_version = Some(e.rule_set_version);
+                        view.rule_id = Some(e.rule_id);
+                        view.decision = Some(Decision::Triaged {
+                            priority: e.priority,
+                            pathway: e.pathway,
+                            start_back: e.start_back,
+                            reasons: e.reasons,
+                        });
+                    }
+                    IntakeEvent::ReferralRedirected(e) => {
+                        view.status = ReferralStatus::Redirected;
+                        view.rule_set_version = Some(e.rule_set_version);
+                        view.rule_id = Some(e.rule_id);
+                        view.decision = Some(Decision::Redirected {
+                            destination: e.destination,
+                            urgency: e.urgency,
+                            red_flags: e.red_flags,
+                            reason: e.reason,
+                        });
+                    }
+                    IntakeEvent::ReferralRejected(e) => {
+                        view.status = ReferralStatus::Rejected;
+                        view.rule_set_version = Some(e.rule_set_version);
+                        view.rule_id = Some(e.rule_id);
+                        view.decision = Some(Decision::Rejected {
+                            reason_code: e.reason_code,
+                            reason: e.reason,
+                        });
+                    }
+                    IntakeEvent::ReferralReceived(_) => {}
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    pub fn referral(&self, id: &Uuid) -> Option<&ReferralView> {
+        self.referrals.get(id)
+    }
+
+    /// Every referral, newest first.
+    pub fn referrals(&self) -> impl Iterator<Item = &ReferralView> {
+        let mut all: Vec<&ReferralView> = self.referrals.values().collect();
+        all.sort_by(|a, b| {
+            b.created
+                .cmp(&a.created)
+                .then(a.referral_id.cmp(&b.referral_id))
+        });
+        all.into_iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.referrals.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.referrals.is_empty()
+    }
+}

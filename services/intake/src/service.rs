@@ -1,0 +1,312 @@
+//! The intake application service: identifies the referral, refuses
+//! duplicates, runs the domain and appends its events durably.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use chrono::{DateTime, Utc};
+use mskflow_eventlog::{EventLog, ExpectedVersion, Metadata, StartFrom, decode, new_event};
+use mskflow_events::intake::{IntakeEvent, ReferralDetails};
+use uuid::Uuid;
+
+use crate::Error;
+use crate::domain::{self, Command, DomainError, ReferralState};
+use crate::rules::RuleSet;
+
+/// Namespace of referral ids (UUIDv5). Never change it: referral ids of
+/// recorded referrals are derived from it.
+pub const REFERRAL_ID_NAMESPACE: Uuid = Uuid::from_u128(0x8a1f_3c52_6d0e_4b7a_9e21_5f6c_0d3b_7e94);
+
+/// Consumer name used to replay the log when the index is rebuilt.
+const INDEX_CONSUMER: &str = "intake-index";
+/// Events read per batch while rebuilding the index.
+const REPLAY_BATCH: usize = 512;
+
+/// The stream of one referral.
+pub fn stream_id(referral_id: Uuid) -> String {
+    format!("referral-{referral_id}")
+}
+
+/// The referral id a submission maps to.
+///
+/// With a `ServiceRequest.identifier`, the id is derived from the sender's ODS
+/// code (or `unknown`), the identifier system and value, so the same referral
+/// sent twice maps to the same id. Without one, it is derived from the request
+/// id, so a retried request maps to the same id.
+pub fn referral_id(request_id: Uuid, details: &ReferralDetails) -> Uuid {
+    let name = match &details.service_request_identifier {
+        Some(identifier) => format!(
+            "service-request\u{1f}{}\u{1f}{}\u{1f}{}",
+            details
+                .sender
+                .ods_code
+                .as_ref()
+                .map_or("unknown", |c| c.as_str()),
+            identifier.system.as_deref().unwrap_or(""),
+            identifier.value
+        ),
+        None => format!("request\u{1f}{request_id}"),
+    };
+    Uuid::new_v5(&REFERRAL_ID_NAMESPACE, name.as_bytes())
+}
+
+/// A source of the current time.
+pub trait Clock: Send + Sync + fmt::Debug {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A referral recorded and triaged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    pub referral_id: Uuid,
+    /// The stream's version after the append.
+    pub version: u64,
+    pub state: ReferralState,
+}
+
+/// A submission refused for a business reason (nothing was appended).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// The request id was already processed, or the referral is already
+    /// recorded. gRPC `ALREADY_EXISTS` with the referral id in metadata; HTTP
+    /// 409 OperationOutcome `duplicate`.
+    Duplicate { referral_id: Uuid },
+}
+
+/// Which request ids and referrals have been recorded.
+#[derive(Debug, Default)]
+struct Index {
+    /// request id -> referral id, for recorded and in-flight requests.
+    requests: HashMap<Uuid, Uuid>,
+    referrals: HashSet<Uuid>,
+}
+
+impl Index {
+    fn record(&mut self, request_id: Uuid, referral_id: Uuid) {
+        self.requests.insert(request_id, referral_id);
+        self.referrals.insert(referral_id);
+    }
+}
+
+/// The intake application service.
+#[derive(Debug)]
+pub struct Intake {
+    log: Arc<dyn EventLog>,
+    rules: Arc<RuleSet>,
+    clock: Arc<dyn Clock>,
+    index: Arc<Mutex<Index>>,
+}
+
+/// Holds a request id in the index while its append is in flight, and frees
+/// it unless the append succeeded, even when the caller gives up (the future
+/// is dropped) half-way.
+struct Reservation<'a> {
+    index: &'a Mutex<Index>,
+    request_id: Uuid,
+    kept: bool,
+}
+
+impl Reservation<'_> {
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            lock(self.index).requests.remove(&self.request_id);
+        }
+    }
+}
+
+/// The index holds plain data whose every update is a single insert or
+/// remove, so it is consistent even if a holder panicked.
+fn lock(index: &Mutex<Index>) -> MutexGuard<'_, Index> {
+    index.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Intake {
+    /// Open the service over a log, rebuilding the duplicate index by
+    /// replaying every intake event.
+    pub async fn open(
+        log: Arc<dyn EventLog>,
+        rules: Arc<RuleSet>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, Error> {
+        let mut index = Index::default();
+        let mut sub = log.subscribe(INDEX_CONSUMER, StartFrom::Beginning).await?;
+        let mut replayed = 0_usize;
+        loop {
+            let batch = sub.poll_batch(REPLAY_BATCH).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for envelope in &batch {
+                if envelope.event_type != "ReferralReceived" {
+                    continue;
+                }
+                match decode::<IntakeEvent>(envelope) {
+                    Ok(IntakeEvent::ReferralReceived(e)) => {
+                        index.record(e.request_id, e.referral_id);
+                        replayed += 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(Error::decode(envelope, &e)),
+                }
+            }
+        }
+        tracing::info!(
+            referrals = replayed,
+            rule_set_version = rules.version(),
+            "intake index rebuilt"
+        );
+        Ok(Self {
+            log,
+            rules,
+            clock,
+            index: Arc::new(Mutex::new(index)),
+        })
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Record a referral and triage it. `Ok(Err(_))` is a business refusal
+    /// (nothing appended); `Err(_)` an infrastructure failure.
+    pub async fn submit(
+        &self,
+        request_id: Uuid,
+        correlation_id: Uuid,
+        traceparent: Option<String>,
+        details: ReferralDetails,
+    ) -> Result<Result<Submitted, Rejection>, Error> {
+        let referral_id = referral_id(request_id, &details);
+        let reservation = {
+            let mut index = lock(&self.index);
+            if let Some(existing) = index.requests.get(&request_id) {
+                tracing::info!(%request_id, referral_id = %existing, "request already processed");
+                return Ok(Err(Rejection::Duplicate {
+                    referral_id: *existing,
+                }));
+            }
+            if index.referrals.contains(&referral_id) {
+                tracing::info!(%request_id, %referral_id, "referral already recorded");
+                return Ok(Err(Rejection::Duplicate { referral_id }));
+            }
+            index.requests.insert(request_id, referral_id);
+            Reservation {
+                index: &self.index,
+                request_id,
+                kept: false,
+            }
+        };
+
+        let now = self.clock.now();
+        // A referral id the index has not seen has no stream (the append
+        // below makes the store check it), so the state is the empty one.
+        let events = match domain::handle(
+            &ReferralState::default(),
+            Command::Submit {
+                referral_id,
+                request_id,
+                details,
+                today: now.date_naive(),
+            },
+            &self.rules,
+        ) {
+            Ok(events) => events,
+            Err(DomainError::AlreadyRecorded { referral_id }) => {
+                return Ok(Err(Rejection::Duplicate { referral_id }));
+            }
+        };
+        let new_events = events
+            .iter()
+            .map(|e| {
+                new_event(e, mskflow_events::SCHEMA_VERSION, now).map_err(|source| Error::Encode {
+                    event_type: e.event_type(),
+                    reason: crate::json_error_reason(&source),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let metadata = Metadata {
+            causation_id: Some(request_id),
+            correlation_id,
+            traceparent,
+            tracestate: None,
+        };
+        let stream = stream_id(referral_id);
+        match self
+            .log
+            .append(&stream, ExpectedVersion::NoStream, new_events, &metadata)
+            .await
+        {
+            Ok(appended) => {
+                reservation.keep();
+                lock(&self.index).referrals.insert(referral_id);
+                let mut state = domain::fold(&events);
+                state.version = appended.version;
+                tracing::info!(
+                    %referral_id,
+                    %request_id,
+                    %correlation_id,
+                    status = state.status.map_or("", |s| s.code()),
+                    rule_id = state.rule_id.as_deref().unwrap_or(""),
+                    rule_set_version = self.rules.version(),
+                    "referral recorded"
+                );
+                Ok(Ok(Submitted {
+                    referral_id,
+                    version: appended.version,
+                    state,
+                }))
+            }
+            Err(mskflow_eventlog::Error::WrongExpectedVersion { .. }) => {
+                // The store already holds this referral (another request won).
+                lock(&self.index).referrals.insert(referral_id);
+                drop(reservation);
+                tracing::info!(%request_id, %referral_id, "referral already recorded (store)");
+                Ok(Err(Rejection::Duplicate { referral_id }))
+            }
+            Err(e) => {
+                drop(reservation);
+                tracing::warn!(%request_id, %referral_id, error = %e, "referral append failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The current state of a referral, or `None` if it is not recorded.
+    pub async fn get(&self, referral_id: Uuid) -> Result<Option<ReferralState>, Error> {
+        let envelopes = self.log.read_stream(&stream_id(referral_id), 1).await?;
+        let Some(last) = envelopes.last() else {
+            return Ok(None);
+        };
+        let mut state = ReferralState::default();
+        for envelope in &envelopes {
+            // Other services may add their own events to the referral stream.
+            if !IntakeEvent::TYPES.contains(&envelope.event_type.as_str()) {
+                continue;
+            }
+            let event = decode::<IntakeEvent>(envelope).map_err(|e| Error::decode(envelope, &e))?;
+            state = domain::apply(state, &event);
+        }
+        if !state.exists() {
+            return Ok(None);
+        }
+        state.version = last.sequence;
+        Ok(Some(state))
+    }
+}

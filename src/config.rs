@@ -1,0 +1,117 @@
+//! Configuration in layers: defaults, a TOML file, the environment
+//! (`MSKFLOW__SECTION__KEY`, e.g. `MSKFLOW__GATEWAY__ADDR`), then flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything the all-in-one process needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the embedded event store lives.
+    pub data_dir: PathBuf,
+    /// `json` (default) or `pretty`.
+    pub log_format: String,
+    pub gateway: Gateway,
+    pub intake: Intake,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    pub addr: SocketAddr,
+    /// Largest accepted request body in bytes.
+    pub body_limit: usize,
+    /// Public base URL of the FHIR API; derived from requests when unset.
+    pub base_url: Option<String>,
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intake {
+    /// gRPC listen address of intake (the gateway calls it here).
+    pub grpc_addr: SocketAddr,
+    /// Triage rule file; the built-in rule set when unset.
+    pub rules: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(".mskflow"),
+            log_format: "json".to_owned(),
+            gateway: Gateway {
+                addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                body_limit: 1024 * 1024,
+                base_url: None,
+                workers: 2,
+            },
+            intake: Intake {
+                grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+                rules: None,
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Load defaults, then `file` (if given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(Env::prefixed("MSKFLOW__").split("__"))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The embedded event store file.
+    pub fn event_store_path(&self) -> PathBuf {
+        self.data_dir.join("events.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_override_defaults() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("mskflow.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/var/lib/mskflow\"\n[gateway]\nbody_limit = 2048\n",
+        )?;
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MSKFLOW__GATEWAY__ADDR", "0.0.0.0:9000");
+            let c = Config::load(Some(&file)).map_err(|e| e.to_string())?;
+            assert_eq!(c.data_dir, PathBuf::from("/var/lib/mskflow"));
+            assert_eq!(c.gateway.body_limit, 2048);
+            assert_eq!(c.gateway.addr, SocketAddr::from(([0, 0, 0, 0], 9000)));
+            assert_eq!(c.intake, Config::default().intake);
+            Ok(())
+        });
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("mskflow.toml");
+        std::fs::write(&file, "[gateway]\nbody_limt = 2048\n")?;
+        let err = Config::load(Some(&file))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("body_limt"), "{err}");
+        Ok(())
+    }
+}

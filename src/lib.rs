@@ -1,0 +1,117 @@
+//! The all-in-one process: every service on the embedded event store, wired
+//! together the same way as the split deployment (the gateway calls intake
+//! over gRPC on loopback).
+
+pub mod config;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use mskflow_eventlog::EventLog;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use config::Config;
+
+/// A running all-in-one system.
+#[derive(Debug)]
+pub struct Running {
+    pub gateway_addr: SocketAddr,
+    pub intake_addr: SocketAddr,
+    pub log: Arc<dyn EventLog>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// Start every service on the embedded store described by `config`.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let path = config.event_store_path();
+    let log: Arc<dyn EventLog> = Arc::new(
+        mskflow_eventlog_sqlite::SqliteEventLog::open(mskflow_eventlog_sqlite::Options {
+            path: path.clone(),
+            ..Default::default()
+        })
+        .with_context(|| format!("opening the event store {}", path.display()))?,
+    );
+    let (stop, rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    let intake = mskflow_intake::Service::build(
+        mskflow_intake::Options {
+            grpc_addr: config.intake.grpc_addr,
+            rules_path: config.intake.rules.clone(),
+        },
+        log.clone(),
+    )
+    .await
+    .context("starting intake")?;
+    let intake_addr = intake.local_addr();
+    let shutdown = stopped(rx.clone());
+    tasks.spawn(async move { intake.run(shutdown).await.context("intake") });
+
+    let gateway = mskflow_gateway::Service::build(
+        mskflow_gateway::Options {
+            http_addr: config.gateway.addr,
+            intake_url: format!("http://{intake_addr}"),
+            body_limit: config.gateway.body_limit,
+            base_url: config.gateway.base_url.clone(),
+            workers: config.gateway.workers,
+        },
+        log.clone(),
+    )
+    .await
+    .context("starting the gateway")?;
+    let gateway_addr = gateway.local_addr().context("gateway address")?;
+    let shutdown = stopped(rx.clone());
+    tasks.spawn(async move { gateway.run(shutdown).await.context("gateway") });
+
+    Ok(Running {
+        gateway_addr,
+        intake_addr,
+        log,
+        stop,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Ask every service to stop and wait for them to drain.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.join().await
+    }
+
+    /// Run until `shutdown` resolves or a service fails.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            () = shutdown => {}
+            Some(done) = self.tasks.join_next() => {
+                let _ = self.stop.send(true);
+                let first = done.context("service task panicked").and_then(|r| r);
+                self.join().await?;
+                return first.and(Err(anyhow::anyhow!("a service stopped unexpectedly")));
+            }
+        }
+        self.stop().await
+    }
+
+    async fn join(&mut self) -> anyhow::Result<()> {
+        let mut first_err = None;
+        while let Some(done) = self.tasks.join_next().await {
+            if let Err(e) = done.context("service task panicked").and_then(|r| r) {
+                tracing::error!(error = %format!("{e:#}"), "service failed");
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,199 @@
+//! Shared set-up of the cross-service tests: the whole system on port 0 with
+//! a fresh store, and helpers to build referral messages.
+
+#![allow(dead_code, reason = "each test binary uses a subset")]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A running system on a temporary data directory.
+pub struct App {
+    pub running: Option<mskflow::Running>,
+    pub base: String,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn config_for(dir: &Path) -> mskflow::Config {
+    let mut config = mskflow::Config::default();
+    config.data_dir = dir.to_path_buf();
+    config.gateway.addr = "127.0.0.1:0".parse().unwrap_or(config.gateway.addr);
+    config.intake.grpc_addr = "127.0.0.1:0".parse().unwrap_or(config.intake.grpc_addr);
+    config
+}
+
+/// Start the all-in-one system on a fresh store.
+pub async fn spawn_app() -> TestResult<App> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().to_path_buf();
+    let mut app = spawn_app_in(&dir).await?;
+    app._tmp = Some(tmp);
+    Ok(app)
+}
+
+/// Start the all-in-one system on an existing data directory.
+pub async fn spawn_app_in(dir: &Path) -> TestResult<App> {
+    let running = mskflow::start(&config_for(dir))
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let base = format!("http://{}/fhir", running.gateway_addr);
+    Ok(App {
+        running: Some(running),
+        base,
+        dir: dir.to_path_buf(),
+        _tmp: None,
+    })
+}
+
+impl App {
+    pub async fn stop(&mut self) -> TestResult {
+        if let Some(r) = self.running.take() {
+            r.stop().await.map_err(|e| format!("{e:#}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn log(&self) -> TestResult<std::sync::Arc<dyn mskflow_eventlog::EventLog>> {
+        Ok(self.running.as_ref().ok_or("not running")?.log.clone())
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        request_id: Uuid,
+    ) -> TestResult<reqwest::Response> {
+        Ok(client()
+            .post(format!("{}/{path}", self.base))
+            .header("Content-Type", "application/fhir+json")
+            .header("X-Request-Id", request_id.to_string())
+            .header("X-Correlation-Id", Uuid::new_v4().to_string())
+            .body(body.to_string())
+            .send()
+            .await?)
+    }
+
+    pub async fn post_message(&self, body: &Value) -> TestResult<reqwest::Response> {
+        self.post("$process-message", body, Uuid::new_v4()).await
+    }
+
+    pub async fn get(&self, path: &str) -> TestResult<reqwest::Response> {
+        Ok(client().get(format!("{}/{path}", self.base)).send().await?)
+    }
+
+    pub async fn get_json(&self, path: &str) -> TestResult<(u16, Value)> {
+        let res = self.get(path).await?;
+        let status = res.status().as_u16();
+        Ok((status, res.json().await?))
+    }
+
+    /// Every event in the log, in order.
+    pub async fn all_events(&self) -> TestResult<Vec<mskflow_eventlog::Envelope>> {
+        let log = self.log()?;
+        let mut sub = log
+            .subscribe(
+                &format!("test-{}", Uuid::new_v4()),
+                mskflow_eventlog::StartFrom::Beginning,
+            )
+            .await?;
+        let mut all = Vec::new();
+        loop {
+            let batch = sub.poll_batch(1000).await?;
+            if batch.is_empty() {
+                return Ok(all);
+            }
+            all.extend(batch);
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> TestResult<Value> {
+    let path = repo_root().join("crates/fhir/tests/fixtures").join(name);
+    Ok(serde_json::from_str(&std::fs::read_to_string(&path)?)?)
+}
+
+/// The canonical referral message with a fresh ServiceRequest identifier, so
+/// every call is a new referral.
+pub fn new_referral_message() -> TestResult<Value> {
+    let mut bundle = fixture("referral-message.json")?;
+    let value = Uuid::new_v4().to_string();
+    with_resource(&mut bundle, "ServiceRequest", |sr| {
+        sr["identifier"] =
+            json!([{"system": "https://fhir.example-gp.nhs.uk/Id/referral", "value": value}]);
+    })?;
+    Ok(bundle)
+}
+
+/// Mutate the first entry of `resource_type` in a Bundle.
+pub fn with_resource(
+    bundle: &mut Value,
+    resource_type: &str,
+    f: impl FnOnce(&mut Value),
+) -> TestResult {
+    let entries = bundle["entry"]
+        .as_array_mut()
+        .ok_or("bundle has no entries")?;
+    let resource = entries
+        .iter_mut()
+        .map(|e| &mut e["resource"])
+        .find(|r| r["resourceType"] == resource_type)
+        .ok_or_else(|| format!("bundle has no {resource_type}"))?;
+    f(resource);
+    Ok(())
+}
+
+/// Add a red-flag Observation entry to a referral Bundle.
+pub fn add_red_flag(bundle: &mut Value, code: &str, present: bool) -> TestResult {
+    let id = Uuid::new_v4();
+    let entries = bundle["entry"]
+        .as_array_mut()
+        .ok_or("bundle has no entries")?;
+    entries.push(json!({
+        "fullUrl": format!("urn:uuid:{id}"),
+        "resource": {
+            "resourceType": "Observation",
+            "id": id.to_string(),
+            "status": "final",
+            "code": {"coding": [{"system": mskflow_events::RED_FLAG_SYSTEM, "code": code}]},
+            "valueBoolean": present
+        }
+    }));
+    Ok(())
+}
+
+/// The issue codes of an OperationOutcome.
+pub fn issue_codes(outcome: &Value) -> Vec<String> {
+    outcome["issue"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["code"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The entries of a Bundle of the given resource type.
+pub fn entries_of<'a>(bundle: &'a Value, resource_type: &str) -> Vec<&'a Value> {
+    bundle["entry"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| &e["resource"])
+                .filter(|r| r["resourceType"] == resource_type)
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,454 @@
+//! One referral end to end over real sockets: FHIR gateway -> gRPC -> intake
+//! -> durable event log -> views -> Task.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn task_output<'a>(task: &'a Value, code: &str) -> Option<&'a Value> {
+    task["output"]
+        .as_array()?
+        .iter()
+        .find(|o| o["type"]["coding"][0]["code"] == code)
+}
+
+#[tokio::test]
+async fn a_message_bundle_is_accepted_and_its_task_is_readable() -> TestResult {
+    let app = spawn_app().await?;
+    let bundle = new_referral_message()?;
+    let request_id = Uuid::new_v4();
+    let res = app.post("$process-message", &bundle, request_id).await?;
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(
+        res.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some(request_id.to_string().as_str())
+    );
+    assert!(res.headers().get("x-correlation-id").is_some());
+    let answer: Value = res.json().await?;
+    assert_eq!(answer["resourceType"], "Bundle");
+    assert_eq!(answer["type"], "message");
+    let header = entries_of(&answer, "MessageHeader");
+    assert_eq!(header[0]["response"]["code"], "ok");
+    let task = entries_of(&answer, "Task")[0].clone();
+    let id = task["id"].as_str().ok_or("task has no id")?.to_owned();
+    assert_eq!(task["status"], "accepted");
+    assert_eq!(task["focus"]["reference"], format!("ServiceRequest/{id}"));
+
+    let (status, read) = app.get_json(&format!("Task/{id}")).await?;
+    assert_eq!(status, 200);
+    assert_eq!(read, task);
+    assert_eq!(read["businessStatus"]["coding"][0]["code"], "triaged");
+    assert_eq!(
+        task_output(&read, "pathway").map(|o| &o["valueString"]),
+        Some(&json!("knee"))
+    );
+    assert!(task_output(&read, "rule-set-version").is_some());
+
+    for query in [
+        format!("focus=ServiceRequest/{id}"),
+        format!("based-on=ServiceRequest/{id}"),
+        format!("focus={id}"),
+    ] {
+        let (status, found) = app.get_json(&format!("Task?{query}")).await?;
+        assert_eq!(status, 200, "{query}");
+        assert_eq!(found["type"], "searchset");
+        assert_eq!(found["total"], 1, "{query}");
+        assert_eq!(found["entry"][0]["resource"]["id"], id.as_str());
+    }
+    let (_, none) = app
+        .get_json(&format!("Task?focus=ServiceRequest/{}", Uuid::new_v4()))
+        .await?;
+    assert_eq!(none["total"], 0);
+
+    let (status, sr) = app.get_json(&format!("ServiceRequest/{id}")).await?;
+    assert_eq!(status, 200);
+    assert_eq!(sr["id"], id.as_str());
+    assert_eq!(sr["status"], "active");
+    let sent = entries_of(&bundle, "ServiceRequest")[0];
+    assert_eq!(sr["identifier"], sent["identifier"]);
+    assert_eq!(sr["reasonCode"], sent["reasonCode"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_plain_service_request_is_created() -> TestResult {
+    let app = spawn_app().await?;
+    let mut sr = fixture("referral-service-request.json")?;
+    sr["identifier"] = json!([{"system": "https://fhir.example-gp.nhs.uk/Id/referral", "value": Uuid::new_v4().to_string()}]);
+    let res = app.post("ServiceRequest", &sr, Uuid::new_v4()).await?;
+    assert_eq!(res.status().as_u16(), 201);
+    let location = res
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no Location")?
+        .to_owned();
+    let created: Value = res.json().await?;
+    let id = created["id"].as_str().ok_or("no id")?;
+    assert!(
+        location.contains(&format!("/ServiceRequest/{id}/_history/")),
+        "{location}"
+    );
+    let (status, task) = app.get_json(&format!("Task/{id}")).await?;
+    assert_eq!(status, 200);
+    assert_eq!(task["status"], "accepted");
+    Ok(())
+}
+
+#[tokio::test]
+async fn red_flags_redirect_with_the_rule_version_recorded() -> TestResult {
+    let app = spawn_app().await?;
+    let mut bundle = new_referral_message()?;
+    add_red_flag(&mut bundle, "saddle-anaesthesia", true)?;
+    let res = app.post_message(&bundle).await?;
+    assert_eq!(res.status().as_u16(), 200);
+    let answer: Value = res.json().await?;
+    let task = entries_of(&answer, "Task")[0];
+    assert_eq!(task["status"], "rejected");
+    assert_eq!(task["businessStatus"]["coding"][0]["code"], "redirected");
+    assert_eq!(
+        task_output(task, "redirect-destination").map(|o| &o["valueString"]),
+        Some(&json!("emergency-department"))
+    );
+    assert_eq!(
+        task_output(task, "urgency").map(|o| &o["valueString"]),
+        Some(&json!("emergency"))
+    );
+
+    let events = app.all_events().await?;
+    let redirected = events
+        .iter()
+        .find(|e| e.event_type == "ReferralRedirected")
+        .ok_or("no ReferralRedirected event")?;
+    let version = redirected.payload["rule_set_version"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(!version.is_empty());
+    assert_eq!(
+        task_output(task, "rule-set-version").map(|o| &o["valueString"]),
+        Some(&json!(version))
+    );
+
+    // A red flag answered "absent" does not redirect.
+    let mut calm = new_referral_message()?;
+    add_red_flag(&mut calm, "saddle-anaesthesia", false)?;
+    let answer: Value = app.post_message(&calm).await?.json().await?;
+    assert_eq!(entries_of(&answer, "Task")[0]["status"], "accepted");
+    Ok(())
+}
+
+#[tokio::test]
+async fn duplicates_are_not_recorded_twice() -> TestResult {
+    let app = spawn_app().await?;
+    let bundle = new_referral_message()?;
+    let request_id = Uuid::new_v4();
+    assert_eq!(
+        app.post("$process-message", &bundle, request_id)
+            .await?
+            .status()
+            .as_u16(),
+        200
+    );
+    let before = app.all_events().await?.len();
+
+    // The same request again.
+    let res = app.post("$process-message", &bundle, request_id).await?;
+    assert_eq!(res.status().as_u16(), 409);
+    assert_eq!(
+        res.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some(request_id.to_string().as_str())
+    );
+    let outcome: Value = res.json().await?;
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(issue_codes(&outcome), vec!["duplicate"]);
+    assert_eq!(
+        outcome["issue"][0]["details"]["coding"][0]["code"],
+        "REC_CONFLICT"
+    );
+
+    // The same referral under a new request id.
+    let res = app
+        .post("$process-message", &bundle, Uuid::new_v4())
+        .await?;
+    assert_eq!(res.status().as_u16(), 409);
+    assert_eq!(app.all_events().await?.len(), before);
+
+    let (_, all) = app.get_json("Task").await?;
+    assert_eq!(all["total"], 1);
+    Ok(())
+}
+
+async fn expect_error(
+    app: &App,
+    resp: reqwest::Response,
+    status: u16,
+    code: &str,
+) -> TestResult<Value> {
+    let _ = app;
+    assert_eq!(resp.status().as_u16(), status, "expected {status} {code}");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(ct.starts_with("application/fhir+json"), "{ct}");
+    let outcome: Value = resp.json().await?;
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    let codes = issue_codes(&outcome);
+    assert!(
+        codes.iter().any(|c| c == code),
+        "expected issue {code}, got {codes:?}: {outcome}"
+    );
+    for issue in outcome["issue"].as_array().ok_or("no issues")? {
+        assert!(
+            issue["diagnostics"].as_str().is_some_and(|d| !d.is_empty()),
+            "{issue}"
+        );
+    }
+    Ok(outcome)
+}
+
+async fn post_raw(
+    app: &App,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&str, String)],
+) -> TestResult<reqwest::Response> {
+    let mut req = client().post(format!("{}/{path}", app.base)).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    Ok(req.send().await?)
+}
+
+fn std_headers() -> Vec<(&'static str, String)> {
+    vec![
+        ("Content-Type", "application/fhir+json".to_owned()),
+        ("X-Request-Id", Uuid::new_v4().to_string()),
+        ("X-Correlation-Id", Uuid::new_v4().to_string()),
+    ]
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_an_operation_outcome() -> TestResult {
+    let app = spawn_app().await?;
+    let events_before = app.all_events().await?.len();
+
+    // Malformed JSON.
+    let r = post_raw(
+        &app,
+        "$process-message",
+        b"{\"resourceType\": \"Bundle\",".to_vec(),
+        &std_headers(),
+    )
+    .await?;
+    expect_error(&app, r, 400, "structure").await?;
+
+    // Wrong resourceType.
+    let r = app
+        .post_message(&json!({"resourceType": "Patient"}))
+        .await?;
+    assert_eq!(r.status().as_u16(), 400);
+    let r = app
+        .post(
+            "ServiceRequest",
+            &json!({"resourceType": "Patient"}),
+            Uuid::new_v4(),
+        )
+        .await?;
+    assert_eq!(r.status().as_u16(), 400);
+
+    // Missing subject.
+    let mut b = new_referral_message()?;
+    with_resource(&mut b, "ServiceRequest", |sr| {
+        if let Some(o) = sr.as_object_mut() {
+            o.remove("subject");
+        }
+    })?;
+    let out = expect_error(&app, app.post_message(&b).await?, 400, "required").await?;
+    assert!(out.to_string().contains("subject"), "{out}");
+
+    // Invalid NHS number (check digit).
+    let mut b = new_referral_message()?;
+    with_resource(&mut b, "Patient", |p| {
+        p["identifier"][0]["value"] = json!("9434765918");
+    })?;
+    let out = expect_error(&app, app.post_message(&b).await?, 422, "value").await?;
+    assert!(
+        out["issue"][0]["expression"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("identifier"),
+        "{out}"
+    );
+
+    // Unknown code values.
+    let mut b = new_referral_message()?;
+    with_resource(&mut b, "ServiceRequest", |sr| {
+        sr["priority"] = json!("whenever")
+    })?;
+    let r = app.post_message(&b).await?;
+    assert!(r.status().is_client_error(), "{}", r.status());
+    let mut b = new_referral_message()?;
+    add_red_flag(&mut b, "itchy-elbow", true)?;
+    expect_error(&app, app.post_message(&b).await?, 422, "code-invalid").await?;
+
+    // Oversized body (default limit 1 MiB).
+    let mut big = new_referral_message()?;
+    with_resource(&mut big, "ServiceRequest", |sr| {
+        sr["note"] = json!([{"text": "x".repeat(1024 * 1024 + 10)}])
+    })?;
+    expect_error(&app, app.post_message(&big).await?, 413, "too-long").await?;
+
+    // Request ids are required UUIDs.
+    let body = new_referral_message()?.to_string().into_bytes();
+    let r = post_raw(
+        &app,
+        "$process-message",
+        body.clone(),
+        &[("Content-Type", "application/fhir+json".to_owned())],
+    )
+    .await?;
+    expect_error(&app, r, 400, "invalid").await?;
+    let mut h = std_headers();
+    h[2].1 = "not-a-uuid".to_owned();
+    let r = post_raw(&app, "$process-message", body.clone(), &h).await?;
+    assert_eq!(
+        r.headers()
+            .get("x-correlation-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("not-a-uuid")
+    );
+    expect_error(&app, r, 400, "invalid").await?;
+
+    // Wrong content type.
+    let mut h = std_headers();
+    h[0].1 = "text/plain".to_owned();
+    expect_error(
+        &app,
+        post_raw(&app, "$process-message", body, &h).await?,
+        415,
+        "not-supported",
+    )
+    .await?;
+
+    // Unknown resources and ids.
+    expect_error(
+        &app,
+        app.get(&format!("Task/{}", Uuid::new_v4())).await?,
+        404,
+        "not-found",
+    )
+    .await?;
+    expect_error(&app, app.get("Task/not-a-uuid").await?, 404, "not-found").await?;
+    expect_error(&app, app.get("Banana/1").await?, 404, "not-found").await?;
+    expect_error(
+        &app,
+        app.get("Task?colour=blue").await?,
+        400,
+        "not-supported",
+    )
+    .await?;
+
+    assert_eq!(
+        app.all_events().await?.len(),
+        events_before,
+        "a refused request changed the record"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_capability_statement_lists_what_is_served() -> TestResult {
+    let app = spawn_app().await?;
+    let (status, cs) = app.get_json("metadata").await?;
+    assert_eq!(status, 200);
+    assert_eq!(cs["resourceType"], "CapabilityStatement");
+    assert_eq!(cs["fhirVersion"], "4.0.1");
+    let resources: Vec<&str> = cs["rest"][0]["resource"]
+        .as_array()
+        .ok_or("no resources")?
+        .iter()
+        .filter_map(|r| r["type"].as_str())
+        .collect();
+    assert_eq!(resources, vec!["ServiceRequest", "Task"]);
+    // Each declared read answers (404 for an unknown id, not 405/404 route).
+    for r in &resources {
+        let res = app.get(&format!("{r}/{}", Uuid::new_v4())).await?;
+        let body: Value = res.json().await?;
+        assert!(
+            body["issue"][0]["diagnostics"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(r),
+            "{body}"
+        );
+        let (status, search) = app.get_json(r).await?;
+        assert_eq!((status, search["type"].clone()), (200, json!("searchset")));
+    }
+    // What is not declared is not served.
+    let res = app
+        .post("Task", &json!({"resourceType": "Task"}), Uuid::new_v4())
+        .await?;
+    assert_eq!(res.status().as_u16(), 405);
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_endpoints_answer() -> TestResult {
+    let app = spawn_app().await?;
+    let live = client()
+        .get(app.base.replace("/fhir", "/health/live"))
+        .send()
+        .await?;
+    assert_eq!(live.status().as_u16(), 200);
+    let ready = client()
+        .get(app.base.replace("/fhir", "/health/ready"))
+        .send()
+        .await?;
+    assert_eq!(ready.status().as_u16(), 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn replay_rebuilds_identical_views() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let mut app = spawn_app_in(tmp.path()).await?;
+    for i in 0..6 {
+        let mut b = new_referral_message()?;
+        if i % 3 == 1 {
+            add_red_flag(&mut b, "history-of-cancer", true)?;
+        }
+        assert_eq!(app.post_message(&b).await?.status().as_u16(), 200);
+    }
+    let (_, tasks_before) = app.get_json("Task?_count=100").await?;
+    let (_, srs_before) = app.get_json("ServiceRequest?_count=100").await?;
+    assert_eq!(tasks_before["total"], 6);
+    app.stop().await?;
+
+    // A new process rebuilds every view by replaying the log from empty.
+    let mut again = spawn_app_in(tmp.path()).await?;
+    let (_, tasks_after) = again.get_json("Task?_count=100").await?;
+    let (_, srs_after) = again.get_json("ServiceRequest?_count=100").await?;
+    let strip = |mut v: Value| {
+        // Links carry the (new) port; the resources must be identical.
+        v["link"] = Value::Null;
+        if let Some(entries) = v["entry"].as_array_mut() {
+            for e in entries {
+                e["fullUrl"] = Value::Null;
+            }
+        }
+        v
+    };
+    assert_eq!(strip(tasks_after), strip(tasks_before));
+    assert_eq!(strip(srs_after), strip(srs_before));
+    again.stop().await?;
+    Ok(())
+}
