@@ -39,10 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let total: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(5000);
     let concurrency: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(32);
     let tmp = tempfile::tempdir()?;
-    let mut config = mskflow::Config::default();
-    config.data_dir = tmp.path().to_path_buf();
-    config.gateway.addr = "127.0.0.1:0".parse()?;
-    config.intake.grpc_addr = "127.0.0.1:0".parse()?;
+    let config = mskflow::Config::ephemeral(tmp.path());
     let running = mskflow::start(&config).await?;
     let base = format!("http://{}/fhir", running.gateway_addr);
     let template: Value = serde_json::from_str(&std::fs::read_to_string(concat!(

@@ -72,6 +72,18 @@ impl Config {
             .map_err(Box::new)
     }
 
+    /// Defaults on `data_dir`, every listener on a free loopback port (tests,
+    /// load runs).
+    pub fn ephemeral(data_dir: &Path) -> Self {
+        let mut config = Self {
+            data_dir: data_dir.to_path_buf(),
+            ..Self::default()
+        };
+        config.gateway.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.intake.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
+    }
+
     /// The embedded event store file.
     pub fn event_store_path(&self) -> PathBuf {
         self.data_dir.join("events.db")
@@ -83,6 +95,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err, reason = "figment's Jail API returns its own error type")]
     fn file_then_environment_override_defaults() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("mskflow.toml");

@@ -15,7 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = [root.join("mskflow/intake/v1/intake.proto")];
+    let protos = [
+        root.join("mskflow/intake/v1/intake.proto"),
+        root.join("mskflow/assessment/v1/assessment.proto"),
+        root.join("mskflow/scheduling/v1/scheduling.proto"),
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={}", p.display());
     }

@@ -18,14 +18,6 @@ pub struct App {
     _tmp: Option<tempfile::TempDir>,
 }
 
-pub fn config_for(dir: &Path) -> mskflow::Config {
-    let mut config = mskflow::Config::default();
-    config.data_dir = dir.to_path_buf();
-    config.gateway.addr = "127.0.0.1:0".parse().unwrap_or(config.gateway.addr);
-    config.intake.grpc_addr = "127.0.0.1:0".parse().unwrap_or(config.intake.grpc_addr);
-    config
-}
-
 /// Start the all-in-one system on a fresh store.
 pub async fn spawn_app() -> TestResult<App> {
     let tmp = tempfile::tempdir()?;
@@ -37,7 +29,7 @@ pub async fn spawn_app() -> TestResult<App> {
 
 /// Start the all-in-one system on an existing data directory.
 pub async fn spawn_app_in(dir: &Path) -> TestResult<App> {
-    let running = mskflow::start(&config_for(dir))
+    let running = mskflow::start(&mskflow::Config::ephemeral(dir))
         .await
         .map_err(|e| format!("{e:#}"))?;
     let base = format!("http://{}/fhir", running.gateway_addr);

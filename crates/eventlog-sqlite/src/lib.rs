@@ -63,9 +63,9 @@ pub struct Options {
     /// The database file; created if missing. The WAL (`-wal`) and shared
     /// memory (`-shm`) files live next to it.
     pub path: PathBuf,
-    /// Most requests committed in one transaction (one fsync).
+    /// Most requests committed in one transaction (one fsync); at least 1.
     pub max_batch: usize,
-    /// Read-only connections for reads and subscriptions.
+    /// Read-only connections for reads and subscriptions; at least 1.
     pub read_connections: usize,
     /// How often a waiting subscription looks for events written by another
     /// process; writes through this handle wake it at once.

@@ -63,7 +63,9 @@ impl SqliteSubscription {
         }
     }
 
-    /// Read up to `max` events after the cursor and move the cursor past them.
+    /// Read up to `max` events after the cursor and move the cursor past
+    /// them. A `max` of 0 is taken as 1, so `next_batch` can keep its promise
+    /// of never returning an empty batch.
     async fn fetch(&mut self, max: usize) -> Result<Vec<Envelope>, Error> {
         let after = i64::try_from(self.cursor).unwrap_or(i64::MAX);
         let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);

@@ -468,3 +468,43 @@ async fn file_is_in_wal_mode_with_a_schema_version() -> TestResult {
     log.close().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn undecodable_rows_are_reported_as_corrupt() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("events.db");
+    let log = SqliteEventLog::open(options(&path))?;
+    log.append(
+        "good",
+        ExpectedVersion::NoStream,
+        vec![event(1)],
+        &Metadata::default(),
+    )
+    .await?;
+    // A row written by something other than this store.
+    let position = {
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.execute(
+            "INSERT INTO events (event_id, stream_id, sequence, occurred_at, recorded_at, \
+             correlation_id, event_type, schema_version, payload) \
+             VALUES ('not-a-uuid', 'bad', 1, 'yesterday', 'today', 'x', 'T', 1, '{')",
+            [],
+        )?;
+        conn.last_insert_rowid() as u64
+    };
+    let read = log.read_stream("bad", 1).await;
+    assert!(
+        matches!(&read, Err(Error::Corrupt { position: p, .. }) if *p == position),
+        "{read:?}"
+    );
+    // Other streams still read fine.
+    assert_eq!(log.read_stream("good", 1).await?.len(), 1);
+    let mut sub = log
+        .subscribe("reader", mskflow_eventlog::StartFrom::Beginning)
+        .await?;
+    assert_eq!(sub.next_batch(1).await?.len(), 1);
+    let corrupt = sub.next_batch(1).await;
+    assert!(matches!(corrupt, Err(Error::Corrupt { .. })), "{corrupt:?}");
+    log.close().await;
+    Ok(())
+}

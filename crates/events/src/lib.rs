@@ -7,7 +7,9 @@
 //! generated from these types (`cargo run -p mskflow-events --bin schemas`)
 //! and checked against real emitted events in the tests.
 
+pub mod assessment;
 pub mod intake;
+pub mod scheduling;
 pub mod types;
 
 pub use intake::IntakeEvent;
@@ -27,7 +29,10 @@ pub const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
 
 /// Every event type, with its JSON Schema (for `schemas/`).
 pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
-    intake::schemas()
+    let mut all = intake::schemas();
+    all.extend(assessment::schemas());
+    all.extend(scheduling::schemas());
+    all
 }
 
 /// The files of `schemas/events/`: `{EventType}.v{SCHEMA_VERSION}.schema.json`

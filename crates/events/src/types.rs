@@ -285,6 +285,15 @@ code_enum!(
 );
 
 code_enum!(
+    /// How a patient is seen.
+    ContactMode, "contact mode" {
+        FaceToFace = "face-to-face",
+        Telephone = "telephone",
+        Video = "video",
+    }
+);
+
+code_enum!(
     /// How a referral reached us.
     ReceivedVia, "received via" {
         ProcessMessage = "process-message",

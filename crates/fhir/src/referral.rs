@@ -150,7 +150,7 @@ fn parse_node<'a>(
             // Contained resources are read one by one, so each problem is
             // reported with its own path.
             let mut own = object.clone();
-            let inner = own.remove("contained");
+            own.remove("contained");
             if let Some(inner) = object.get("contained") {
                 match inner.as_array() {
                     Some(list) => {
@@ -168,7 +168,6 @@ fn parse_node<'a>(
                     ),
                 }
             }
-            drop(inner);
             typed(&Value::Object(own), &expr).map(Model::ServiceRequest)
         }
         "Patient" => typed(raw, &expr).map(Model::Patient),
@@ -190,7 +189,7 @@ fn parse_node<'a>(
             contained,
         }),
         Err(issue) => {
-            issues.bad(issue);
+            issues.bad(*issue);
             None
         }
     }
@@ -670,8 +669,7 @@ fn referral<'n, 'a: 'n>(
 
 /// Parse a plain ServiceRequest (`POST /fhir/ServiceRequest`).
 pub fn parse_service_request(body: &[u8]) -> Result<ReferralDetails, FhirError> {
-    let (text, object) =
-        read_resource(body, "ServiceRequest").map_err(|i| FhirError::bad_request(vec![i]))?;
+    let (text, object) = read_resource(body, "ServiceRequest")?;
     let raw = Value::Object(object);
     let mut issues = Issues::default();
     let node = parse_node(&raw, "ServiceRequest".to_owned(), None, &mut issues);
@@ -716,14 +714,13 @@ fn envelope(object: &Map<String, Value>) -> Value {
 
 /// Parse a referral message (`POST /fhir/$process-message`).
 pub fn parse_process_message(body: &[u8]) -> Result<ParsedMessage, FhirError> {
-    let (text, object) =
-        read_resource(body, "Bundle").map_err(|i| FhirError::bad_request(vec![i]))?;
+    let (text, object) = read_resource(body, "Bundle")?;
     let mut issues = Issues::default();
 
     let bundle: Option<Bundle> = match typed(&envelope(&object), "Bundle") {
         Ok(b) => Some(b),
         Err(issue) => {
-            issues.bad(issue);
+            issues.bad(*issue);
             None
         }
     };
@@ -732,8 +729,8 @@ pub fn parse_process_message(body: &[u8]) -> Result<ParsedMessage, FhirError> {
         .get("entry")
         .and_then(Value::as_array)
         .unwrap_or(&empty);
-    // Index in the Bundle of each node, for `entry[0]`.
     let mut nodes: Vec<Node<'_>> = Vec::new();
+    // Where in `nodes` the resource of `entry[0]` is, if it was read.
     let mut first_entry: Option<usize> = None;
     for (i, entry) in raw_entries.iter().enumerate() {
         let Some(resource) = entry.get("resource") else {

@@ -4,17 +4,17 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use serde_path_to_error::{Path, Segment};
 
-use crate::outcome::{Issue, IssueType};
+use crate::outcome::{FhirError, Issue, IssueType};
 
 /// Longest piece of sent text repeated in a diagnostic.
 const MAX_ECHO: usize = 64;
 
 /// Deserialize `raw` into a model type; on failure, an issue located at
 /// `prefix` plus the element path the models stopped at.
-pub(crate) fn typed<T: DeserializeOwned>(raw: &Value, prefix: &str) -> Result<T, Issue> {
+pub(crate) fn typed<T: DeserializeOwned>(raw: &Value, prefix: &str) -> Result<T, Box<Issue>> {
     serde_path_to_error::deserialize(raw).map_err(|e| {
         let path = fhir_path(prefix, e.path());
-        from_serde_message(&e.inner().to_string(), path)
+        Box::new(from_serde_message(&e.inner().to_string(), path))
     })
 }
 
@@ -85,22 +85,30 @@ fn truncate(s: &str) -> &str {
 }
 
 /// The request body as a JSON object, with every check before the models:
-/// UTF-8, well-formed JSON, an object, of resource type `expected`.
+/// UTF-8, well-formed JSON, an object, of resource type `expected`. Each
+/// failure is a 400.
 pub(crate) fn read_resource<'a>(
     body: &'a [u8],
     expected: &str,
-) -> Result<(&'a str, Map<String, Value>), Issue> {
+) -> Result<(&'a str, Map<String, Value>), FhirError> {
+    read_object(body, expected).map_err(|issue| FhirError::bad_request(vec![*issue]))
+}
+
+fn read_object<'a>(
+    body: &'a [u8],
+    expected: &str,
+) -> Result<(&'a str, Map<String, Value>), Box<Issue>> {
     let text = std::str::from_utf8(body).map_err(|e| {
-        Issue::error(
+        Box::new(Issue::error(
             IssueType::Structure,
             format!(
                 "the body is not valid UTF-8 (invalid byte at offset {})",
                 e.valid_up_to()
             ),
-        )
+        ))
     })?;
     let value: Value = serde_json::from_str(text).map_err(|e| {
-        Issue::error(
+        Box::new(Issue::error(
             IssueType::Structure,
             format!(
                 "the body is not well-formed JSON ({:?} error at line {}, column {})",
@@ -108,37 +116,43 @@ pub(crate) fn read_resource<'a>(
                 e.line(),
                 e.column()
             ),
-        )
+        ))
     })?;
     let Value::Object(object) = value else {
-        return Err(Issue::error(
+        return Err(Box::new(Issue::error(
             IssueType::Structure,
             format!(
                 "the body must be a JSON object (a FHIR {expected}), not {}",
                 json_kind(&value)
             ),
-        ));
+        )));
     };
     match object.get("resourceType") {
         Some(Value::String(t)) if t == expected => Ok((text, object)),
-        Some(Value::String(t)) => Err(Issue::error(
-            IssueType::Invalid,
-            format!(
-                "expected a {expected} resource, got resourceType '{}'",
-                truncate(t)
-            ),
-        )
-        .at("resourceType")),
-        Some(_) => Err(Issue::error(
-            IssueType::Structure,
-            "resourceType must be a string".to_owned(),
-        )
-        .at("resourceType")),
-        None => Err(Issue::error(
-            IssueType::Required,
-            format!("resourceType is missing (expected {expected})"),
-        )
-        .at("resourceType")),
+        Some(Value::String(t)) => Err(Box::new(
+            Issue::error(
+                IssueType::Invalid,
+                format!(
+                    "expected a {expected} resource, got resourceType '{}'",
+                    truncate(t)
+                ),
+            )
+            .at("resourceType"),
+        )),
+        Some(_) => Err(Box::new(
+            Issue::error(
+                IssueType::Structure,
+                "resourceType must be a string".to_owned(),
+            )
+            .at("resourceType"),
+        )),
+        None => Err(Box::new(
+            Issue::error(
+                IssueType::Required,
+                format!("resourceType is missing (expected {expected})"),
+            )
+            .at("resourceType"),
+        )),
     }
 }
 

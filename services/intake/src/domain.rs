@@ -198,9 +198,7 @@ pub fn apply(mut state: ReferralState, event: &IntakeEvent) -> ReferralState {
 
 /// Fold a stream of events into a state.
 pub fn fold<'a>(events: impl IntoIterator<Item = &'a IntakeEvent>) -> ReferralState {
-    events
-        .into_iter()
-        .fold(ReferralState::default(), |s, e| apply(s, e))
+    events.into_iter().fold(ReferralState::default(), apply)
 }
 
 #[cfg(test)]

@@ -85,6 +85,9 @@ impl IntakeService for IntakeGrpc {
             .metadata()
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
+            // W3C trace context is 55 characters; anything far longer is
+            // not one and is not stored.
+            .filter(|v| v.len() <= 256)
             .map(str::to_owned);
         let body = request.into_inner();
         let request_id = parse_uuid("request_id", &body.request_id)?;

@@ -34,7 +34,7 @@ pub use service::{Clock, Intake, Rejection, Submitted, SystemClock};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The rule file was refused. Start-up only: the service does not start.
-    #[error("triage rules refused: {0}")]
+    #[error(transparent)]
     Rules(#[from] rules::Error),
     /// The event store failed. gRPC `UNAVAILABLE` when the store is
     /// unavailable or closed (retry), `INTERNAL` otherwise; HTTP 503

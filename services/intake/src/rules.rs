@@ -886,6 +886,85 @@ mod tests {
     }
 
     #[test]
+    fn a_route_rule_sets_priority_and_keeps_the_pathway_table()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use mskflow_events::intake::{PatientDetails, Sender};
+        use mskflow_events::types::{NhsNumber, ReceivedVia};
+        let rules = RuleSet::from_toml(
+            r#"
+version = "local-3"
+[[rule]]
+id = "older-hip"
+description = "Hip pain at 65 or over is seen soon"
+conditions.age.gte = 65
+conditions.body_site_code.any_of = ["24136001"]
+action.route = { priority = "soon" }
+[[pathway]]
+pathway = "hip"
+body_site_codes = ["24136001"]
+"#,
+        )?;
+        let today = NaiveDate::from_ymd_opt(2026, 6, 1).ok_or("date")?;
+        let mut details = ReferralDetails {
+            received_via: ReceivedVia::ServiceRequestCreate,
+            sender: Sender {
+                ods_code: None,
+                endpoint: None,
+                message_id: None,
+                software: None,
+            },
+            service_request_identifier: None,
+            patient: PatientDetails {
+                nhs_number: NhsNumber::parse("9434765919")?,
+                family: None,
+                given: vec![],
+                birth_date: NaiveDate::from_ymd_opt(1961, 6, 1),
+                sex: None,
+                postcode: None,
+                ethnicity: None,
+            },
+            requester: None,
+            reason: vec![],
+            body_site: vec![Coding {
+                system: None,
+                code: "24136001".to_owned(),
+                display: None,
+            }],
+            requested_priority: RequestPriority::Routine,
+            red_flags: vec![],
+            start_back: None,
+            note: None,
+            authored_on: None,
+            fhir_json: String::new(),
+        };
+        match rules.evaluate(&details, today) {
+            Decision::Triage {
+                rule_id,
+                priority,
+                pathway,
+                ..
+            } => {
+                assert_eq!(rule_id, "older-hip");
+                assert_eq!(priority, FcpPriority::Soon);
+                assert_eq!(pathway, Pathway::Hip);
+            }
+            other => return Err(format!("unexpected {other:?}").into()),
+        }
+        // A day short of 65: the rule does not hold; default route.
+        details.patient.birth_date = NaiveDate::from_ymd_opt(1961, 6, 2);
+        match rules.evaluate(&details, today) {
+            Decision::Triage {
+                rule_id, priority, ..
+            } => {
+                assert_eq!(rule_id, DEFAULT_RULE_ID);
+                assert_eq!(priority, FcpPriority::Routine);
+            }
+            other => return Err(format!("unexpected {other:?}").into()),
+        }
+        Ok(())
+    }
+
+    #[test]
     fn impossible_age_range_is_refused() {
         let e = refused(&format!(
             "version = \"1\"\n[[rule]]\nid = \"never\"\nconditions.age = {{ lt = 10, gte = 20 }}\n{REDIRECT}\n"

@@ -1,0 +1,5 @@
+//! Events of the scheduling streams.
+
+pub(crate) fn schemas() -> Vec<(&'static str, schemars::Schema)> {
+    Vec::new()
+}
