@@ -16,6 +16,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `json` (default) or `pretty`.
     pub log_format: String,
+    /// OTLP/gRPC endpoint for traces (e.g. `http://127.0.0.1:4317`); traces
+    /// are not exported when unset.
+    pub otlp_endpoint: Option<String>,
     pub gateway: Gateway,
     pub intake: Intake,
 }
@@ -45,6 +48,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from(".mskflow"),
             log_format: "json".to_owned(),
+            otlp_endpoint: None,
             gateway: Gateway {
                 addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 body_limit: 1024 * 1024,

@@ -20,6 +20,7 @@ pub struct Running {
     pub gateway_addr: SocketAddr,
     pub intake_addr: SocketAddr,
     pub log: Arc<dyn EventLog>,
+    store: mskflow_eventlog_sqlite::SqliteEventLog,
     stop: watch::Sender<bool>,
     tasks: JoinSet<anyhow::Result<()>>,
 }
@@ -33,13 +34,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let path = config.event_store_path();
-    let log: Arc<dyn EventLog> = Arc::new(
-        mskflow_eventlog_sqlite::SqliteEventLog::open(mskflow_eventlog_sqlite::Options {
-            path: path.clone(),
-            ..Default::default()
-        })
-        .with_context(|| format!("opening the event store {}", path.display()))?,
-    );
+    let store = mskflow_eventlog_sqlite::SqliteEventLog::open(mskflow_eventlog_sqlite::Options {
+        path: path.clone(),
+        ..Default::default()
+    })
+    .with_context(|| format!("opening the event store {}", path.display()))?;
+    let log: Arc<dyn EventLog> = Arc::new(mskflow_eventlog::Instrumented::new(Arc::new(store.clone())));
     let (stop, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
@@ -76,16 +76,20 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         gateway_addr,
         intake_addr,
         log,
+        store,
         stop,
         tasks,
     })
 }
 
 impl Running {
-    /// Ask every service to stop and wait for them to drain.
+    /// Ask every service to stop, wait for them to drain, then close the
+    /// store (its writer commits whatever is queued).
     pub async fn stop(mut self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        self.join().await
+        let result = self.join().await;
+        self.store.close().await;
+        result
     }
 
     /// Run until `shutdown` resolves or a service fails.
@@ -96,6 +100,7 @@ impl Running {
                 let _ = self.stop.send(true);
                 let first = done.context("service task panicked").and_then(|r| r);
                 self.join().await?;
+                self.store.close().await;
                 return first.and(Err(anyhow::anyhow!("a service stopped unexpectedly")));
             }
         }

@@ -32,6 +32,9 @@ enum Command {
         /// Intake gRPC address.
         #[arg(long)]
         grpc_addr: Option<std::net::SocketAddr>,
+        /// Export traces to this OTLP/gRPC endpoint (e.g. http://127.0.0.1:4317).
+        #[arg(long)]
+        otlp_endpoint: Option<String>,
     },
     /// Check the configuration and print it as resolved.
     Config {
@@ -54,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: None,
         http_addr: None,
         grpc_addr: None,
+        otlp_endpoint: None,
     }) {
         Command::Config {
             action: ConfigAction::Check,
@@ -67,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             http_addr,
             grpc_addr,
+            otlp_endpoint,
         } => {
             if let Some(d) = data_dir {
                 config.data_dir = d;
@@ -77,7 +82,14 @@ async fn main() -> anyhow::Result<()> {
             if let Some(a) = grpc_addr {
                 config.intake.grpc_addr = a;
             }
-            mskflow_telemetry::init("mskflow", config.log_format.parse()?)?;
+            if let Some(e) = otlp_endpoint {
+                config.otlp_endpoint = Some(e);
+            }
+            let telemetry = mskflow_telemetry::init(&mskflow_telemetry::Settings {
+                service: "mskflow".to_owned(),
+                log_format: config.log_format.parse()?,
+                otlp_endpoint: config.otlp_endpoint.clone(),
+            })?;
             let running = mskflow::start(&config).await?;
             let url = format!("http://{}/fhir", running.gateway_addr);
             println!(
@@ -94,9 +106,10 @@ async fn main() -> anyhow::Result<()> {
                  --data @crates/fhir/tests/fixtures/referral-message.json"
             );
             println!("ready");
-            running
-                .run_until(mskflow_telemetry::shutdown_signal())
-                .await
+            let result = running.run_until(mskflow_telemetry::shutdown_signal()).await;
+            tracing::info!(ok = result.is_ok(), "mskflow stopped");
+            telemetry.shutdown();
+            result
         }
     }
 }

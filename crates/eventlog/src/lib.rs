@@ -6,12 +6,16 @@
 //! back through a [`Subscription`]. Adapters implement the port: the embedded
 //! single-file store (`mskflow-eventlog-sqlite`) and, in production, Kafka.
 
+mod instrumented;
+
 use std::fmt;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+pub use instrumented::Instrumented;
 
 /// One stored event with everything needed to trace and order it.
 ///
@@ -181,7 +185,7 @@ pub trait EventLog: Send + Sync + fmt::Debug {
 /// Delivery is at-least-once: a consumer that stops before `commit` sees the
 /// uncommitted events again, so handlers must be idempotent by `event_id`.
 #[async_trait]
-pub trait Subscription: Send + fmt::Debug {
+pub trait Subscription: Send + Sync + fmt::Debug {
     /// Wait for and return the next batch of at most `max` events (never an
     /// empty batch).
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error>;

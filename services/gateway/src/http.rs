@@ -10,6 +10,7 @@ use actix_web::http::header::{self, HeaderName};
 use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
+use tracing::Instrument as _;
 use mskflow_eventlog::EventLog;
 use mskflow_fhir::IssueType;
 use mskflow_proto::intake::v1 as pb;
@@ -52,6 +53,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(not_allowed)),
     )
     .service(
+        web::resource("/metrics")
+            .route(web::get().to(metrics_text))
+            .default_service(web::to(not_allowed)),
+    )
+    .service(
         web::scope("/fhir")
             .service(
                 web::resource("/metadata")
@@ -88,18 +94,53 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(not_found));
 }
 
-/// Echo `X-Request-Id` and `X-Correlation-Id` on every answer.
-pub async fn echo_ids(
+/// Every request: a server span (child of the caller's `traceparent`),
+/// request metrics, and `X-Request-Id` / `X-Correlation-Id` echoed on the
+/// answer.
+pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let request_id = req.headers().get(X_REQUEST_ID).cloned();
     let correlation_id = req.headers().get(X_CORRELATION_ID).cloned();
-    let mut res = next.call(req).await?;
-    for (name, value) in [
-        (X_REQUEST_ID, request_id),
-        (X_CORRELATION_ID, correlation_id),
-    ] {
+    let method = req.method().to_string();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        correlation_id = tracing::field::Empty,
+    );
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    mskflow_telemetry::set_remote_parent(&span, header("traceparent").as_deref(), header("tracestate").as_deref());
+    if let Some(id) = mskflow_telemetry::trace_id_of(&span) {
+        span.record("trace_id", id);
+    }
+    if let Some(id) = correlation_id
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Uuid::parse_str(v).ok())
+    {
+        span.record("correlation_id", tracing::field::display(id));
+    }
+    let started = std::time::Instant::now();
+    let mut res = next.call(req).instrument(span.clone()).await?;
+    let status = res.status().as_u16();
+    span.record("http.response.status_code", status);
+    metrics::counter!(
+        "mskflow_http_requests_total",
+        "method" => method.clone(),
+        "route" => route.clone(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!("mskflow_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    for (name, value) in [(X_REQUEST_ID, request_id), (X_CORRELATION_ID, correlation_id)] {
         if let Some(v) = value {
             res.headers_mut().insert(HeaderName::from_static(name), v);
         }
@@ -521,6 +562,12 @@ async fn metadata(state: State, req: HttpRequest) -> HttpResponse {
         StatusCode::OK,
         &render::capability_statement(&base_url(&state, &req)),
     )
+}
+
+async fn metrics_text() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(mskflow_telemetry::render_metrics())
 }
 
 async fn live() -> HttpResponse {

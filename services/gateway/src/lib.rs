@@ -140,7 +140,7 @@ impl Service {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .wrap(middleware::from_fn(http::echo_ids))
+                .wrap(middleware::from_fn(http::observe))
                 .configure(http::configure)
         })
         .workers(self.options.workers.max(1))

@@ -30,6 +30,9 @@ struct Args {
     /// Public base URL of the FHIR API.
     #[arg(long, env = "MSKFLOW_BASE_URL")]
     base_url: Option<String>,
+    /// OTLP/gRPC endpoint for traces (e.g. http://127.0.0.1:4317); off when unset.
+    #[arg(long, env = "MSKFLOW_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Log format: json or pretty.
     #[arg(long, env = "MSKFLOW_LOG_FORMAT", default_value = "json")]
     log_format: mskflow_telemetry::LogFormat,
@@ -38,7 +41,11 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    mskflow_telemetry::init("gateway", args.log_format)?;
+    let telemetry = mskflow_telemetry::init(&mskflow_telemetry::Settings {
+        service: "mskflow-gateway".to_owned(),
+        log_format: args.log_format,
+        otlp_endpoint: args.otlp_endpoint.clone(),
+    })?;
     let log = mskflow_eventlog_sqlite::SqliteEventLog::open(mskflow_eventlog_sqlite::Options {
         path: args.db.clone(),
         ..Default::default()
@@ -52,10 +59,11 @@ async fn main() -> anyhow::Result<()> {
             base_url: args.base_url,
             ..Default::default()
         },
-        Arc::new(log),
+        Arc::new(mskflow_eventlog::Instrumented::new(Arc::new(log))),
     )
     .await?;
     tracing::info!(addr = %service.local_addr()?, "gateway listening");
-    service.run(mskflow_telemetry::shutdown_signal()).await?;
-    Ok(())
+    let result = service.run(mskflow_telemetry::shutdown_signal()).await;
+    telemetry.shutdown();
+    Ok(result?)
 }

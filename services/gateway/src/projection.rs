@@ -43,10 +43,29 @@ impl ViewStore {
                 Err(poisoned) => poisoned.into_inner(),
             };
             for envelope in batch {
+                // Each event continues the trace of the request that wrote it.
+                let span = tracing::debug_span!(
+                    "consume",
+                    otel.name = %format!("{CONSUMER} {}", envelope.event_type),
+                    otel.kind = "consumer",
+                    consumer = CONSUMER,
+                    event_type = %envelope.event_type,
+                    position = envelope.position,
+                );
+                mskflow_telemetry::set_remote_parent(
+                    &span,
+                    envelope.traceparent.as_deref(),
+                    envelope.tracestate.as_deref(),
+                );
+                let _entered = span.enter();
                 if let Err(e) = views.apply(envelope) {
                     self.skipped.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("mskflow_projection_skipped_events_total", "consumer" => CONSUMER).increment(1);
                     tracing::error!(error = %e, position = envelope.position, "event skipped by the gateway views");
                 }
+            }
+            for (status, count) in views.count_by_status() {
+                metrics::gauge!("mskflow_referrals", "status" => status.code()).set(count as f64);
             }
         }
         self.applied.send_modify(|n| *n += batch.len() as u64);

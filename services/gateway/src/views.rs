@@ -207,6 +207,22 @@ impl Views {
         all.into_iter()
     }
 
+    /// How many referrals are in each status (every status listed).
+    pub fn count_by_status(&self) -> [(ReferralStatus, usize); 4] {
+        let mut counts = [
+            (ReferralStatus::Received, 0),
+            (ReferralStatus::Triaged, 0),
+            (ReferralStatus::Redirected, 0),
+            (ReferralStatus::Rejected, 0),
+        ];
+        for r in self.referrals.values() {
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == r.status) {
+                c.1 += 1;
+            }
+        }
+        counts
+    }
+
     pub fn len(&self) -> usize {
         self.referrals.len()
     }

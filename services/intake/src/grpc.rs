@@ -1,5 +1,6 @@
 //! The `mskflow.intake.v1.IntakeService` gRPC server.
 
+use tracing::Instrument as _;
 use std::sync::Arc;
 
 use mskflow_events::intake::ReferralDetails;
@@ -75,23 +76,15 @@ pub fn state_to_pb(referral_id: Uuid, state: &ReferralState) -> pb::ReferralStat
     }
 }
 
-#[tonic::async_trait]
-impl IntakeService for IntakeGrpc {
-    async fn submit_referral(
+impl IntakeGrpc {
+    async fn submit_inner(
         &self,
-        request: Request<pb::SubmitReferralRequest>,
+        body: pb::SubmitReferralRequest,
+        traceparent: Option<String>,
     ) -> Result<Response<pb::SubmitReferralResponse>, Status> {
-        let traceparent = request
-            .metadata()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            // W3C trace context is 55 characters; anything far longer is
-            // not one and is not stored.
-            .filter(|v| v.len() <= 256)
-            .map(str::to_owned);
-        let body = request.into_inner();
         let request_id = parse_uuid("request_id", &body.request_id)?;
         let correlation_id = parse_uuid("correlation_id", &body.correlation_id)?;
+        tracing::Span::current().record("correlation_id", tracing::field::display(correlation_id));
         let referral = body
             .referral
             .ok_or_else(|| bad_field("referral", "is required"))?;
@@ -101,11 +94,14 @@ impl IntakeService for IntakeGrpc {
             .submit(request_id, correlation_id, traceparent, details)
             .await?
         {
-            Ok(submitted) => Ok(Response::new(pb::SubmitReferralResponse {
-                referral_id: submitted.referral_id.to_string(),
-                version: submitted.version,
-                state: Some(state_to_pb(submitted.referral_id, &submitted.state)),
-            })),
+            Ok(submitted) => {
+                tracing::Span::current().record("referral_id", tracing::field::display(submitted.referral_id));
+                Ok(Response::new(pb::SubmitReferralResponse {
+                    referral_id: submitted.referral_id.to_string(),
+                    version: submitted.version,
+                    state: Some(state_to_pb(submitted.referral_id, &submitted.state)),
+                }))
+            }
             Err(Rejection::Duplicate { referral_id }) => {
                 let mut status = Status::already_exists(format!(
                     "referral {referral_id} is already recorded (same request id or same referral)"
@@ -116,6 +112,52 @@ impl IntakeService for IntakeGrpc {
                 Err(status)
             }
         }
+    }
+}
+
+#[tonic::async_trait]
+impl IntakeService for IntakeGrpc {
+    async fn submit_referral(
+        &self,
+        request: Request<pb::SubmitReferralRequest>,
+    ) -> Result<Response<pb::SubmitReferralResponse>, Status> {
+        let started = std::time::Instant::now();
+        let incoming = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            // W3C trace context is 55 characters; anything far longer is
+            // not one and is not stored.
+            .filter(|v| v.len() <= 256)
+            .map(str::to_owned);
+        let span = tracing::info_span!(
+            "intake.submit_referral",
+            otel.name = "IntakeService/SubmitReferral",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            trace_id = tracing::field::Empty,
+            correlation_id = tracing::field::Empty,
+            referral_id = tracing::field::Empty,
+        );
+        mskflow_telemetry::set_remote_parent(&span, incoming.as_deref(), None);
+        if let Some(id) = mskflow_telemetry::trace_id_of(&span) {
+            span.record("trace_id", id);
+        }
+        // The events carry this span's context, so consumers continue the
+        // same trace as children of intake.
+        let traceparent = mskflow_telemetry::trace_context_of(&span).0.or(incoming);
+        let result = self
+            .submit_inner(request.into_inner(), traceparent)
+            .instrument(span)
+            .await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        metrics::counter!("mskflow_grpc_requests_total", "method" => "SubmitReferral", "code" => format!("{code:?}")).increment(1);
+        metrics::histogram!("mskflow_grpc_request_duration_seconds", "method" => "SubmitReferral")
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 
     async fn get_referral(

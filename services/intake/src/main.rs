@@ -24,6 +24,15 @@ struct Args {
     /// The embedded event store file (created if missing).
     #[arg(long, env = "MSKFLOW_DB", default_value = "mskflow.db")]
     db: PathBuf,
+    /// Address of the operations endpoint (/metrics, /health/live, /health/ready).
+    #[arg(long, env = "MSKFLOW_INTAKE_OPS_ADDR", default_value = "127.0.0.1:9464")]
+    ops_addr: SocketAddr,
+    /// OTLP/gRPC endpoint for traces (e.g. http://127.0.0.1:4317); off when unset.
+    #[arg(long, env = "MSKFLOW_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Log format: json or pretty.
+    #[arg(long, env = "MSKFLOW_LOG_FORMAT", default_value = "json")]
+    log_format: mskflow_telemetry::LogFormat,
     /// A triage rule file to use instead of the built-in rules.
     #[arg(long, env = "MSKFLOW_INTAKE_RULES")]
     rules: Option<PathBuf>,
@@ -31,72 +40,49 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
+    let telemetry = mskflow_telemetry::init(&mskflow_telemetry::Settings {
+        service: "mskflow-intake".to_owned(),
+        log_format: args.log_format,
+        otlp_endpoint: args.otlp_endpoint.clone(),
+    })?;
 
     let store = SqliteEventLog::open(mskflow_eventlog_sqlite::Options {
         path: args.db.clone(),
         ..mskflow_eventlog_sqlite::Options::default()
     })
     .with_context(|| format!("opening event store {}", args.db.display()))?;
-    let log: Arc<dyn mskflow_eventlog::EventLog> = Arc::new(store.clone());
+    let log: Arc<dyn mskflow_eventlog::EventLog> =
+        Arc::new(mskflow_eventlog::Instrumented::new(Arc::new(store.clone())));
 
     let service = Service::build(
         Options {
             grpc_addr: args.grpc_addr,
             rules_path: args.rules,
         },
-        log,
+        log.clone(),
     )
     .await
     .context("starting intake")?;
     tracing::info!(addr = %service.local_addr(), "mskflow-intake listening");
 
-    let result = service.run(shutdown_signal()).await;
+    let ops = mskflow_telemetry::ops::bind(args.ops_addr).context("binding the operations endpoint")?;
+    tracing::info!(addr = %ops.local_addr()?, "operations endpoint (/metrics, /health) listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let readiness: mskflow_telemetry::ops::Readiness = Arc::new(move || {
+        let log = log.clone();
+        Box::pin(async move { log.ping().await.map_err(|e| e.to_string()) })
+    });
+    let mut ops_stop = stop_rx.clone();
+    let ops_task = tokio::spawn(mskflow_telemetry::ops::serve(ops, readiness, async move {
+        let _ = ops_stop.wait_for(|s| *s).await;
+    }));
+
+    let result = service.run(mskflow_telemetry::shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    let _ = ops_task.await;
     // In-flight requests have finished: let the store commit what is queued.
     store.close().await;
+    telemetry.shutdown();
     result.context("serving intake")
-}
-
-/// Completes on Ctrl-C or SIGTERM. A second signal exits at once.
-async fn shutdown_signal() {
-    wait_for_signal().await;
-    tracing::info!("shutting down: finishing in-flight requests");
-    tokio::spawn(async {
-        wait_for_signal().await;
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    () = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await;
 }
