@@ -83,6 +83,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 }
 
 impl Running {
+    /// The embedded store (operators' tools and tests).
+    pub fn store(&self) -> &mskflow_eventlog_sqlite::SqliteEventLog {
+        &self.store
+    }
+
     /// Ask every service to stop, wait for them to drain, then close the
     /// store (its writer commits whatever is queued).
     pub async fn stop(mut self) -> anyhow::Result<()> {

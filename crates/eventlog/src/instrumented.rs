@@ -56,7 +56,7 @@ impl EventLog for Instrumented {
     ) -> Result<Appended, Error> {
         let count = events.len() as u64;
         let kind = stream_kind(stream_id);
-        let span = tracing::debug_span!("eventlog.append", otel.kind = "producer", stream_kind = %kind, events = count);
+        let span = tracing::info_span!("eventlog.append", otel.kind = "producer", stream_kind = %kind, events = count);
         let started = Instant::now();
         let result = self
             .inner

@@ -97,6 +97,7 @@ impl Service {
             })?
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
+        mskflow_telemetry::install_metrics();
         let views = Arc::new(ViewStore::default());
         let subscription = projection::catch_up(&log, &views).await?;
         tracing::info!(

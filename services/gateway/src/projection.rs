@@ -44,7 +44,7 @@ impl ViewStore {
             };
             for envelope in batch {
                 // Each event continues the trace of the request that wrote it.
-                let span = tracing::debug_span!(
+                let span = tracing::info_span!(
                     "consume",
                     otel.name = %format!("{CONSUMER} {}", envelope.event_type),
                     otel.kind = "consumer",

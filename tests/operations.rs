@@ -1,0 +1,166 @@
+//! What the integration team runs the system with: metrics, readiness,
+//! logs free of patient identifiers, and a graceful stop on SIGTERM.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+#[tokio::test]
+async fn metrics_describe_requests_appends_lag_and_referrals() -> TestResult {
+    let app = spawn_app().await?;
+    assert_eq!(app.post_message(&new_referral_message()?).await?.status().as_u16(), 200);
+    let text = client()
+        .get(app.base.replace("/fhir", "/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for needle in [
+        "mskflow_http_requests_total{method=\"POST\",route=\"/fhir/$process-message\",status=\"200\"}",
+        "mskflow_http_request_duration_seconds_bucket{method=\"POST\",route=\"/fhir/$process-message\",le=\"",
+        "mskflow_grpc_requests_total{method=\"SubmitReferral\",code=\"Ok\"}",
+        "mskflow_event_append_duration_seconds_bucket{le=\"",
+        "mskflow_events_appended_total{stream_kind=\"referral\"}",
+        "mskflow_consumer_lag{consumer=\"gateway-views\",partition=\"0\"}",
+        "mskflow_referrals{status=\"triaged\"}",
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn readiness_turns_false_when_the_store_is_gone() -> TestResult {
+    let app = spawn_app().await?;
+    let ready = app.base.replace("/fhir", "/health/ready");
+    assert_eq!(client().get(&ready).send().await?.status().as_u16(), 200);
+    let running = app.running.as_ref().ok_or("not running")?;
+    running.store().close().await;
+    let res = client().get(&ready).send().await?;
+    assert_eq!(res.status().as_u16(), 503);
+    let body: Value = res.json().await?;
+    assert_eq!(body["status"], "fail");
+    assert!(body["checks"]["event-store"].as_str().unwrap_or_default().starts_with("fail"), "{body}");
+    // Liveness is not readiness: the process is still alive.
+    let live = client().get(app.base.replace("/fhir", "/health/live")).send().await?;
+    assert_eq!(live.status().as_u16(), 200);
+    Ok(())
+}
+
+/// Values in the canonical referral that identify the patient.
+fn identifying_values(bundle: &Value) -> Vec<String> {
+    let mut values = Vec::new();
+    for patient in entries_of(bundle, "Patient") {
+        for id in patient["identifier"].as_array().into_iter().flatten() {
+            values.extend(id["value"].as_str().map(str::to_owned));
+        }
+        for name in patient["name"].as_array().into_iter().flatten() {
+            values.extend(name["family"].as_str().map(str::to_owned));
+            for g in name["given"].as_array().into_iter().flatten() {
+                values.extend(g.as_str().map(str::to_owned));
+            }
+        }
+        for a in patient["address"].as_array().into_iter().flatten() {
+            values.extend(a["postalCode"].as_str().map(str::to_owned));
+            for line in a["line"].as_array().into_iter().flatten() {
+                values.extend(line.as_str().map(str::to_owned));
+            }
+        }
+        values.extend(patient["birthDate"].as_str().map(str::to_owned));
+    }
+    for sr in entries_of(bundle, "ServiceRequest") {
+        for n in sr["note"].as_array().into_iter().flatten() {
+            values.extend(n["text"].as_str().map(str::to_owned));
+        }
+    }
+    values.retain(|v| v.len() >= 4);
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journey_logs_no_patient_identifiers_and_sigterm_stops_cleanly() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mskflow"))
+        .args(["run", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path())
+        .env("RUST_LOG", "trace,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,actix_server=info,actix_http=info,mio=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let log_lines = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut all = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            all.push(line);
+        }
+        all
+    });
+    let mut out = BufReader::new(stdout).lines();
+    let mut base = None;
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(60), out.next_line()).await?? {
+        if let Some(url) = line.trim().strip_prefix("FHIR gateway:") {
+            base = Some(url.trim().to_owned());
+        }
+        if line.trim() == "ready" {
+            break;
+        }
+    }
+    let base = base.ok_or("no gateway URL")?;
+
+    // A journey with accepted, redirected, duplicate and refused referrals.
+    let mut bundle = new_referral_message()?;
+    let secrets = identifying_values(&bundle);
+    assert!(secrets.len() >= 4, "the fixture should carry identifiers to look for: {secrets:?}");
+    let post = |body: String, request_id: uuid::Uuid| {
+        client()
+            .post(format!("{base}/$process-message"))
+            .header("Content-Type", "application/fhir+json")
+            .header("X-Request-Id", request_id.to_string())
+            .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
+            .body(body)
+            .send()
+    };
+    let rid = uuid::Uuid::new_v4();
+    assert_eq!(post(bundle.to_string(), rid).await?.status().as_u16(), 200);
+    assert_eq!(post(bundle.to_string(), rid).await?.status().as_u16(), 409);
+    let mut red = new_referral_message()?;
+    add_red_flag(&mut red, "saddle-anaesthesia", true)?;
+    assert_eq!(post(red.to_string(), uuid::Uuid::new_v4()).await?.status().as_u16(), 200);
+    with_resource(&mut bundle, "Patient", |p| p["identifier"][0]["value"] = serde_json::json!("9434765918"))?;
+    assert_eq!(post(bundle.to_string(), uuid::Uuid::new_v4()).await?.status().as_u16(), 422);
+    let task: Value = client().get(format!("{base}/Task?_count=10")).send().await?.json().await?;
+    assert_eq!(task["total"], 2);
+
+    // SIGTERM: drain and exit 0.
+    let pid = child.id().ok_or("no pid")?;
+    let killed = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+    assert!(status.success(), "mskflow exited with {status} after SIGTERM");
+
+    let lines = log_lines.await?;
+    assert!(lines.len() > 10, "expected a real log, got {} lines", lines.len());
+    let mut with_trace = 0;
+    for line in &lines {
+        let parsed: Value = serde_json::from_str(line).map_err(|e| format!("not a JSON log line ({e}): {line}"))?;
+        if parsed["span"]["trace_id"].is_string() || parsed["trace_id"].is_string() {
+            with_trace += 1;
+        }
+        for secret in &secrets {
+            assert!(!line.contains(secret.as_str()), "a log line carries patient data ({secret}): {line}");
+        }
+        assert!(!line.contains("9434765918"), "a log line carries the refused NHS number: {line}");
+    }
+    assert!(with_trace > 0, "no log line carries a trace id");
+    assert!(lines.iter().any(|l| l.contains("shutdown signal received")), "no drain message logged");
+    Ok(())
+}
