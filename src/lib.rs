@@ -3,6 +3,7 @@
 //! over gRPC on loopback).
 
 pub mod config;
+pub mod ops;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -15,6 +15,9 @@ struct Cli {
     /// override it.
     #[arg(long, short, global = true, env = "MSKFLOW_CONFIG")]
     config: Option<PathBuf>,
+    /// Data directory of the embedded event store (overrides the configuration).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -23,9 +26,6 @@ struct Cli {
 enum Command {
     /// Run every service in this process (the default).
     Run {
-        /// Data directory for the embedded event store.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
         /// Gateway HTTP address, e.g. 127.0.0.1:8080 (port 0 picks one).
         #[arg(long)]
         http_addr: Option<std::net::SocketAddr>,
@@ -35,6 +35,19 @@ enum Command {
         /// Export traces to this OTLP/gRPC endpoint (e.g. http://127.0.0.1:4317).
         #[arg(long)]
         otlp_endpoint: Option<String>,
+    },
+    /// The event store, consumers, referral counts and service health.
+    Status {
+        /// Gateway base URL (default: from the configuration).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Rebuild the gateway views from the log (progress bar), report them,
+    /// and optionally reset a durable consumer to replay from the start.
+    Replay {
+        /// Consumer whose checkpoint to reset to 0.
+        #[arg(long)]
+        reset_consumer: Option<String>,
     },
     /// Check the configuration and print it as resolved.
     Config {
@@ -53,12 +66,22 @@ enum ConfigAction {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    if let Some(d) = cli.data_dir {
+        config.data_dir = d;
+    }
     match cli.command.unwrap_or(Command::Run {
-        data_dir: None,
         http_addr: None,
         grpc_addr: None,
         otlp_endpoint: None,
     }) {
+        Command::Status { url } => {
+            print!("{}", mskflow::ops::status(&config, url).await?);
+            Ok(())
+        }
+        Command::Replay { reset_consumer } => {
+            print!("{}", mskflow::ops::replay(&config, reset_consumer).await?);
+            Ok(())
+        }
         Command::Config {
             action: ConfigAction::Check,
         } => {
@@ -68,14 +91,10 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run {
-            data_dir,
             http_addr,
             grpc_addr,
             otlp_endpoint,
         } => {
-            if let Some(d) = data_dir {
-                config.data_dir = d;
-            }
             if let Some(a) = http_addr {
                 config.gateway.addr = a;
             }

@@ -164,3 +164,51 @@ async fn a_full_journey_logs_no_patient_identifiers_and_sigterm_stops_cleanly() 
     assert!(lines.iter().any(|l| l.contains("shutdown signal received")), "no drain message logged");
     Ok(())
 }
+
+#[tokio::test]
+async fn status_and_replay_commands_report_the_store_and_the_services() -> TestResult {
+    let app = spawn_app().await?;
+    assert_eq!(app.post_message(&new_referral_message()?).await?.status().as_u16(), 200);
+    let mut red = new_referral_message()?;
+    add_red_flag(&mut red, "significant-trauma", true)?;
+    assert_eq!(app.post_message(&red).await?.status().as_u16(), 200);
+    let gateway = app.base.trim_end_matches("/fhir").to_owned();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_mskflow"))
+        .args(["status", "--url", &gateway, "--data-dir"])
+        .arg(&app.dir)
+        .output()
+        .await?;
+    let text = String::from_utf8(out.stdout)?;
+    assert!(out.status.success(), "status failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+    for needle in [
+        "head position 4",
+        "ReferralReceived 2",
+        "ReferralRedirected 1",
+        "triaged 1, redirected 1",
+        "(total 2)",
+        "ready (event-store pass, views pass)",
+    ] {
+        assert!(text.contains(needle), "status lacks '{needle}':\n{text}");
+    }
+
+    let out = Command::new(env!("CARGO_BIN_EXE_mskflow"))
+        .args(["replay", "--reset-consumer", "assessment", "--data-dir"])
+        .arg(&app.dir)
+        .output()
+        .await?;
+    let text = String::from_utf8(out.stdout)?;
+    assert!(out.status.success(), "replay failed: {text}");
+    assert!(text.contains("replayed 4 events"), "{text}");
+    assert!(text.contains("2 referrals, 0 events skipped"), "{text}");
+    assert!(text.contains("checkpoint of consumer 'assessment' reset to 0"), "{text}");
+
+    // An unreachable gateway is reported, not hidden.
+    let out = Command::new(env!("CARGO_BIN_EXE_mskflow"))
+        .args(["status", "--url", "http://127.0.0.1:9", "--data-dir"])
+        .arg(&app.dir)
+        .output()
+        .await?;
+    assert!(String::from_utf8(out.stdout)?.contains("unreachable"));
+    Ok(())
+}

@@ -226,6 +226,57 @@ impl SqliteEventLog {
         }
     }
 
+    /// Highest position stored (0 for an empty log).
+    pub async fn head(&self) -> Result<u64, mskflow_eventlog::Error> {
+        self.inner.read(read::head_position).await
+    }
+
+    /// Every consumer's stored checkpoint, by name.
+    pub async fn checkpoints(&self) -> Result<Vec<(String, u64)>, mskflow_eventlog::Error> {
+        self.inner
+            .read(|conn| {
+                let mut stmt = conn
+                    .prepare("SELECT consumer, position FROM checkpoints ORDER BY consumer")
+                    .map_err(|e| unavailable("reading checkpoints", e))?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .map_err(|e| unavailable("reading checkpoints", e))?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (name, position) = row.map_err(|e| unavailable("reading checkpoints", e))?;
+                    out.push((name, u64::try_from(position).unwrap_or(0)));
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// How many events of each type are stored.
+    pub async fn counts_by_type(&self) -> Result<Vec<(String, u64)>, mskflow_eventlog::Error> {
+        self.inner
+            .read(|conn| {
+                let mut stmt = conn
+                    .prepare("SELECT event_type, COUNT(*) FROM events GROUP BY event_type ORDER BY event_type")
+                    .map_err(|e| unavailable("counting events", e))?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .map_err(|e| unavailable("counting events", e))?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (name, n) = row.map_err(|e| unavailable("counting events", e))?;
+                    out.push((name, u64::try_from(n).unwrap_or(0)));
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Set a consumer's checkpoint (0 makes it replay the whole log on its
+    /// next start). Durable on return.
+    pub async fn set_checkpoint(&self, consumer: &str, position: u64) -> Result<(), mskflow_eventlog::Error> {
+        self.inner.checkpoint(consumer, position).await
+    }
+
     /// Stop taking requests, let the writer commit what is queued, and wait
     /// for it to stop. Later calls on any clone fail with `Closed`.
     pub async fn close(&self) {

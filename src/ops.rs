@@ -1,0 +1,143 @@
+//! Operator commands: `status` and `replay`.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mskflow_eventlog::{EventLog as _, StartFrom};
+use mskflow_eventlog_sqlite::{Options, SqliteEventLog};
+use mskflow_gateway::views::Views;
+
+use crate::Config;
+
+const BATCH: usize = 1000;
+
+/// Open the configured store (the services may be running: WAL allows it).
+fn open_store(config: &Config) -> anyhow::Result<SqliteEventLog> {
+    let path = config.event_store_path();
+    anyhow::ensure!(
+        path.exists(),
+        "no event store at {} (is data_dir right? `mskflow config check` prints it)",
+        path.display()
+    );
+    SqliteEventLog::open(Options {
+        path: path.clone(),
+        read_connections: 1,
+        ..Options::default()
+    })
+    .with_context(|| format!("opening the event store {}", path.display()))
+}
+
+/// Replay the whole log into the gateway's views, reporting progress.
+async fn replay_views(store: &SqliteEventLog, progress: Option<&indicatif::ProgressBar>) -> anyhow::Result<(Views, u64, u64)> {
+    let mut sub = store
+        .subscribe("mskflow-ops-replay", StartFrom::Beginning)
+        .await
+        .context("opening a replay subscription")?;
+    let mut views = Views::default();
+    let (mut events, mut skipped) = (0u64, 0u64);
+    loop {
+        let batch = sub.poll_batch(BATCH).await?;
+        if batch.is_empty() {
+            break;
+        }
+        for e in &batch {
+            events += 1;
+            if let Err(err) = views.apply(e) {
+                skipped += 1;
+                tracing::warn!(error = %err, position = e.position, "event does not apply to the views");
+            }
+        }
+        if let Some(p) = progress {
+            p.set_position(batch.last().map_or(0, |e| e.position));
+        }
+    }
+    Ok((views, events, skipped))
+}
+
+/// `mskflow status`: the store, the consumers, the referral counts and the
+/// health of the running services.
+pub async fn status(config: &Config, gateway_url: Option<String>) -> anyhow::Result<String> {
+    let store = open_store(config)?;
+    let head = store.head().await?;
+    let size = std::fs::metadata(config.event_store_path()).map(|m| m.len()).unwrap_or(0);
+    let mut out = String::new();
+    writeln!(out, "event store   {} (head position {head}, {:.1} MiB)", config.event_store_path().display(), size as f64 / 1_048_576.0)?;
+    let counts = store.counts_by_type().await?;
+    let listed: Vec<String> = counts.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    writeln!(out, "events        {}", if listed.is_empty() { "none".to_owned() } else { listed.join(", ") })?;
+    let (views, _, skipped) = replay_views(&store, None).await?;
+    let by_status: Vec<String> = views
+        .count_by_status()
+        .iter()
+        .map(|(s, n)| format!("{} {n}", s.code()))
+        .collect();
+    writeln!(out, "referrals     {} (total {})", by_status.join(", "), views.len())?;
+    if skipped > 0 {
+        writeln!(out, "              {skipped} events do not apply to the views: see `mskflow replay`")?;
+    }
+    writeln!(out, "consumers     gateway-views (in memory, replays from the log at start)")?;
+    for (name, position) in store.checkpoints().await? {
+        if name.starts_with("mskflow-ops") || name.starts_with("test-") {
+            continue;
+        }
+        writeln!(out, "              {name}: checkpoint {position}, lag {}", head.saturating_sub(position))?;
+    }
+    store.close().await;
+
+    let url = gateway_url.unwrap_or_else(|| format!("http://{}", config.gateway.addr));
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
+    let health = match client.get(format!("{url}/health/ready")).send().await {
+        Ok(res) => {
+            let code = res.status().as_u16();
+            let body: serde_json::Value = res.json().await.unwrap_or_default();
+            let checks = body["checks"]
+                .as_object()
+                .map(|c| {
+                    c.iter()
+                        .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("?")))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            format!("{} ({checks})", if code == 200 { "ready" } else { "NOT READY" })
+        }
+        Err(e) => format!("unreachable ({})", e.without_url()),
+    };
+    writeln!(out, "services      gateway {url}: {health}")?;
+    Ok(out)
+}
+
+/// `mskflow replay`: rebuild the gateway views from the log with a progress
+/// bar and report what they hold; with `reset`, also move a durable
+/// consumer's checkpoint back to the start so it reprocesses every event on
+/// its next start (handlers are idempotent by event id).
+pub async fn replay(config: &Config, reset: Option<String>) -> anyhow::Result<String> {
+    let store = open_store(config)?;
+    let head = store.head().await?;
+    let bar = indicatif::ProgressBar::new(head);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} replaying [{bar:40}] {pos}/{len} events ({per_sec}, {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    let (views, events, skipped) = replay_views(&store, Some(&bar)).await?;
+    bar.finish_and_clear();
+    let mut out = String::new();
+    writeln!(
+        out,
+        "replayed {events} events in {:.2} s: {} referrals, {skipped} events skipped",
+        started.elapsed().as_secs_f64(),
+        views.len()
+    )?;
+    for (s, n) in views.count_by_status() {
+        writeln!(out, "  {:<11} {n}", s.code())?;
+    }
+    if let Some(consumer) = reset {
+        store.set_checkpoint(&consumer, 0).await?;
+        writeln!(out, "checkpoint of consumer '{consumer}' reset to 0: it replays the log on its next start")?;
+    }
+    store.close().await;
+    Ok(out)
+}
