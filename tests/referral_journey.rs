@@ -372,32 +372,55 @@ async fn the_capability_statement_lists_what_is_served() -> TestResult {
     assert_eq!(status, 200);
     assert_eq!(cs["resourceType"], "CapabilityStatement");
     assert_eq!(cs["fhirVersion"], "4.0.1");
-    let resources: Vec<&str> = cs["rest"][0]["resource"]
-        .as_array()
-        .ok_or("no resources")?
-        .iter()
-        .filter_map(|r| r["type"].as_str())
-        .collect();
-    assert_eq!(resources, vec!["ServiceRequest", "Task"]);
-    // Each declared read answers (404 for an unknown id, not 405/404 route).
-    for r in &resources {
-        let res = app.get(&format!("{r}/{}", Uuid::new_v4())).await?;
-        let body: Value = res.json().await?;
-        assert!(
-            body["issue"][0]["diagnostics"]
-                .as_str()
-                .unwrap_or_default()
-                .contains(r),
-            "{body}"
-        );
-        let (status, search) = app.get_json(r).await?;
-        assert_eq!((status, search["type"].clone()), (200, json!("searchset")));
+    let resources = cs["rest"][0]["resource"].as_array().ok_or("no resources")?;
+    let types: Vec<&str> = resources.iter().filter_map(|r| r["type"].as_str()).collect();
+    assert_eq!(types, vec!["ServiceRequest", "Task"]);
+    let unknown = uuid::Uuid::new_v4();
+    for r in resources {
+        let t = r["type"].as_str().ok_or("no type")?;
+        let interactions: Vec<&str> = r["interaction"].as_array().ok_or("no interactions")?.iter().filter_map(|i| i["code"].as_str()).collect();
+        // Every declared interaction is routed (an unknown id answers 404
+        // with a diagnostic naming the resource, not a routing 404/405).
+        for i in &interactions {
+            let res = match *i {
+                "read" => app.get(&format!("{t}/{unknown}")).await?,
+                "vread" => app.get(&format!("{t}/{unknown}/_history/1")).await?,
+                "history-instance" => app.get(&format!("{t}/{unknown}/_history")).await?,
+                "search-type" => app.get(t).await?,
+                "create" => app.post(t, &json!({"resourceType": t}), uuid::Uuid::new_v4()).await?,
+                other => return Err(format!("undeclared test for interaction {other}").into()),
+            };
+            let code = res.status().as_u16();
+            let body: Value = res.json().await?;
+            match *i {
+                "search-type" => assert_eq!(code, 200, "{t} {i}"),
+                "create" => assert_eq!(code, 400, "{t} create refuses an empty resource: {body}"),
+                _ => {
+                    assert_eq!(code, 404, "{t} {i}");
+                    assert!(body["issue"][0]["diagnostics"].as_str().unwrap_or_default().contains(t), "{t} {i}: {body}");
+                }
+            }
+        }
+        // Interactions not declared are not served.
+        if !interactions.contains(&"create") {
+            let res = app.post(t, &json!({"resourceType": t}), uuid::Uuid::new_v4()).await?;
+            assert_eq!(res.status().as_u16(), 405, "{t} create is not declared");
+        }
+        // Every declared search parameter is accepted.
+        for p in r["searchParam"].as_array().ok_or("no params")? {
+            let name = p["name"].as_str().ok_or("no name")?;
+            let value = match p["type"].as_str() {
+                Some("date") => "ge2020-01-01",
+                Some("number") => "1",
+                Some("reference") if name == "patient" || name == "subject" => "Patient/unknown",
+                Some("reference") => "ServiceRequest/00000000-0000-0000-0000-000000000000",
+                _ => "x",
+            };
+            let param = if name == "patient" || name == "subject" { format!("{name}:identifier") } else { name.to_owned() };
+            let (status, body) = app.get_json(&format!("{t}?{param}={value}")).await?;
+            assert_eq!(status, 200, "{t}?{param}={value}: {body}");
+        }
     }
-    // What is not declared is not served.
-    let res = app
-        .post("Task", &json!({"resourceType": "Task"}), Uuid::new_v4())
-        .await?;
-    assert_eq!(res.status().as_u16(), 405);
     Ok(())
 }
 
@@ -450,5 +473,129 @@ async fn replay_rebuilds_identical_views() -> TestResult {
     assert_eq!(strip(tasks_after), strip(tasks_before));
     assert_eq!(strip(srs_after), strip(srs_before));
     again.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn search_filters_sorts_and_pages() -> TestResult {
+    let app = spawn_app().await?;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut b = new_referral_message()?;
+        if i == 4 {
+            add_red_flag(&mut b, "fever-or-systemic-illness", true)?;
+            with_resource(&mut b, "Patient", |p| p["identifier"][0]["value"] = json!("9434765870"))?;
+        }
+        let answer: Value = app.post_message(&b).await?.json().await?;
+        ids.push(entries_of(&answer, "Task")[0]["id"].as_str().ok_or("no id")?.to_owned());
+    }
+    // Paging: 2 per page, links carry the other parameters.
+    let (status, page1) = app.get_json("Task?status=accepted&_count=2").await?;
+    assert_eq!(status, 200);
+    assert_eq!(page1["total"], 4);
+    assert_eq!(page1["entry"].as_array().map(Vec::len), Some(2));
+    let links: Vec<(String, String)> = page1["link"]
+        .as_array()
+        .ok_or("no links")?
+        .iter()
+        .map(|l| (l["relation"].as_str().unwrap_or_default().to_owned(), l["url"].as_str().unwrap_or_default().to_owned()))
+        .collect();
+    let next = links.iter().find(|(r, _)| r == "next").map(|(_, u)| u.clone()).ok_or("no next link")?;
+    assert!(next.contains("status=accepted") && next.contains("_offset=2"), "{next}");
+    let page2: Value = client().get(&next).send().await?.json().await?;
+    let page3: Value = client().get(next.replace("_offset=2", "_offset=4")).send().await?.json().await?;
+    assert_eq!(page2["entry"].as_array().map(Vec::len), Some(2));
+    assert!(page3["entry"].as_array().is_none_or(Vec::is_empty));
+    assert!(!page2["link"].as_array().ok_or("no links")?.iter().any(|l| l["relation"] == "next"));
+    let mut seen: Vec<String> = [&page1, &page2]
+        .iter()
+        .flat_map(|p| p["entry"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 4, "pages overlap or miss entries");
+
+    // By patient NHS number, on both resources.
+    for path in [
+        "Task?patient:identifier=https://fhir.nhs.uk/Id/nhs-number|9434765870",
+        "ServiceRequest?subject:identifier=https://fhir.nhs.uk/Id/nhs-number|9434765870",
+    ] {
+        let (status, found) = app.get_json(path).await?;
+        assert_eq!((status, found["total"].clone()), (200, json!(1)), "{path}");
+        assert_eq!(found["entry"][0]["resource"]["id"], ids[4].as_str());
+    }
+    let (_, revoked) = app.get_json("ServiceRequest?status=revoked").await?;
+    assert_eq!(revoked["total"], 1);
+    let (_, redirected) = app.get_json("Task?business-status=redirected").await?;
+    assert_eq!(redirected["total"], 1);
+
+    // Sorting: oldest first, and the default newest first.
+    let (_, asc) = app.get_json("Task?_sort=_lastUpdated&_count=10").await?;
+    let (_, desc) = app.get_json("Task?_count=10").await?;
+    let order = |b: &Value| -> Vec<String> {
+        b["entry"].as_array().into_iter().flatten().filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned)).collect()
+    };
+    assert_eq!(order(&asc), ids);
+    let mut reversed = ids.clone();
+    reversed.reverse();
+    assert_eq!(order(&desc), reversed);
+
+    // Date ranges.
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let (_, today_hits) = app.get_json(&format!("Task?_lastUpdated=ge{today}&_summary=count")).await?;
+    assert_eq!(today_hits["total"], 5);
+    assert!(today_hits["entry"].as_array().is_none_or(Vec::is_empty));
+    let (_, none) = app.get_json("Task?authored-on=lt2000-01-01").await?;
+    assert_eq!(none["total"], 0);
+    let (status, bad) = app.get_json("Task?_lastUpdated=yesterday").await?;
+    assert_eq!(status, 400);
+    assert_eq!(issue_codes(&bad), vec!["not-supported"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn history_and_vread_rebuild_each_version_from_the_log() -> TestResult {
+    let app = spawn_app().await?;
+    let answer: Value = app.post_message(&new_referral_message()?).await?.json().await?;
+    let id = entries_of(&answer, "Task")[0]["id"].as_str().ok_or("no id")?.to_owned();
+    let (status, history) = app.get_json(&format!("Task/{id}/_history")).await?;
+    assert_eq!(status, 200);
+    assert_eq!(history["type"], "history");
+    assert_eq!(history["total"], 2);
+    assert_eq!(history["entry"][0]["resource"]["meta"]["versionId"], "2");
+    assert_eq!(history["entry"][1]["resource"]["status"], "received");
+    let (status, v1) = app.get_json(&format!("Task/{id}/_history/1")).await?;
+    assert_eq!(status, 200);
+    assert_eq!(v1["status"], "received");
+    let (_, v2) = app.get_json(&format!("Task/{id}/_history/2")).await?;
+    let (_, current) = app.get_json(&format!("Task/{id}")).await?;
+    assert_eq!(v2, current);
+    let (status, sr1) = app.get_json(&format!("ServiceRequest/{id}/_history/1")).await?;
+    assert_eq!((status, sr1["status"].clone()), (200, json!("active")));
+    let (status, _) = app.get_json(&format!("Task/{id}/_history/3")).await?;
+    assert_eq!(status, 404);
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_fhir_json_is_served() -> TestResult {
+    let app = spawn_app().await?;
+    let res = client().get(format!("{}/metadata", app.base)).header("Accept", "application/fhir+xml").send().await?;
+    assert_eq!(res.status().as_u16(), 406);
+    let outcome: Value = res.json().await?;
+    assert_eq!(issue_codes(&outcome), vec!["not-supported"]);
+    let (status, _) = app.get_json("metadata?_format=xml").await?;
+    assert_eq!(status, 406);
+    for ok in ["metadata?_format=json", "metadata?_format=application/fhir%2Bjson", "metadata?_format=application/fhir+json"] {
+        let (status, cs) = app.get_json(ok).await?;
+        assert_eq!((status, cs["resourceType"].clone()), (200, json!("CapabilityStatement")), "{ok}");
+    }
+    let res = client()
+        .get(format!("{}/metadata", app.base))
+        .header("Accept", "application/fhir+json, application/fhir+xml;q=0.5")
+        .send()
+        .await?;
+    assert_eq!(res.status().as_u16(), 200);
     Ok(())
 }

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, from_grpc};
 use crate::projection::ViewStore;
-use crate::render;
+use crate::{render, search};
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 pub const X_REQUEST_ID: &str = "x-request-id";
@@ -86,6 +86,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .default_service(web::to(not_allowed)),
             )
             .service(
+                web::resource("/Task/{id}/_history")
+                    .route(web::get().to(history))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/Task/{id}/_history/{vid}")
+                    .route(web::get().to(vread))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/ServiceRequest/{id}/_history")
+                    .route(web::get().to(history))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/ServiceRequest/{id}/_history/{vid}")
+                    .route(web::get().to(vread))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
                 web::resource("/Task/{id}")
                     .route(web::get().to(read_task))
                     .default_service(web::to(not_allowed)),
@@ -100,7 +120,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     let request_id = req.headers().get(X_REQUEST_ID).cloned();
     let correlation_id = req.headers().get(X_CORRELATION_ID).cloned();
     let method = req.method().to_string();
@@ -128,7 +148,10 @@ pub async fn observe(
         span.record("correlation_id", tracing::field::display(id));
     }
     let started = std::time::Instant::now();
-    let mut res = next.call(req).instrument(span.clone()).await?;
+    let mut res = match negotiate(&req) {
+        Err(e) => req.into_response(actix_web::ResponseError::error_response(&e)),
+        Ok(()) => next.call(req).instrument(span.clone()).await?.map_into_boxed_body(),
+    };
     let status = res.status().as_u16();
     span.record("http.response.status_code", status);
     metrics::counter!(
@@ -146,6 +169,46 @@ pub async fn observe(
         }
     }
     Ok(res)
+}
+
+/// Content negotiation: this server speaks FHIR JSON only. `_format` and
+/// `Accept` asking for anything else get 406.
+fn negotiate(req: &ServiceRequest) -> Result<(), ApiError> {
+    if !req.path().starts_with("/fhir") {
+        return Ok(());
+    }
+    let json_ok = |mime: &str| {
+        let mime = mime.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        matches!(
+            mime.as_str(),
+            "application/fhir+json" | "application/json" | "json" | "*/*" | "application/*" | "" | "application/json+fhir"
+        )
+    };
+    let format = req
+        .query_string()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "_format")
+        .map(|(_, v)| v.replace("%2B", "+").replace("%2b", "+"));
+    if let Some(f) = format
+        && !json_ok(&f)
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            IssueType::NotSupported,
+            format!("_format {f} is not supported: this server speaks application/fhir+json"),
+        ));
+    }
+    if let Some(accept) = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok())
+        && !accept.split(',').any(json_ok)
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            IssueType::NotSupported,
+            format!("cannot answer in '{accept}': this server speaks application/fhir+json"),
+        ));
+    }
+    Ok(())
 }
 
 fn fhir_ok(status: StatusCode, body: &Value) -> HttpResponse {
@@ -404,157 +467,130 @@ async fn read_service_request(
         .ok_or_else(|| ApiError::not_found(format!("ServiceRequest/{id} is not known")))
 }
 
-/// Parsed common search parameters.
-struct Search {
-    params: Vec<(String, String)>,
-    count: usize,
+fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+    Ok(web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|e| ApiError::bad_request(IssueType::Invalid, format!("invalid query string: {e}")))?
+        .into_inner())
 }
 
-const DEFAULT_COUNT: usize = 50;
-const MAX_COUNT: usize = 1000;
-
-fn parse_search(req: &HttpRequest, allowed: &[&str]) -> Result<Search, ApiError> {
-    let pairs: Vec<(String, String)> =
-        web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-            .map_err(|e| {
-                ApiError::bad_request(IssueType::Invalid, format!("invalid query string: {e}"))
-            })?
-            .into_inner();
-    let mut count = DEFAULT_COUNT;
-    let mut params = Vec::new();
-    for (k, v) in pairs {
-        match k.as_str() {
-            "_count" => {
-                count = v
-                    .parse::<usize>()
-                    .map_err(|_| {
-                        ApiError::bad_request(
-                            IssueType::Invalid,
-                            "_count must be a non-negative integer",
-                        )
-                    })?
-                    .min(MAX_COUNT);
-            }
-            "_format" if v.contains("json") => {}
-            "_format" => {
-                return Err(ApiError::new(
-                    StatusCode::NOT_ACCEPTABLE,
-                    IssueType::NotSupported,
-                    format!(
-                        "_format {v} is not supported; this server speaks application/fhir+json"
-                    ),
-                ));
-            }
-            name if allowed.contains(&name) => params.push((k, v)),
-            other => {
-                return Err(ApiError::bad_request(
-                    IssueType::NotSupported,
-                    format!(
-                        "search parameter '{other}' is not supported (supported: {})",
-                        allowed.join(", ")
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(Search { params, count })
-}
-
-/// The referral id in a reference such as `ServiceRequest/{id}`, a full URL
-/// ending that way, or a bare id.
-fn reference_id(value: &str) -> Option<Uuid> {
-    let tail = value.rsplit('/').next().unwrap_or(value);
-    if value.contains('/') && !value.contains("ServiceRequest/") {
-        return None;
-    }
-    Uuid::parse_str(tail).ok()
-}
-
-fn search_bundle(
+/// Run a search and answer a `searchset` Bundle with paging links.
+fn search(
     state: &AppState,
     req: &HttpRequest,
-    resource: &str,
-    matched: Vec<Value>,
-    count: usize,
-) -> HttpResponse {
+    resource: search::Resource,
+    render_one: fn(&crate::views::ReferralView) -> Value,
+) -> Result<HttpResponse, ApiError> {
+    let pairs = query_pairs(req)?;
+    let search = search::Search::parse(resource, &pairs)
+        .map_err(|e| ApiError::bad_request(IssueType::NotSupported, e.0))?;
     let base = base_url(state, req);
-    let total = matched.len();
-    let page: Vec<Value> = matched.into_iter().take(count).collect();
-    let query = req.query_string();
-    let self_link = if query.is_empty() {
-        format!("{base}/{resource}")
-    } else {
-        format!("{base}/{resource}?{query}")
-    };
-    fhir_ok(
-        StatusCode::OK,
-        &render::searchset(&base, &self_link, page, total),
-    )
+    let (total, page) = state.views.read(|views| {
+        let matched = search.run(views.referrals());
+        let total = matched.len();
+        let page: Vec<Value> = if search.summary_count {
+            Vec::new()
+        } else {
+            matched.into_iter().skip(search.offset).take(search.count).map(render_one).collect()
+        };
+        (total, page)
+    });
+    let link = |offset: usize| format!("{base}/{}?{}", resource.name(), search::with_offset(&pairs, offset));
+    let mut links = vec![("self", link(search.offset)), ("first", link(0))];
+    if search.offset > 0 {
+        links.push(("previous", link(search.offset.saturating_sub(search.count))));
+    }
+    if !search.summary_count && search.count > 0 && search.offset + search.count < total {
+        links.push(("next", link(search.offset + search.count)));
+    }
+    Ok(fhir_ok(StatusCode::OK, &render::searchset(&base, &links, page, total)))
 }
 
 async fn search_tasks(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let search = parse_search(&req, &["focus", "based-on", "status"])?;
-    let mut focus: Option<Option<Uuid>> = None;
-    let mut statuses: Vec<String> = Vec::new();
-    for (k, v) in &search.params {
-        match k.as_str() {
-            "focus" | "based-on" => {
-                let id = reference_id(v);
-                if let Some(Some(prev)) = focus
-                    && Some(prev) != id
-                {
-                    focus = Some(None);
-                } else {
-                    focus = Some(id);
-                }
-            }
-            "status" => statuses.extend(v.split(',').map(str::to_owned)),
-            _ => {}
-        }
-    }
-    let matched = state.views.read(|views| {
-        views
-            .referrals()
-            .filter(|r| match focus {
-                None => true,
-                Some(Some(id)) => r.referral_id == id,
-                Some(None) => false,
-            })
-            .filter(|r| {
-                statuses.is_empty() || statuses.iter().any(|s| s == render::task_status(r.status))
-            })
-            .map(render::task)
-            .collect::<Vec<_>>()
-    });
-    Ok(search_bundle(&state, &req, "Task", matched, search.count))
+    search(&state, &req, search::Resource::Task, render::task)
 }
 
 async fn search_service_requests(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let search = parse_search(&req, &["status"])?;
-    let statuses: Vec<String> = search
-        .params
-        .iter()
-        .flat_map(|(_, v)| v.split(',').map(str::to_owned))
-        .collect();
-    let matched = state.views.read(|views| {
+    search(&state, &req, search::Resource::ServiceRequest, render::service_request)
+}
+
+/// Every version of a referral, rebuilt from its stream: version `v` is the
+/// state after the stream's first `v` events.
+async fn versions(state: &AppState, id: Uuid) -> Result<Vec<crate::views::ReferralView>, ApiError> {
+    let events = state
+        .log
+        .read_stream(&format!("referral-{id}"), 1)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot read the history: {e}")))?;
+    let mut views = crate::views::Views::default();
+    let mut out = Vec::new();
+    for e in &events {
         views
-            .referrals()
-            .filter(|r| {
-                statuses.is_empty()
-                    || statuses
-                        .iter()
-                        .any(|s| s == render::service_request_status(r.status))
+            .apply(e)
+            .map_err(|err| ApiError::internal(format!("history of {id} does not replay: {err}")))?;
+        if let Some(v) = views.referral(&id) {
+            out.push(v.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn history_path(path: &str) -> Result<(&'static str, fn(&crate::views::ReferralView) -> Value), ApiError> {
+    if path.contains("/Task/") {
+        Ok(("Task", render::task))
+    } else if path.contains("/ServiceRequest/") {
+        Ok(("ServiceRequest", render::service_request))
+    } else {
+        Err(ApiError::not_found(format!("no history at {path}")))
+    }
+}
+
+/// `GET /{type}/{id}/_history`: a `history` Bundle, newest first.
+async fn history(state: State, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let (resource, render_one) = history_path(req.path())?;
+    let id = parse_id(&path, resource)?;
+    let versions = versions(&state, id).await?;
+    if versions.is_empty() {
+        return Err(ApiError::not_found(format!("{resource}/{id} is not known")));
+    }
+    let base = base_url(&state, &req);
+    let entries: Vec<Value> = versions
+        .iter()
+        .rev()
+        .map(|v| {
+            serde_json::json!({
+                "fullUrl": format!("{base}/{resource}/{id}"),
+                "resource": render_one(v),
+                "request": {"method": if v.version <= 1 { "POST" } else { "PUT" }, "url": format!("{resource}/{id}")},
+                "response": {"status": if v.version <= 1 { "201" } else { "200" }, "etag": format!("W/\"{}\"", v.version)},
             })
-            .map(render::service_request)
-            .collect::<Vec<_>>()
-    });
-    Ok(search_bundle(
-        &state,
-        &req,
-        "ServiceRequest",
-        matched,
-        search.count,
+        })
+        .collect();
+    Ok(fhir_ok(
+        StatusCode::OK,
+        &serde_json::json!({
+            "resourceType": "Bundle",
+            "type": "history",
+            "total": entries.len(),
+            "link": [{"relation": "self", "url": format!("{base}/{resource}/{id}/_history")}],
+            "entry": entries,
+        }),
     ))
+}
+
+/// `GET /{type}/{id}/_history/{vid}`: one version (vread).
+async fn vread(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    let (resource, render_one) = history_path(req.path())?;
+    let (raw_id, raw_version) = path.into_inner();
+    let id = parse_id(&raw_id, resource)?;
+    let version: u64 = raw_version
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("{resource}/{id}/_history/{raw_version} is not a version")))?;
+    versions(&state, id)
+        .await?
+        .into_iter()
+        .find(|v| v.version == version)
+        .map(|v| read_response(&render_one(&v), v.version))
+        .ok_or_else(|| ApiError::not_found(format!("{resource}/{id} has no version {version}")))
 }
 
 async fn metadata(state: State, req: HttpRequest) -> HttpResponse {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod http;
 pub mod projection;
 pub mod render;
+pub mod search;
 pub mod views;
 
 use std::future::Future;

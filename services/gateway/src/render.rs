@@ -4,6 +4,7 @@
 use mskflow_events::{NHS_NUMBER_SYSTEM, ODS_SYSTEM};
 use serde_json::{Value, json};
 
+use crate::search::Resource;
 use crate::views::{Decision, ReferralStatus, ReferralView};
 
 /// Code system of our referral business statuses (`Task.businessStatus`).
@@ -168,7 +169,7 @@ fn extract_service_request(value: Value) -> Option<Value> {
 }
 
 /// A `searchset` Bundle.
-pub fn searchset(base: &str, self_link: &str, resources: Vec<Value>, total: usize) -> Value {
+pub fn searchset(base: &str, links: &[(&str, String)], resources: Vec<Value>, total: usize) -> Value {
     let entries: Vec<Value> = resources
         .into_iter()
         .map(|r| {
@@ -186,7 +187,7 @@ pub fn searchset(base: &str, self_link: &str, resources: Vec<Value>, total: usiz
         "resourceType": "Bundle",
         "type": "searchset",
         "total": total,
-        "link": [{"relation": "self", "url": self_link}],
+        "link": links.iter().map(|(relation, url)| json!({"relation": relation, "url": url})).collect::<Vec<_>>(),
         "entry": entries,
     })
 }
@@ -220,6 +221,23 @@ pub fn response_message(base: &str, request_message_id: &str, view: &ReferralVie
     })
 }
 
+fn resource_capability(resource: Resource, interactions: &[&str]) -> Value {
+    let mut params: Vec<Value> = resource
+        .parameters()
+        .iter()
+        .map(|(name, kind)| json!({"name": name, "type": kind}))
+        .collect();
+    params.push(json!({"name": "_count", "type": "number"}));
+    params.push(json!({"name": "_offset", "type": "number"}));
+    json!({
+        "type": resource.name(),
+        "versioning": "versioned",
+        "readHistory": true,
+        "interaction": interactions.iter().map(|i| json!({"code": i})).collect::<Vec<_>>(),
+        "searchParam": params,
+    })
+}
+
 /// What this server supports, and nothing more. `tests` compare it with the
 /// routes.
 pub fn capability_statement(base: &str) -> Value {
@@ -237,24 +255,8 @@ pub fn capability_statement(base: &str) -> Value {
         "rest": [{
             "mode": "server",
             "resource": [
-                {
-                    "type": "ServiceRequest",
-                    "interaction": [{"code": "read"}, {"code": "create"}, {"code": "search-type"}],
-                    "searchParam": [
-                        {"name": "status", "type": "token"},
-                        {"name": "_count", "type": "number"}
-                    ]
-                },
-                {
-                    "type": "Task",
-                    "interaction": [{"code": "read"}, {"code": "search-type"}],
-                    "searchParam": [
-                        {"name": "focus", "type": "reference"},
-                        {"name": "based-on", "type": "reference"},
-                        {"name": "status", "type": "token"},
-                        {"name": "_count", "type": "number"}
-                    ]
-                }
+                resource_capability(Resource::ServiceRequest, &["read", "vread", "history-instance", "create", "search-type"]),
+                resource_capability(Resource::Task, &["read", "vread", "history-instance", "search-type"]),
             ],
             "operation": [{
                 "name": "process-message",

@@ -1,0 +1,423 @@
+//! FHIR search over the referral views: parameters, prefixes, sorting and
+//! paging. Pure: no HTTP, no I/O.
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use mskflow_events::NHS_NUMBER_SYSTEM;
+
+use crate::render;
+use crate::views::ReferralView;
+
+/// Default and largest page sizes.
+pub const DEFAULT_COUNT: usize = 50;
+pub const MAX_COUNT: usize = 1000;
+
+/// Which resource is being searched (the parameters differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Task,
+    ServiceRequest,
+}
+
+impl Resource {
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::Task => "Task",
+            Resource::ServiceRequest => "ServiceRequest",
+        }
+    }
+
+    /// Search parameters supported (besides `_count`, `_offset`, `_sort`,
+    /// `_summary` and `_format`), with their FHIR types, for the
+    /// CapabilityStatement.
+    pub fn parameters(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Resource::Task => &[
+                ("_id", "token"),
+                ("_lastUpdated", "date"),
+                ("focus", "reference"),
+                ("based-on", "reference"),
+                ("status", "token"),
+                ("business-status", "token"),
+                ("patient", "reference"),
+                ("subject", "reference"),
+                ("authored-on", "date"),
+            ],
+            Resource::ServiceRequest => &[
+                ("_id", "token"),
+                ("_lastUpdated", "date"),
+                ("identifier", "token"),
+                ("status", "token"),
+                ("priority", "token"),
+                ("patient", "reference"),
+                ("subject", "reference"),
+                ("authored", "date"),
+            ],
+        }
+    }
+
+    fn sort_keys(self) -> &'static [&'static str] {
+        match self {
+            Resource::Task => &["_lastUpdated", "authored-on", "_id"],
+            Resource::ServiceRequest => &["_lastUpdated", "authored", "_id"],
+        }
+    }
+}
+
+/// A search the client asked for that we cannot do: HTTP 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// One comparison on a date parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prefix {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// A date or instant parameter value: the half-open range it denotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DateFilter {
+    prefix: Prefix,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+}
+
+impl DateFilter {
+    fn parse(raw: &str) -> Result<Self, Invalid> {
+        let (prefix, value) = match raw.get(..2) {
+            Some("eq") => (Prefix::Eq, &raw[2..]),
+            Some("ne") => (Prefix::Ne, &raw[2..]),
+            Some("lt") => (Prefix::Lt, &raw[2..]),
+            Some("le") => (Prefix::Le, &raw[2..]),
+            Some("gt") => (Prefix::Gt, &raw[2..]),
+            Some("ge") => (Prefix::Ge, &raw[2..]),
+            _ => (Prefix::Eq, raw),
+        };
+        let (start, end) = parse_date_range(value)
+            .ok_or_else(|| Invalid(format!("'{raw}' is not a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or an instant)")))?;
+        Ok(Self { prefix, start, end })
+    }
+
+    fn matches(&self, t: DateTime<Utc>) -> bool {
+        match self.prefix {
+            Prefix::Eq => t >= self.start && t < self.end,
+            Prefix::Ne => t < self.start || t >= self.end,
+            Prefix::Lt => t < self.start,
+            Prefix::Le => t < self.end,
+            Prefix::Gt => t >= self.end,
+            Prefix::Ge => t >= self.start,
+        }
+    }
+}
+
+fn day_start(d: NaiveDate) -> Option<DateTime<Utc>> {
+    d.and_hms_opt(0, 0, 0).map(|n| Utc.from_utc_datetime(&n))
+}
+
+/// The range `[start, end)` a FHIR date or dateTime denotes.
+fn parse_date_range(value: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        let t = t.with_timezone(&Utc);
+        return Some((t, t + chrono::Duration::milliseconds(1)));
+    }
+    match value.len() {
+        4 => {
+            let y: i32 = value.parse().ok()?;
+            Some((day_start(NaiveDate::from_ymd_opt(y, 1, 1)?)?, day_start(NaiveDate::from_ymd_opt(y + 1, 1, 1)?)?))
+        }
+        7 => {
+            let d = NaiveDate::parse_from_str(&format!("{value}-01"), "%Y-%m-%d").ok()?;
+            let next = d.checked_add_months(chrono::Months::new(1))?;
+            Some((day_start(d)?, day_start(next)?))
+        }
+        10 => {
+            let d = NaiveDate::parse_from_str(value, "%Y-%m-%d").ok()?;
+            Some((day_start(d)?, day_start(d.succ_opt()?)?))
+        }
+        _ => None,
+    }
+}
+
+/// `system|value`, `|value` or `value`.
+fn token(raw: &str) -> (Option<&str>, &str) {
+    match raw.split_once('|') {
+        Some((system, value)) => (Some(system), value),
+        None => (None, raw),
+    }
+}
+
+fn token_matches(raw: &str, system: Option<&str>, value: &str) -> bool {
+    let (want_system, want_value) = token(raw);
+    want_value == value && want_system.is_none_or(|s| s.is_empty() || Some(s) == system)
+}
+
+/// The referral id in `ServiceRequest/{id}`, a URL ending that way, or a bare id.
+fn reference_id(value: &str) -> Option<uuid::Uuid> {
+    if value.contains('/') && !value.contains("ServiceRequest/") && !value.contains("Task/") {
+        return None;
+    }
+    uuid::Uuid::parse_str(value.rsplit('/').next().unwrap_or(value)).ok()
+}
+
+/// One parsed parameter (all values of a repeated parameter must hold; the
+/// comma-separated values within one are alternatives).
+#[derive(Debug, Clone)]
+enum Filter {
+    Id(Vec<uuid::Uuid>),
+    Reference(Vec<Option<uuid::Uuid>>),
+    Status(Vec<String>),
+    BusinessStatus(Vec<String>),
+    Priority(Vec<String>),
+    Identifier(Vec<String>),
+    PatientIdentifier(Vec<String>),
+    LastUpdated(DateFilter),
+    Authored(DateFilter),
+}
+
+/// A parsed search.
+#[derive(Debug, Clone)]
+pub struct Search {
+    pub resource: Resource,
+    filters: Vec<Filter>,
+    pub count: usize,
+    pub offset: usize,
+    sort: Vec<(String, bool)>,
+    pub summary_count: bool,
+}
+
+impl Search {
+    /// Parse the query parameters of a search on `resource`.
+    pub fn parse(resource: Resource, pairs: &[(String, String)]) -> Result<Self, Invalid> {
+        let mut search = Search {
+            resource,
+            filters: Vec::new(),
+            count: DEFAULT_COUNT,
+            offset: 0,
+            sort: Vec::new(),
+            summary_count: false,
+        };
+        for (key, raw) in pairs {
+            let alternatives = || raw.split(',').map(str::to_owned).collect::<Vec<_>>();
+            let filter = match (resource, key.as_str()) {
+                (_, "_count") => {
+                    search.count = raw
+                        .parse::<usize>()
+                        .map_err(|_| Invalid("_count must be a non-negative integer".into()))?
+                        .min(MAX_COUNT);
+                    continue;
+                }
+                (_, "_offset") => {
+                    search.offset = raw
+                        .parse::<usize>()
+                        .map_err(|_| Invalid("_offset must be a non-negative integer".into()))?;
+                    continue;
+                }
+                (_, "_summary") if raw == "count" => {
+                    search.summary_count = true;
+                    continue;
+                }
+                (_, "_summary") if raw == "false" => continue,
+                (_, "_format") => continue,
+                (_, "_sort") => {
+                    for key in raw.split(',') {
+                        let (name, descending) = match key.strip_prefix('-') {
+                            Some(n) => (n, true),
+                            None => (key, false),
+                        };
+                        if !resource.sort_keys().contains(&name) {
+                            return Err(Invalid(format!(
+                                "cannot sort {} by '{name}' (sortable: {})",
+                                resource.name(),
+                                resource.sort_keys().join(", ")
+                            )));
+                        }
+                        search.sort.push((name.to_owned(), descending));
+                    }
+                    continue;
+                }
+                (_, "_id") => Filter::Id(
+                    raw.split(',')
+                        .map(|v| uuid::Uuid::parse_str(v).unwrap_or_else(|_| uuid::Uuid::nil()))
+                        .collect(),
+                ),
+                (_, "_lastUpdated") => Filter::LastUpdated(DateFilter::parse(raw)?),
+                (Resource::Task, "focus" | "based-on") => Filter::Reference(raw.split(',').map(reference_id).collect()),
+                (_, "status") => Filter::Status(alternatives()),
+                (Resource::Task, "business-status") => Filter::BusinessStatus(alternatives()),
+                (Resource::ServiceRequest, "priority") => Filter::Priority(alternatives()),
+                (Resource::ServiceRequest, "identifier") => Filter::Identifier(alternatives()),
+                (_, "patient:identifier" | "subject:identifier" | "patient.identifier" | "subject.identifier") => {
+                    Filter::PatientIdentifier(alternatives())
+                }
+                (Resource::Task, "authored-on") | (Resource::ServiceRequest, "authored") => {
+                    Filter::Authored(DateFilter::parse(raw)?)
+                }
+                (_, other) => {
+                    let supported: Vec<&str> = resource.parameters().iter().map(|(n, _)| *n).collect();
+                    return Err(Invalid(format!(
+                        "search parameter '{other}' is not supported on {} (supported: {}, patient:identifier, _count, _offset, _sort, _summary)",
+                        resource.name(),
+                        supported.join(", ")
+                    )));
+                }
+            };
+            search.filters.push(filter);
+        }
+        Ok(search)
+    }
+
+    fn status_of(&self, view: &ReferralView) -> &'static str {
+        match self.resource {
+            Resource::Task => render::task_status(view.status),
+            Resource::ServiceRequest => render::service_request_status(view.status),
+        }
+    }
+
+    /// The `authored` time: Task.authoredOn is when we received it;
+    /// ServiceRequest.authoredOn is what the sender wrote (when it parses).
+    fn authored(&self, view: &ReferralView) -> DateTime<Utc> {
+        match self.resource {
+            Resource::Task => view.created,
+            Resource::ServiceRequest => view
+                .details
+                .authored_on
+                .as_deref()
+                .and_then(parse_date_range)
+                .map_or(view.created, |(start, _)| start),
+        }
+    }
+
+    fn matches(&self, view: &ReferralView) -> bool {
+        self.filters.iter().all(|f| match f {
+            Filter::Id(ids) => ids.contains(&view.referral_id),
+            Filter::Reference(ids) => ids.contains(&Some(view.referral_id)),
+            Filter::Status(s) => s.iter().any(|s| s == self.status_of(view)),
+            Filter::BusinessStatus(s) => s.iter().any(|s| token_matches(s, Some(render::BUSINESS_STATUS_SYSTEM), view.status.code())),
+            Filter::Priority(p) => p.iter().any(|p| p == view.details.requested_priority.code()),
+            Filter::Identifier(ids) => view
+                .details
+                .service_request_identifier
+                .as_ref()
+                .is_some_and(|i| ids.iter().any(|raw| token_matches(raw, i.system.as_deref(), &i.value))),
+            Filter::PatientIdentifier(ids) => ids
+                .iter()
+                .any(|raw| token_matches(raw, Some(NHS_NUMBER_SYSTEM), view.details.patient.nhs_number.as_str())),
+            Filter::LastUpdated(d) => d.matches(view.last_updated),
+            Filter::Authored(d) => d.matches(self.authored(view)),
+        })
+    }
+
+    /// Matching views, sorted (newest update first unless `_sort` says
+    /// otherwise).
+    pub fn run<'a>(&self, views: impl Iterator<Item = &'a ReferralView>) -> Vec<&'a ReferralView> {
+        let mut matched: Vec<&ReferralView> = views.filter(|v| self.matches(v)).collect();
+        let sort = if self.sort.is_empty() {
+            vec![("_lastUpdated".to_owned(), true)]
+        } else {
+            self.sort.clone()
+        };
+        matched.sort_by(|a, b| {
+            for (key, descending) in &sort {
+                let ord = match key.as_str() {
+                    "_lastUpdated" => a.last_updated.cmp(&b.last_updated),
+                    "authored" | "authored-on" => self.authored(a).cmp(&self.authored(b)),
+                    _ => a.referral_id.cmp(&b.referral_id),
+                };
+                let ord = if *descending { ord.reverse() } else { ord };
+                if ord != std::cmp::Ordering::Equal {
+                    return ord;
+                }
+            }
+            a.referral_id.cmp(&b.referral_id)
+        });
+        matched
+    }
+}
+
+/// A query string with `_offset` replaced (for paging links).
+pub fn with_offset(pairs: &[(String, String)], offset: usize) -> String {
+    let mut out: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k != "_offset")
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    out.push(format!("_offset={offset}"));
+    out.join("&")
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' | b'/' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).unwrap_or_default()
+    }
+
+    #[test]
+    fn date_prefixes_follow_the_fhir_ranges() -> Result<(), Invalid> {
+        let day = DateFilter::parse("2026-11-23")?;
+        assert!(day.matches(at("2026-11-23T00:00:00Z")));
+        assert!(day.matches(at("2026-11-23T23:59:59Z")));
+        assert!(!day.matches(at("2026-11-24T00:00:00Z")));
+        assert!(DateFilter::parse("ge2026-11")?.matches(at("2026-11-01T00:00:00Z")));
+        assert!(!DateFilter::parse("ge2026-11")?.matches(at("2026-10-31T23:59:59Z")));
+        assert!(DateFilter::parse("lt2026")?.matches(at("2025-12-31T23:59:59Z")));
+        assert!(!DateFilter::parse("lt2026")?.matches(at("2026-01-01T00:00:00Z")));
+        assert!(DateFilter::parse("gt2026-11-23")?.matches(at("2026-11-24T00:00:00Z")));
+        assert!(!DateFilter::parse("gt2026-11-23")?.matches(at("2026-11-23T12:00:00Z")));
+        assert!(DateFilter::parse("le2026-11-23T10:00:00Z")?.matches(at("2026-11-23T10:00:00Z")));
+        assert!(DateFilter::parse("ne2026-11-23")?.matches(at("2026-11-22T10:00:00Z")));
+        assert!(DateFilter::parse("2026-13-01").is_err());
+        assert!(DateFilter::parse("yesterday").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn tokens_match_with_or_without_a_system() {
+        assert!(token_matches("https://fhir.nhs.uk/Id/nhs-number|9434765919", Some(NHS_NUMBER_SYSTEM), "9434765919"));
+        assert!(token_matches("9434765919", Some(NHS_NUMBER_SYSTEM), "9434765919"));
+        assert!(token_matches("|9434765919", Some(NHS_NUMBER_SYSTEM), "9434765919"));
+        assert!(!token_matches("https://other|9434765919", Some(NHS_NUMBER_SYSTEM), "9434765919"));
+        assert!(!token_matches("9434765870", Some(NHS_NUMBER_SYSTEM), "9434765919"));
+    }
+
+    #[test]
+    fn unknown_parameters_and_sorts_are_refused() {
+        let p = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        assert!(Search::parse(Resource::Task, &p("colour", "blue")).is_err());
+        assert!(Search::parse(Resource::Task, &p("_sort", "colour")).is_err());
+        assert!(Search::parse(Resource::Task, &p("_count", "-1")).is_err());
+        assert!(Search::parse(Resource::ServiceRequest, &p("focus", "x")).is_err());
+        assert!(Search::parse(Resource::Task, &p("_sort", "-_lastUpdated,_id")).is_ok());
+        assert_eq!(Search::parse(Resource::Task, &p("_count", "5000")).map(|s| s.count).ok(), Some(MAX_COUNT));
+    }
+
+    #[test]
+    fn paging_links_keep_the_other_parameters() {
+        let pairs = vec![
+            ("status".to_owned(), "accepted".to_owned()),
+            ("_offset".to_owned(), "10".to_owned()),
+            ("patient:identifier".to_owned(), "https://fhir.nhs.uk/Id/nhs-number|9434765919".to_owned()),
+        ];
+        assert_eq!(
+            with_offset(&pairs, 20),
+            "status=accepted&patient:identifier=https://fhir.nhs.uk/Id/nhs-number%7C9434765919&_offset=20"
+        );
+    }
+}
