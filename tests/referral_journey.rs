@@ -374,7 +374,7 @@ async fn the_capability_statement_lists_what_is_served() -> TestResult {
     assert_eq!(cs["fhirVersion"], "4.0.1");
     let resources = cs["rest"][0]["resource"].as_array().ok_or("no resources")?;
     let types: Vec<&str> = resources.iter().filter_map(|r| r["type"].as_str()).collect();
-    assert_eq!(types, vec!["ServiceRequest", "Task"]);
+    assert_eq!(types, vec!["ServiceRequest", "Task", "MessageDefinition"]);
     let unknown = uuid::Uuid::new_v4();
     for r in resources {
         let t = r["type"].as_str().ok_or("no type")?;
@@ -597,5 +597,73 @@ async fn only_fhir_json_is_served() -> TestResult {
         .send()
         .await?;
     assert_eq!(res.status().as_u16(), 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn booking_and_referral_rules_prefer_and_conditional_create() -> TestResult {
+    let app = spawn_app().await?;
+    // Bundle.meta.versionId is required.
+    let mut b = new_referral_message()?;
+    b["meta"] = json!({"lastUpdated": "2026-11-20T09:31:00+00:00"});
+    let r = app.post_message(&b).await?;
+    assert_eq!(r.status().as_u16(), 400);
+    let outcome: Value = r.json().await?;
+    assert_eq!(issue_codes(&outcome), vec!["required"]);
+    assert_eq!(outcome["issue"][0]["expression"][0], "Bundle.meta.versionId");
+
+    // The MessageDefinition says what we require.
+    let (status, defs) = app.get_json("MessageDefinition").await?;
+    assert_eq!(status, 200);
+    let def = &defs["entry"][0]["resource"];
+    assert_eq!(def["eventCoding"]["code"], "servicerequest-request");
+    assert!(def["description"].as_str().unwrap_or_default().contains("Bundle.meta.versionId"));
+    let (status, _) = app.get_json("MessageDefinition/servicerequest-request").await?;
+    assert_eq!(status, 200);
+
+    // Prefer on create.
+    let ident = uuid::Uuid::new_v4().to_string();
+    let mut sr = fixture("referral-service-request.json")?;
+    sr["identifier"] = json!([{"system": "https://fhir.example-gp.nhs.uk/Id/referral", "value": ident}]);
+    let post = |prefer: Option<&'static str>, if_none_exist: Option<String>, body: Value| {
+        let mut rb = client()
+            .post(format!("{}/ServiceRequest", app.base))
+            .header("Content-Type", "application/fhir+json")
+            .header("X-Request-Id", uuid::Uuid::new_v4().to_string())
+            .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
+            .body(body.to_string());
+        if let Some(p) = prefer {
+            rb = rb.header("Prefer", p);
+        }
+        if let Some(c) = if_none_exist {
+            rb = rb.header("If-None-Exist", c);
+        }
+        rb.send()
+    };
+    let r = post(Some("return=minimal"), None, sr.clone()).await?;
+    assert_eq!(r.status().as_u16(), 201);
+    assert!(r.headers().get("location").is_some());
+    assert!(r.bytes().await?.is_empty());
+
+    // Conditional create: the same identifier answers 200 with the existing
+    // referral and records nothing.
+    let events = app.all_events().await?.len();
+    let condition = format!("identifier=https://fhir.example-gp.nhs.uk/Id/referral|{ident}");
+    let r = post(Some("return=representation"), Some(condition.clone()), sr.clone()).await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let existing: Value = r.json().await?;
+    assert_eq!(existing["identifier"][0]["value"], ident.as_str());
+    assert_eq!(app.all_events().await?.len(), events);
+    // Without the condition the same referral is a 409 duplicate.
+    assert_eq!(post(None, None, sr.clone()).await?.status().as_u16(), 409);
+
+    // Prefer: return=OperationOutcome on a new referral.
+    let mut other = sr.clone();
+    other["identifier"] = json!([{"system": "https://fhir.example-gp.nhs.uk/Id/referral", "value": uuid::Uuid::new_v4().to_string()}]);
+    let r = post(Some("return=OperationOutcome"), Some("identifier=nothing-like-this".to_owned()), other).await?;
+    assert_eq!(r.status().as_u16(), 201);
+    let outcome: Value = r.json().await?;
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(outcome["issue"][0]["severity"], "information");
     Ok(())
 }

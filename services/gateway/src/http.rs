@@ -86,6 +86,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .default_service(web::to(not_allowed)),
             )
             .service(
+                web::resource("/MessageDefinition")
+                    .route(web::get().to(message_definitions))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/MessageDefinition/{id}")
+                    .route(web::get().to(read_message_definition))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
                 web::resource("/Task/{id}/_history")
                     .route(web::get().to(history))
                     .default_service(web::to(not_allowed)),
@@ -368,6 +378,13 @@ async fn process_message(
     check_content_type(&req)?;
     let body = read_body(&state, &req, payload).await?;
     let mut parsed = mskflow_fhir::parse_process_message(&body)?;
+    if parsed.bundle_version.as_deref().is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request(
+            IssueType::Required,
+            "Bundle.meta.versionId is required (Booking and Referral Standard)",
+        )
+        .at("Bundle.meta.versionId"));
+    }
     if parsed.event_code != "servicerequest-request" {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -405,6 +422,78 @@ async fn process_message(
         .body(body.to_string()))
 }
 
+/// `Prefer: return=minimal | representation | OperationOutcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Return {
+    Minimal,
+    Representation,
+    OperationOutcome,
+}
+
+fn prefer_return(req: &HttpRequest) -> Return {
+    let prefer = req
+        .headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.trim().strip_prefix("return="))
+        .next_back()
+        .map(str::trim);
+    match prefer {
+        Some("minimal") => Return::Minimal,
+        Some("OperationOutcome") => Return::OperationOutcome,
+        _ => Return::Representation,
+    }
+}
+
+/// The answer to a create, shaped by `Prefer`.
+fn created(req: &HttpRequest, status: StatusCode, base: &str, view: &crate::views::ReferralView) -> HttpResponse {
+    let id = view.referral_id;
+    let mut res = HttpResponse::build(status);
+    res.insert_header((header::LOCATION, format!("{base}/ServiceRequest/{id}/_history/{}", view.version)))
+        .insert_header((header::ETAG, format!("W/\"{}\"", view.version)))
+        .insert_header((header::LAST_MODIFIED, view.last_updated.to_rfc2822()))
+        .insert_header((header::LINK, format!("<{base}/Task/{id}>; rel=\"related\"; type=\"Task\"")));
+    match prefer_return(req) {
+        Return::Minimal => res.finish(),
+        Return::Representation => res.content_type(FHIR_JSON).body(render::service_request(view).to_string()),
+        Return::OperationOutcome => res.content_type(FHIR_JSON).body(
+            mskflow_fhir::operation_outcome(&[mskflow_fhir::Issue {
+                severity: mskflow_fhir::Severity::Information,
+                code: IssueType::Informational,
+                diagnostics: format!("referral ServiceRequest/{id} recorded; its Task is Task/{id}"),
+                expression: None,
+                details: None,
+            }])
+            .to_string(),
+        ),
+    }
+}
+
+/// `If-None-Exist: identifier=system|value`: the referral already recorded
+/// under that identifier, if any (FHIR conditional create).
+fn existing_for(state: &AppState, req: &HttpRequest) -> Result<Option<crate::views::ReferralView>, ApiError> {
+    let Some(raw) = req.headers().get("if-none-exist").and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(raw.trim_start_matches('?'))
+        .map_err(|e| ApiError::bad_request(IssueType::Invalid, format!("invalid If-None-Exist: {e}")))?
+        .into_inner();
+    let search = search::Search::parse(search::Resource::ServiceRequest, &pairs)
+        .map_err(|e| ApiError::bad_request(IssueType::Invalid, format!("invalid If-None-Exist: {}", e.0)))?;
+    let matched: Vec<crate::views::ReferralView> =
+        state.views.read(|views| search.run(views.referrals()).into_iter().cloned().collect());
+    match matched.len() {
+        0 => Ok(None),
+        1 => Ok(matched.into_iter().next()),
+        n => Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            IssueType::Duplicate,
+            format!("If-None-Exist matches {n} referrals; be more specific"),
+        )),
+    }
+}
+
 async fn create_service_request(
     state: State,
     req: HttpRequest,
@@ -414,21 +503,12 @@ async fn create_service_request(
     check_content_type(&req)?;
     let body = read_body(&state, &req, payload).await?;
     let referral = mskflow_fhir::parse_service_request(&body)?;
-    let view = submit(&state, &req, request_id, correlation_id, referral.into()).await?;
     let base = base_url(&state, &req);
-    let id = view.referral_id;
-    Ok(HttpResponse::Created()
-        .content_type(FHIR_JSON)
-        .insert_header((
-            header::LOCATION,
-            format!("{base}/ServiceRequest/{id}/_history/{}", view.version),
-        ))
-        .insert_header((header::ETAG, format!("W/\"{}\"", view.version)))
-        .insert_header((
-            header::LINK,
-            format!("<{base}/Task/{id}>; rel=\"related\"; type=\"Task\""),
-        ))
-        .body(render::service_request(&view).to_string()))
+    if let Some(existing) = existing_for(&state, &req)? {
+        return Ok(created(&req, StatusCode::OK, &base, &existing));
+    }
+    let view = submit(&state, &req, request_id, correlation_id, referral.into()).await?;
+    Ok(created(&req, StatusCode::CREATED, &base, &view))
 }
 
 fn parse_id(raw: &str, resource: &str) -> Result<Uuid, ApiError> {
@@ -591,6 +671,31 @@ async fn vread(state: State, req: HttpRequest, path: web::Path<(String, String)>
         .find(|v| v.version == version)
         .map(|v| read_response(&render_one(&v), v.version))
         .ok_or_else(|| ApiError::not_found(format!("{resource}/{id} has no version {version}")))
+}
+
+async fn message_definitions(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let pairs = query_pairs(&req)?;
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| !matches!(k.as_str(), "_count" | "_format")) {
+        return Err(ApiError::bad_request(
+            IssueType::NotSupported,
+            format!("search parameter '{k}' is not supported on MessageDefinition"),
+        ));
+    }
+    let base = base_url(&state, &req);
+    let links = [("self", format!("{base}/MessageDefinition"))];
+    Ok(fhir_ok(
+        StatusCode::OK,
+        &render::searchset(&base, &links, vec![render::message_definition()], 1),
+    ))
+}
+
+async fn read_message_definition(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let definition = render::message_definition();
+    if definition["id"] == path.as_str() {
+        Ok(fhir_ok(StatusCode::OK, &definition))
+    } else {
+        Err(ApiError::not_found(format!("MessageDefinition/{path} is not known")))
+    }
 }
 
 async fn metadata(state: State, req: HttpRequest) -> HttpResponse {

@@ -238,6 +238,33 @@ fn resource_capability(resource: Resource, interactions: &[&str]) -> Value {
     })
 }
 
+/// The message this server accepts on `$process-message`, and what it
+/// requires of it.
+pub fn message_definition() -> Value {
+    json!({
+        "resourceType": "MessageDefinition",
+        "id": "servicerequest-request",
+        "url": "https://fhir.mskflow.org/MessageDefinition/servicerequest-request",
+        "version": "1",
+        "name": "MskReferralRequest",
+        "title": "MSK referral request",
+        "status": "active",
+        "date": "2026-11-23",
+        "publisher": "mskflow",
+        "description": "A referral to the community MSK service, sent as a Bundle of type message. Required: X-Request-Id and X-Correlation-Id headers (UUIDs); Bundle.meta.versionId; MessageHeader as the first entry with eventCoding servicerequest-request, focus on the ServiceRequest and source.endpoint for replies; a ServiceRequest with status active, subject referencing a Patient entry with an NHS number (https://fhir.nhs.uk/Id/nhs-number, modulus 11 check digit). Optional: ServiceRequest.identifier (duplicates of the same sender and identifier are refused), reasonCode and bodySite (SNOMED CT) for the pathway, priority, red-flag Observations (code system https://fhir.mskflow.org/CodeSystem/msk-red-flag, valueBoolean), and a STarT Back QuestionnaireResponse (https://fhir.mskflow.org/Questionnaire/start-back, items 1-9, valueBoolean).",
+        "eventCoding": {"system": MESSAGE_EVENT_SYSTEM, "code": "servicerequest-request"},
+        "category": "consequence",
+        "focus": [
+            {"code": "ServiceRequest", "min": 1, "max": "1"}
+        ],
+        "responseRequired": "always",
+        "allowedResponse": [{
+            "message": "https://fhir.mskflow.org/MessageDefinition/servicerequest-response",
+            "situation": "Accepted: a response message with the Task (status accepted, or rejected when redirected or not for this service) and the ServiceRequest. Refused: an OperationOutcome with the Booking and Referral Standard error code."
+        }]
+    })
+}
+
 /// What this server supports, and nothing more. `tests` compare it with the
 /// routes.
 pub fn capability_statement(base: &str) -> Value {
@@ -257,6 +284,11 @@ pub fn capability_statement(base: &str) -> Value {
             "resource": [
                 resource_capability(Resource::ServiceRequest, &["read", "vread", "history-instance", "create", "search-type"]),
                 resource_capability(Resource::Task, &["read", "vread", "history-instance", "search-type"]),
+                {
+                    "type": "MessageDefinition",
+                    "interaction": [{"code": "read"}, {"code": "search-type"}],
+                    "searchParam": []
+                },
             ],
             "operation": [{
                 "name": "process-message",
