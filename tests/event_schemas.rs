@@ -27,6 +27,8 @@ async fn emitted_events_match_their_schemas() -> TestResult {
         p["birthDate"] = serde_json::json!(format!("{year}-01-01"))
     })?;
     assert_eq!(app.post_message(&child).await?.status().as_u16(), 200);
+    // And one cancelled by its referrer.
+    assert_eq!(app.post_message(&as_update(&triaged, "revoked")?).await?.status().as_u16(), 200);
 
     let envelope_schema = jsonschema::validator_for(&load("schemas/envelope.v1.schema.json")?)?;
     let events = app.all_events().await?;

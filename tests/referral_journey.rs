@@ -667,3 +667,55 @@ async fn booking_and_referral_rules_prefer_and_conditional_create() -> TestResul
     assert_eq!(outcome["issue"][0]["severity"], "information");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_referrer_can_cancel_an_active_referral_only() -> TestResult {
+    let app = spawn_app().await?;
+    let bundle = new_referral_message()?;
+    let answer: Value = app.post_message(&bundle).await?.json().await?;
+    let id = entries_of(&answer, "Task")[0]["id"].as_str().ok_or("no id")?.to_owned();
+
+    // An amendment is not supported.
+    let r = app.post_message(&as_update(&bundle, "active")?).await?;
+    assert_eq!(r.status().as_u16(), 422);
+    let outcome: Value = r.json().await?;
+    assert_eq!(issue_codes(&outcome), vec!["not-supported"]);
+
+    // Withdrawn by the referrer.
+    let r = app.post_message(&as_update(&bundle, "revoked")?).await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let answer: Value = r.json().await?;
+    let task = entries_of(&answer, "Task")[0];
+    assert_eq!(task["id"], id.as_str());
+    assert_eq!(task["status"], "cancelled");
+    assert_eq!(task["businessStatus"]["coding"][0]["code"], "cancelled");
+    let (_, sr) = app.get_json(&format!("ServiceRequest/{id}")).await?;
+    assert_eq!(sr["status"], "revoked");
+    let (_, history) = app.get_json(&format!("Task/{id}/_history")).await?;
+    assert_eq!(history["total"], 3);
+
+    // Not twice, and not a referral that is no longer active.
+    let r = app.post_message(&as_update(&bundle, "entered-in-error")?).await?;
+    assert_eq!(r.status().as_u16(), 422);
+    let outcome: Value = r.json().await?;
+    assert_eq!(issue_codes(&outcome), vec!["business-rule"]);
+    assert_eq!(outcome["issue"][0]["details"]["coding"][0]["code"], "REC_UNPROCESSABLE_ENTITY");
+
+    let mut red = new_referral_message()?;
+    add_red_flag(&mut red, "saddle-anaesthesia", true)?;
+    assert_eq!(app.post_message(&red).await?.status().as_u16(), 200);
+    assert_eq!(app.post_message(&as_update(&red, "revoked")?).await?.status().as_u16(), 422);
+
+    // An unknown referral.
+    let r = app.post_message(&as_update(&new_referral_message()?, "revoked")?).await?;
+    assert_eq!(r.status().as_u16(), 404);
+    let outcome: Value = r.json().await?;
+    assert_eq!(outcome["issue"][0]["details"]["coding"][0]["code"], "REC_NOT_FOUND");
+
+    // Entered in error.
+    let other = new_referral_message()?;
+    assert_eq!(app.post_message(&other).await?.status().as_u16(), 200);
+    let answer: Value = app.post_message(&as_update(&other, "entered-in-error")?).await?.json().await?;
+    assert_eq!(entries_of(&answer, "Task")[0]["status"], "entered-in-error");
+    Ok(())
+}

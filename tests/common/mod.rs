@@ -189,3 +189,16 @@ pub fn entries_of<'a>(bundle: &'a Value, resource_type: &str) -> Vec<&'a Value> 
         })
         .unwrap_or_default()
 }
+
+/// The same referral as an update message (a new MessageHeader id) with the
+/// ServiceRequest set to `status` (`revoked` / `entered-in-error` cancel).
+pub fn as_update(bundle: &Value, status: &str) -> TestResult<Value> {
+    let mut update = bundle.clone();
+    with_resource(&mut update, "MessageHeader", |h| {
+        h["id"] = json!(Uuid::new_v4().to_string());
+        h["reason"]["coding"][0]["code"] = json!("update");
+        h["reason"]["coding"][0]["display"] = json!("Update");
+    })?;
+    with_resource(&mut update, "ServiceRequest", |sr| sr["status"] = json!(status))?;
+    Ok(update)
+}

@@ -165,6 +165,47 @@ pub struct ReferralRejected {
     pub reason: String,
 }
 
+/// The referrer withdrew the referral (a Booking and Referral Standard
+/// `update` with ServiceRequest.status `revoked` or `entered-in-error`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReferralCancelled {
+    pub referral_id: Uuid,
+    /// `X-Request-Id` of the cancelling request.
+    pub request_id: Uuid,
+    /// `revoked` (withdrawn) or `entered-in-error` (sent by mistake).
+    pub status: CancellationStatus,
+    /// The sending organisation that cancelled.
+    pub cancelled_by: Option<OdsCode>,
+    /// MessageHeader id of the cancelling message, if any.
+    pub message_id: Option<String>,
+}
+
+/// How a referral was withdrawn (FHIR ServiceRequest.status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CancellationStatus {
+    #[serde(rename = "revoked")]
+    Revoked,
+    #[serde(rename = "entered-in-error")]
+    EnteredInError,
+}
+
+impl CancellationStatus {
+    pub fn code(self) -> &'static str {
+        match self {
+            CancellationStatus::Revoked => "revoked",
+            CancellationStatus::EnteredInError => "entered-in-error",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<Self> {
+        match code {
+            "revoked" => Some(CancellationStatus::Revoked),
+            "entered-in-error" => Some(CancellationStatus::EnteredInError),
+            _ => None,
+        }
+    }
+}
+
 /// Events of the intake stream.
 #[allow(
     clippy::large_enum_variant,
@@ -177,6 +218,7 @@ pub enum IntakeEvent {
     ReferralTriaged(ReferralTriaged),
     ReferralRedirected(ReferralRedirected),
     ReferralRejected(ReferralRejected),
+    ReferralCancelled(ReferralCancelled),
 }
 
 impl IntakeEvent {
@@ -186,6 +228,7 @@ impl IntakeEvent {
             IntakeEvent::ReferralTriaged(_) => "ReferralTriaged",
             IntakeEvent::ReferralRedirected(_) => "ReferralRedirected",
             IntakeEvent::ReferralRejected(_) => "ReferralRejected",
+            IntakeEvent::ReferralCancelled(_) => "ReferralCancelled",
         }
     }
 
@@ -195,6 +238,7 @@ impl IntakeEvent {
         "ReferralTriaged",
         "ReferralRedirected",
         "ReferralRejected",
+        "ReferralCancelled",
     ];
 }
 
@@ -211,6 +255,7 @@ pub(crate) fn schemas() -> Vec<(&'static str, schemars::Schema)> {
             schemars::schema_for!(ReferralRedirected),
         ),
         ("ReferralRejected", schemars::schema_for!(ReferralRejected)),
+        ("ReferralCancelled", schemars::schema_for!(ReferralCancelled)),
     ]
 }
 

@@ -45,6 +45,9 @@ pub struct ParsedMessage {
     pub reason: Option<String>,
     /// `Bundle.meta.versionId`.
     pub bundle_version: Option<String>,
+    /// `ServiceRequest.status` as sent: `active` for a new referral;
+    /// `revoked` or `entered-in-error` cancel (only with reason `update`).
+    pub service_request_status: String,
     pub referral: ReferralDetails,
 }
 
@@ -524,6 +527,9 @@ struct Arrival<'b> {
     via: ReceivedVia,
     sender: Sender,
     body: &'b str,
+    /// A `reason = update` message may cancel: status `revoked` or
+    /// `entered-in-error` is then allowed as well as `active`.
+    may_cancel: bool,
 }
 
 /// Map a ServiceRequest (and what it refers to) onto [`ReferralDetails`].
@@ -540,14 +546,17 @@ fn referral<'n, 'a: 'n>(
     };
     let expr = &node.expr;
 
-    if sr.status.as_ref() != "active" {
+    let status = sr.status.as_ref();
+    let cancelling = arrival.may_cancel && matches!(status, "revoked" | "entered-in-error");
+    if status != "active" && !cancelling {
         issues.unprocessable(
             Issue::error(
                 IssueType::Value,
-                format!(
-                    "a referral must have status 'active', not '{}'",
-                    sr.status.as_ref()
-                ),
+                if arrival.may_cancel {
+                    format!("an update must have status 'revoked' or 'entered-in-error' (to cancel) or 'active', not '{status}'")
+                } else {
+                    format!("a referral must have status 'active', not '{status}'")
+                },
             )
             .at(format!("{expr}.status")),
         );
@@ -682,6 +691,7 @@ pub fn parse_service_request(body: &[u8]) -> Result<ReferralDetails, FhirError> 
             sr,
             &[],
             Arrival {
+                may_cancel: false,
                 via: ReceivedVia::ServiceRequestCreate,
                 sender: Sender {
                     ods_code: None,
@@ -877,12 +887,24 @@ pub fn parse_process_message(body: &[u8]) -> Result<ParsedMessage, FhirError> {
         software: header.source.software.clone(),
     };
 
+    let reason = header
+        .reason
+        .as_ref()
+        .and_then(|r| r.coding.iter().flatten().next())
+        .and_then(|c| c.code.clone());
+    let service_request_status = sr_node
+        .and_then(|node| match &node.model {
+            Model::ServiceRequest(sr) => Some(sr.status.as_ref().to_owned()),
+            _ => None,
+        })
+        .unwrap_or_default();
     let referral = sr_node.and_then(|node| match &node.model {
         Model::ServiceRequest(sr) => referral(
             node,
             sr,
             &nodes,
             Arrival {
+                may_cancel: reason.as_deref() == Some("update"),
                 via: ReceivedVia::ProcessMessage,
                 sender,
                 body: text,
@@ -896,11 +918,8 @@ pub fn parse_process_message(body: &[u8]) -> Result<ParsedMessage, FhirError> {
         (Some(referral), Some(message_id)) => Some(ParsedMessage {
             message_id,
             event_code,
-            reason: header
-                .reason
-                .as_ref()
-                .and_then(|r| r.coding.iter().flatten().next())
-                .and_then(|c| c.code.clone()),
+            reason,
+            service_request_status,
             bundle_version: bundle.meta.as_ref().and_then(|m| m.version_id.clone()),
             referral,
         }),

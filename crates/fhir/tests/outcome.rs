@@ -85,6 +85,7 @@ fn every_issue_type_and_severity_is_an_r4_code() {
         IssueType::TooLong,
         IssueType::CodeInvalid,
         IssueType::Conflict,
+        IssueType::BusinessRule,
         IssueType::Processing,
         IssueType::Transient,
         IssueType::Exception,

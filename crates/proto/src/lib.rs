@@ -12,6 +12,12 @@ pub mod intake {
     }
 }
 
+pub mod assessment {
+    pub mod v1 {
+        tonic::include_proto!("mskflow.assessment.v1");
+    }
+}
+
 pub mod convert;
 
 /// Encoded file descriptor set of every service, for gRPC server reflection.

@@ -396,6 +396,9 @@ async fn process_message(
         )
         .at("Bundle.entry[0].resource.eventCoding"));
     }
+    if parsed.reason.as_deref() == Some("update") {
+        return cancel(&state, &req, request_id, correlation_id, parsed).await;
+    }
     if parsed.referral.sender.software.is_none() {
         parsed.referral.sender.software = req
             .headers()
@@ -419,6 +422,60 @@ async fn process_message(
             header::LOCATION,
             format!("{base}/Task/{}", view.referral_id),
         ))
+        .body(body.to_string()))
+}
+
+/// A Booking and Referral Standard `update`: cancellation when the
+/// ServiceRequest's status is `revoked` or `entered-in-error`, only while the
+/// referral is active. Other updates (amendments) are not supported.
+async fn cancel(
+    state: &AppState,
+    req: &HttpRequest,
+    request_id: Uuid,
+    correlation_id: Uuid,
+    parsed: mskflow_fhir::ParsedMessage,
+) -> Result<HttpResponse, ApiError> {
+    if !matches!(parsed.service_request_status.as_str(), "revoked" | "entered-in-error") {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueType::NotSupported,
+            "an update may only cancel a referral (ServiceRequest.status revoked or entered-in-error); amendments are not supported: cancel and send a new referral",
+        )
+        .at("ServiceRequest.status"));
+    }
+    if parsed.referral.service_request_identifier.is_none() {
+        return Err(ApiError::bad_request(
+            IssueType::Required,
+            "an update must carry the ServiceRequest.identifier of the referral it changes",
+        )
+        .at("ServiceRequest.identifier"));
+    }
+    let mut request = tonic::Request::new(pb::CancelReferralRequest {
+        request_id: request_id.to_string(),
+        correlation_id: correlation_id.to_string(),
+        status: parsed.service_request_status.clone(),
+        referral: Some(parsed.referral.into()),
+    });
+    request.set_timeout(state.intake_timeout);
+    let (traceparent, _) = mskflow_telemetry::current_trace_context();
+    if let Some(v) = traceparent.and_then(|v| v.parse().ok()) {
+        request.metadata_mut().insert("traceparent", v);
+    }
+    let mut client = state.intake.clone();
+    let answer = client.cancel_referral(request).await.map_err(|s| from_grpc(&s))?.into_inner();
+    let referral_id = Uuid::parse_str(&answer.referral_id)
+        .map_err(|_| ApiError::internal("intake answered with an invalid referral id"))?;
+    tracing::info!(%referral_id, %request_id, "referral cancelled by its sender");
+    let view = state
+        .views
+        .wait_for(referral_id, answer.version, state.wait_timeout)
+        .await
+        .ok_or_else(|| ApiError::unavailable(format!("referral {referral_id} was cancelled; poll Task/{referral_id}")))?;
+    let base = base_url(state, req);
+    let body = render::response_message(&base, &parsed.message_id, &view);
+    Ok(HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .insert_header((header::LOCATION, format!("{base}/Task/{referral_id}")))
         .body(body.to_string()))
 }
 

@@ -4,6 +4,8 @@
 use mskflow_events::{NHS_NUMBER_SYSTEM, ODS_SYSTEM};
 use serde_json::{Value, json};
 
+use mskflow_events::intake::CancellationStatus;
+
 use crate::search::Resource;
 use crate::views::{Decision, ReferralStatus, ReferralView};
 
@@ -21,19 +23,27 @@ fn instant(t: &chrono::DateTime<chrono::Utc>) -> String {
 }
 
 /// FHIR `Task.status` for a referral status.
-pub fn task_status(status: ReferralStatus) -> &'static str {
-    match status {
+pub fn task_status(view: &ReferralView) -> &'static str {
+    match view.status {
         ReferralStatus::Received => "received",
         ReferralStatus::Triaged => "accepted",
         ReferralStatus::Redirected | ReferralStatus::Rejected => "rejected",
+        ReferralStatus::Cancelled => match &view.cancellation {
+            Some(c) if c.status == CancellationStatus::EnteredInError => "entered-in-error",
+            _ => "cancelled",
+        },
     }
 }
 
 /// FHIR `ServiceRequest.status` for a referral status.
-pub fn service_request_status(status: ReferralStatus) -> &'static str {
-    match status {
+pub fn service_request_status(view: &ReferralView) -> &'static str {
+    match view.status {
         ReferralStatus::Received | ReferralStatus::Triaged => "active",
         ReferralStatus::Redirected | ReferralStatus::Rejected => "revoked",
+        ReferralStatus::Cancelled => match &view.cancellation {
+            Some(c) if c.status == CancellationStatus::EnteredInError => "entered-in-error",
+            _ => "revoked",
+        },
     }
 }
 
@@ -54,7 +64,7 @@ pub fn task(view: &ReferralView) -> Value {
         "meta": {"versionId": view.version.to_string(), "lastUpdated": instant(&view.last_updated)},
         "identifier": [{"system": REFERRAL_ID_SYSTEM, "value": id}],
         "basedOn": [{"reference": format!("ServiceRequest/{id}")}],
-        "status": task_status(view.status),
+        "status": task_status(view),
         "businessStatus": {"coding": [{
             "system": BUSINESS_STATUS_SYSTEM,
             "code": view.status.code(),
@@ -135,6 +145,7 @@ fn business_display(status: ReferralStatus) -> &'static str {
         ReferralStatus::Triaged => "Triaged to First Contact Practitioner",
         ReferralStatus::Redirected => "Redirected (red flag)",
         ReferralStatus::Rejected => "Rejected",
+        ReferralStatus::Cancelled => "Cancelled by the referrer",
     }
 }
 
@@ -150,7 +161,7 @@ pub fn service_request(view: &ReferralView) -> Value {
     sr["id"] = json!(id);
     sr["meta"] =
         json!({"versionId": view.version.to_string(), "lastUpdated": instant(&view.last_updated)});
-    sr["status"] = json!(service_request_status(view.status));
+    sr["status"] = json!(service_request_status(view));
     sr
 }
 

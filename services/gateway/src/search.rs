@@ -273,8 +273,8 @@ impl Search {
 
     fn status_of(&self, view: &ReferralView) -> &'static str {
         match self.resource {
-            Resource::Task => render::task_status(view.status),
-            Resource::ServiceRequest => render::service_request_status(view.status),
+            Resource::Task => render::task_status(view),
+            Resource::ServiceRequest => render::service_request_status(view),
         }
     }
 

@@ -22,6 +22,7 @@ pub enum ReferralStatus {
     Triaged,
     Redirected,
     Rejected,
+    Cancelled,
 }
 
 impl ReferralStatus {
@@ -31,6 +32,7 @@ impl ReferralStatus {
             ReferralStatus::Triaged => "triaged",
             ReferralStatus::Redirected => "redirected",
             ReferralStatus::Rejected => "rejected",
+            ReferralStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -57,6 +59,13 @@ pub enum Decision {
     },
 }
 
+/// How the referrer withdrew it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cancellation {
+    pub status: mskflow_events::intake::CancellationStatus,
+    pub at: DateTime<Utc>,
+}
+
 /// One referral's view.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReferralView {
@@ -72,6 +81,7 @@ pub struct ReferralView {
     pub rule_set_version: Option<String>,
     pub rule_id: Option<String>,
     pub decision: Option<Decision>,
+    pub cancellation: Option<Cancellation>,
 }
 
 /// A problem applying an event. Never crosses a boundary: the projection
@@ -117,6 +127,7 @@ impl Views {
             IntakeEvent::ReferralTriaged(e) => e.referral_id,
             IntakeEvent::ReferralRedirected(e) => e.referral_id,
             IntakeEvent::ReferralRejected(e) => e.referral_id,
+            IntakeEvent::ReferralCancelled(e) => e.referral_id,
         };
         if let Some(view) = self.referrals.get(&referral_id)
             && envelope.sequence <= view.version
@@ -139,6 +150,7 @@ impl Views {
                         rule_set_version: None,
                         rule_id: None,
                         decision: None,
+                        cancellation: None,
                     },
                 );
             }
@@ -185,6 +197,13 @@ impl Views {
                             reason: e.reason,
                         });
                     }
+                    IntakeEvent::ReferralCancelled(e) => {
+                        view.status = ReferralStatus::Cancelled;
+                        view.cancellation = Some(Cancellation {
+                            status: e.status,
+                            at: envelope.recorded_at,
+                        });
+                    }
                     IntakeEvent::ReferralReceived(_) => {}
                 }
             }
@@ -208,12 +227,13 @@ impl Views {
     }
 
     /// How many referrals are in each status (every status listed).
-    pub fn count_by_status(&self) -> [(ReferralStatus, usize); 4] {
+    pub fn count_by_status(&self) -> [(ReferralStatus, usize); 5] {
         let mut counts = [
             (ReferralStatus::Received, 0),
             (ReferralStatus::Triaged, 0),
             (ReferralStatus::Redirected, 0),
             (ReferralStatus::Rejected, 0),
+            (ReferralStatus::Cancelled, 0),
         ];
         for r in self.referrals.values() {
             if let Some(c) = counts.iter_mut().find(|(s, _)| *s == r.status) {

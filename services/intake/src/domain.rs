@@ -5,9 +5,10 @@
 
 use chrono::NaiveDate;
 use mskflow_events::intake::{
-    IntakeEvent, ReferralDetails, ReferralReceived, ReferralRedirected, ReferralRejected,
-    ReferralTriaged, StartBackScore,
+    CancellationStatus, IntakeEvent, ReferralCancelled, ReferralDetails, ReferralReceived,
+    ReferralRedirected, ReferralRejected, ReferralTriaged, StartBackScore,
 };
+use mskflow_events::types::OdsCode;
 use mskflow_events::types::{FcpPriority, Pathway, RedirectDestination, Urgency};
 use uuid::Uuid;
 
@@ -20,6 +21,7 @@ pub enum Status {
     Triaged,
     Redirected,
     Rejected,
+    Cancelled,
 }
 
 impl Status {
@@ -29,6 +31,7 @@ impl Status {
             Status::Triaged => "triaged",
             Status::Redirected => "redirected",
             Status::Rejected => "rejected",
+            Status::Cancelled => "cancelled",
         }
     }
 }
@@ -55,6 +58,8 @@ pub struct ReferralState {
     pub reason_code: Option<String>,
     /// Reason of a redirection or rejection.
     pub reason: Option<String>,
+    /// The organisation that sent the referral (only it may cancel).
+    pub sender_ods: Option<OdsCode>,
 }
 
 impl ReferralState {
@@ -75,6 +80,14 @@ pub enum Command {
         /// The referral date: ages are computed on it.
         today: NaiveDate,
     },
+    /// Withdraw an active referral at its sender's request.
+    Cancel {
+        request_id: Uuid,
+        status: CancellationStatus,
+        /// The organisation asking (must be the one that sent it).
+        requested_by: Option<OdsCode>,
+        message_id: Option<String>,
+    },
 }
 
 /// A command the referral refuses. Business outcomes, not failures.
@@ -84,6 +97,16 @@ pub enum DomainError {
     /// referral id in metadata); HTTP 409 OperationOutcome `duplicate`.
     #[error("referral {referral_id} is already recorded")]
     AlreadyRecorded { referral_id: Uuid },
+    /// No such referral. gRPC `NOT_FOUND`; HTTP 404 `not-found`.
+    #[error("referral is not recorded")]
+    NotFound,
+    /// Only an active (received or triaged) referral can be cancelled.
+    /// gRPC `FAILED_PRECONDITION`; HTTP 422 `business-rule`.
+    #[error("referral {referral_id} is {status} and can no longer be cancelled")]
+    NotActive { referral_id: Uuid, status: &'static str },
+    /// Another organisation asked. gRPC `PERMISSION_DENIED`; HTTP 403 `forbidden`.
+    #[error("only the organisation that sent referral {referral_id} may cancel it")]
+    NotSender { referral_id: Uuid },
 }
 
 /// Decide which events a command produces.
@@ -157,6 +180,32 @@ pub fn handle(
                 decision,
             ])
         }
+        Command::Cancel {
+            request_id,
+            status,
+            requested_by,
+            message_id,
+        } => {
+            let (Some(referral_id), Some(current)) = (state.referral_id, state.status) else {
+                return Err(DomainError::NotFound);
+            };
+            if !matches!(current, Status::Received | Status::Triaged) {
+                return Err(DomainError::NotActive {
+                    referral_id,
+                    status: current.code(),
+                });
+            }
+            if state.sender_ods.is_some() && requested_by != state.sender_ods {
+                return Err(DomainError::NotSender { referral_id });
+            }
+            Ok(vec![IntakeEvent::ReferralCancelled(ReferralCancelled {
+                referral_id,
+                request_id,
+                status,
+                cancelled_by: requested_by,
+                message_id,
+            })])
+        }
     }
 }
 
@@ -168,6 +217,7 @@ pub fn apply(mut state: ReferralState, event: &IntakeEvent) -> ReferralState {
             state.referral_id = Some(e.referral_id);
             state.request_id = Some(e.request_id);
             state.status = Some(Status::Received);
+            state.sender_ods = e.referral.sender.ods_code.clone();
         }
         IntakeEvent::ReferralTriaged(e) => {
             state.status = Some(Status::Triaged);
@@ -191,6 +241,10 @@ pub fn apply(mut state: ReferralState, event: &IntakeEvent) -> ReferralState {
             state.rule_id = Some(e.rule_id.clone());
             state.reason_code = Some(e.reason_code.clone());
             state.reason = Some(e.reason.clone());
+        }
+        IntakeEvent::ReferralCancelled(e) => {
+            state.status = Some(Status::Cancelled);
+            state.reason_code = Some(e.status.code().to_owned());
         }
     }
     state
@@ -607,6 +661,7 @@ mod tests {
                     assert_eq!(*referral_id, REFERRAL);
                     Ok(())
                 }
+                Some(other) => Err(format!("wrong refusal: {other}").into()),
                 None => Err(e),
             },
             Ok(events) => Err(format!("resubmit accepted: {events:?}").into()),
@@ -638,6 +693,53 @@ mod tests {
         );
         assert_eq!(state.urgency, Some(Urgency::Emergency));
         assert!(state.reason.is_some());
+        Ok(())
+    }
+
+    fn cancel_by(ods: Option<&str>, status: CancellationStatus) -> Result<Command, Box<dyn std::error::Error>> {
+        Ok(Command::Cancel {
+            request_id: Uuid::from_u128(0x3333),
+            status,
+            requested_by: ods.map(OdsCode::parse).transpose()?,
+            message_id: None,
+        })
+    }
+
+    fn sent_by(ods: &str) -> Result<ReferralDetails, Box<dyn std::error::Error>> {
+        let mut details = referral()?;
+        details.sender.ods_code = Some(OdsCode::parse(ods)?);
+        Ok(details)
+    }
+
+    #[test]
+    fn the_sender_cancels_an_active_referral() -> TestResult {
+        let given = when_submitted(&[], sent_by("A81001")?)?;
+        let state = fold(&given);
+        let events = handle(&state, cancel_by(Some("A81001"), CancellationStatus::Revoked)?, &RuleSet::default_rules()?)?;
+        assert!(matches!(
+            events.as_slice(),
+            [IntakeEvent::ReferralCancelled(ReferralCancelled { status: CancellationStatus::Revoked, .. })]
+        ));
+        let after = events.iter().fold(state, apply);
+        assert_eq!(after.status, Some(Status::Cancelled));
+        // Not twice.
+        let again = handle(&after, cancel_by(Some("A81001"), CancellationStatus::EnteredInError)?, &RuleSet::default_rules()?);
+        assert!(matches!(again, Err(DomainError::NotActive { status: "cancelled", .. })));
+        Ok(())
+    }
+
+    #[test]
+    fn only_active_referrals_of_the_same_sender_can_be_cancelled() -> TestResult {
+        let state = fold(&when_submitted(&[], sent_by("A81001")?)?);
+        let other = handle(&state, cancel_by(Some("B82002"), CancellationStatus::Revoked)?, &RuleSet::default_rules()?);
+        assert!(matches!(other, Err(DomainError::NotSender { .. })));
+        let mut red = sent_by("A81001")?;
+        red.red_flags = vec![RedFlag::SaddleAnaesthesia];
+        let redirected = fold(&when_submitted(&[], red)?);
+        let refused = handle(&redirected, cancel_by(Some("A81001"), CancellationStatus::Revoked)?, &RuleSet::default_rules()?);
+        assert!(matches!(refused, Err(DomainError::NotActive { status: "redirected", .. })));
+        let unknown = handle(&ReferralState::default(), cancel_by(Some("A81001"), CancellationStatus::Revoked)?, &RuleSet::default_rules()?);
+        assert_eq!(unknown, Err(DomainError::NotFound));
         Ok(())
     }
 }

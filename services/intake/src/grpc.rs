@@ -51,6 +51,7 @@ impl From<Error> for Status {
             Error::Store(
                 mskflow_eventlog::Error::Unavailable { .. } | mskflow_eventlog::Error::Closed,
             ) => Status::unavailable(format!("event store unavailable, retry: {e}")),
+            Error::Conflict { .. } => Status::aborted(e.to_string()),
             _ => Status::internal(format!("intake failed: {e}")),
         }
     }
@@ -102,16 +103,28 @@ impl IntakeGrpc {
                     state: Some(state_to_pb(submitted.referral_id, &submitted.state)),
                 }))
             }
-            Err(Rejection::Duplicate { referral_id }) => {
-                let mut status = Status::already_exists(format!(
-                    "referral {referral_id} is already recorded (same request id or same referral)"
-                ));
-                if let Ok(v) = MetadataValue::try_from(referral_id.to_string()) {
-                    status.metadata_mut().insert(REFERRAL_ID_METADATA, v);
-                }
-                Err(status)
-            }
+            Err(rejection) => Err(rejection_status(rejection)),
         }
+    }
+}
+
+/// How a business refusal crosses the gRPC boundary.
+fn rejection_status(rejection: Rejection) -> Status {
+    use crate::domain::DomainError;
+    match rejection {
+        Rejection::Duplicate { referral_id } => {
+            let mut status = Status::already_exists(format!(
+                "referral {referral_id} is already recorded (same request id or same referral)"
+            ));
+            if let Ok(v) = MetadataValue::try_from(referral_id.to_string()) {
+                status.metadata_mut().insert(REFERRAL_ID_METADATA, v);
+            }
+            status
+        }
+        Rejection::Refused(e @ DomainError::AlreadyRecorded { .. }) => Status::already_exists(e.to_string()),
+        Rejection::Refused(e @ DomainError::NotFound) => Status::not_found(e.to_string()),
+        Rejection::Refused(e @ DomainError::NotActive { .. }) => Status::failed_precondition(e.to_string()),
+        Rejection::Refused(e @ DomainError::NotSender { .. }) => Status::permission_denied(e.to_string()),
     }
 }
 
@@ -158,6 +171,53 @@ impl IntakeService for IntakeGrpc {
         metrics::histogram!("mskflow_grpc_request_duration_seconds", "method" => "SubmitReferral")
             .record(started.elapsed().as_secs_f64());
         result
+    }
+
+    async fn cancel_referral(
+        &self,
+        request: Request<pb::CancelReferralRequest>,
+    ) -> Result<Response<pb::SubmitReferralResponse>, Status> {
+        let incoming = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 256)
+            .map(str::to_owned);
+        let span = tracing::info_span!(
+            "intake.cancel_referral",
+            otel.name = "IntakeService/CancelReferral",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            trace_id = tracing::field::Empty,
+        );
+        mskflow_telemetry::set_remote_parent(&span, incoming.as_deref(), None);
+        if let Some(id) = mskflow_telemetry::trace_id_of(&span) {
+            span.record("trace_id", id);
+        }
+        let traceparent = mskflow_telemetry::trace_context_of(&span).0.or(incoming);
+        async move {
+            let body = request.into_inner();
+            let request_id = parse_uuid("request_id", &body.request_id)?;
+            let correlation_id = parse_uuid("correlation_id", &body.correlation_id)?;
+            let status = mskflow_events::intake::CancellationStatus::parse(&body.status)
+                .ok_or_else(|| bad_field("ServiceRequest.status", "must be revoked or entered-in-error to cancel"))?;
+            let referral = body.referral.ok_or_else(|| bad_field("referral", "is required"))?;
+            let details = ReferralDetails::try_from(referral).map_err(|e| e.into_status())?;
+            match self
+                .intake
+                .cancel(request_id, correlation_id, traceparent, &details, status)
+                .await?
+            {
+                Ok(done) => Ok(Response::new(pb::SubmitReferralResponse {
+                    referral_id: done.referral_id.to_string(),
+                    version: done.version,
+                    state: Some(state_to_pb(done.referral_id, &done.state)),
+                })),
+                Err(rejection) => Err(rejection_status(rejection)),
+            }
+        }
+        .instrument(span)
+        .await
     }
 
     async fn get_referral(

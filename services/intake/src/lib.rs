@@ -57,6 +57,10 @@ pub enum Error {
         event_type: &'static str,
         reason: String,
     },
+    /// The referral changed while a command was being decided (a concurrent
+    /// command won). gRPC `ABORTED` (retry); HTTP 409 `conflict`.
+    #[error("referral {referral_id} changed concurrently; retry")]
+    Conflict { referral_id: uuid::Uuid },
     /// The gRPC listener could not be bound. Start-up only.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -82,6 +82,9 @@ pub enum Rejection {
     /// recorded. gRPC `ALREADY_EXISTS` with the referral id in metadata; HTTP
     /// 409 OperationOutcome `duplicate`.
     Duplicate { referral_id: Uuid },
+    /// The referral refuses the command (see [`DomainError`] for how each
+    /// reason crosses a boundary).
+    Refused(DomainError),
 }
 
 /// Which request ids and referrals have been recorded.
@@ -154,13 +157,16 @@ impl Intake {
                 break;
             }
             for envelope in &batch {
-                if envelope.event_type != "ReferralReceived" {
+                if envelope.event_type != "ReferralReceived" && envelope.event_type != "ReferralCancelled" {
                     continue;
                 }
                 match decode::<IntakeEvent>(envelope) {
                     Ok(IntakeEvent::ReferralReceived(e)) => {
                         index.record(e.request_id, e.referral_id);
                         replayed += 1;
+                    }
+                    Ok(IntakeEvent::ReferralCancelled(e)) => {
+                        index.requests.insert(e.request_id, e.referral_id);
                     }
                     Ok(_) => {}
                     Err(e) => return Err(Error::decode(envelope, &e)),
@@ -231,6 +237,7 @@ impl Intake {
             Err(DomainError::AlreadyRecorded { referral_id }) => {
                 return Ok(Err(Rejection::Duplicate { referral_id }));
             }
+            Err(other) => return Ok(Err(Rejection::Refused(other))),
         };
         let new_events = events
             .iter()
@@ -285,6 +292,91 @@ impl Intake {
                 tracing::warn!(%request_id, %referral_id, error = %e, "referral append failed");
                 Err(e.into())
             }
+        }
+    }
+
+    /// Cancel an active referral at its sender's request. The referral is
+    /// found by the same identity as on submission (sender ODS code and
+    /// ServiceRequest.identifier).
+    #[allow(clippy::too_many_arguments, reason = "one request's fields, passed through from gRPC")]
+    pub async fn cancel(
+        &self,
+        request_id: Uuid,
+        correlation_id: Uuid,
+        traceparent: Option<String>,
+        details: &ReferralDetails,
+        status: mskflow_events::intake::CancellationStatus,
+    ) -> Result<Result<Submitted, Rejection>, Error> {
+        if details.service_request_identifier.is_none() {
+            return Ok(Err(Rejection::Refused(DomainError::NotFound)));
+        }
+        let referral_id = referral_id(request_id, details);
+        let reservation = {
+            let mut index = lock(&self.index);
+            if let Some(existing) = index.requests.get(&request_id) {
+                return Ok(Err(Rejection::Duplicate { referral_id: *existing }));
+            }
+            index.requests.insert(request_id, referral_id);
+            Reservation {
+                index: &self.index,
+                request_id,
+                kept: false,
+            }
+        };
+        let Some(state) = self.get(referral_id).await? else {
+            return Ok(Err(Rejection::Refused(DomainError::NotFound)));
+        };
+        let events = match domain::handle(
+            &state,
+            Command::Cancel {
+                request_id,
+                status,
+                requested_by: details.sender.ods_code.clone(),
+                message_id: details.sender.message_id.clone(),
+            },
+            &self.rules,
+        ) {
+            Ok(events) => events,
+            Err(e) => return Ok(Err(Rejection::Refused(e))),
+        };
+        let now = self.clock.now();
+        let new_events = events
+            .iter()
+            .map(|e| {
+                new_event(e, mskflow_events::SCHEMA_VERSION, now).map_err(|source| Error::Encode {
+                    event_type: e.event_type(),
+                    reason: crate::json_error_reason(&source),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let metadata = Metadata {
+            causation_id: Some(request_id),
+            correlation_id,
+            traceparent,
+            tracestate: None,
+        };
+        match self
+            .log
+            .append(&stream_id(referral_id), ExpectedVersion::Exact(state.version), new_events, &metadata)
+            .await
+        {
+            Ok(appended) => {
+                reservation.keep();
+                let mut state = events.iter().fold(state, domain::apply);
+                state.version = appended.version;
+                tracing::info!(%referral_id, %request_id, %correlation_id, status = status.code(), "referral cancelled");
+                Ok(Ok(Submitted {
+                    referral_id,
+                    version: appended.version,
+                    state,
+                }))
+            }
+            Err(mskflow_eventlog::Error::WrongExpectedVersion { .. }) => {
+                // Something else changed the referral meanwhile: the caller
+                // may retry and will see its current state.
+                Err(Error::Conflict { referral_id })
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -180,6 +180,7 @@ async fn twenty_concurrent_submits_of_one_referral_record_it_once() -> TestResul
         match result?? {
             Ok(s) => recorded.push(s.referral_id),
             Err(Rejection::Duplicate { referral_id }) => duplicates.push(referral_id),
+            Err(other) => return Err(format!("unexpected refusal: {other:?}").into()),
         }
     }
     assert_eq!(recorded.len(), 1, "exactly one submit records the referral");
