@@ -21,6 +21,9 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     pub gateway: Gateway,
     pub intake: Intake,
+    pub assessment: Assessment,
+    pub scheduling: Scheduling,
+    pub outcomes: Outcomes,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +46,40 @@ pub struct Intake {
     pub rules: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assessment {
+    /// gRPC listen address of FCP assessment.
+    pub grpc_addr: SocketAddr,
+    /// Appointments a patient may miss before the episode ends (DNA policy).
+    pub max_missed: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scheduling {
+    /// gRPC listen address of rehab scheduling.
+    pub grpc_addr: SocketAddr,
+    /// Class sizes, course lengths and the DNA policy.
+    pub policy: mskflow_scheduling::domain::Policy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outcomes {
+    /// gRPC listen address of outcome collection.
+    pub grpc_addr: SocketAddr,
+    /// Follow-up questionnaires this many months after discharge.
+    pub follow_up_months: u32,
+    /// A questionnaire is overdue this many days after it was due.
+    pub overdue_after_days: u32,
+    /// EQ-5D-5L value set (CSV `profile,index`); the illustrative built-in
+    /// one when unset.
+    pub eq5d_value_set: Option<PathBuf>,
+    /// Licensed questionnaire wording (TOML or JSON); none when unset.
+    pub licence_file: Option<PathBuf>,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -58,6 +95,21 @@ impl Default for Config {
             intake: Intake {
                 grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
                 rules: None,
+            },
+            assessment: Assessment {
+                grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50052)),
+                max_missed: 2,
+            },
+            scheduling: Scheduling {
+                grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50053)),
+                policy: mskflow_scheduling::domain::Policy::default(),
+            },
+            outcomes: Outcomes {
+                grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50054)),
+                follow_up_months: 6,
+                overdue_after_days: 28,
+                eq5d_value_set: None,
+                licence_file: None,
             },
         }
     }
@@ -85,6 +137,9 @@ impl Config {
         };
         config.gateway.addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.intake.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.assessment.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.scheduling.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.outcomes.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config
     }
 
@@ -99,7 +154,10 @@ mod tests {
     use super::*;
 
     #[test]
-    #[allow(clippy::result_large_err, reason = "figment's Jail API returns its own error type")]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail API returns its own error type"
+    )]
     fn file_then_environment_override_defaults() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("mskflow.toml");
@@ -114,6 +172,7 @@ mod tests {
             assert_eq!(c.gateway.body_limit, 2048);
             assert_eq!(c.gateway.addr, SocketAddr::from(([0, 0, 0, 0], 9000)));
             assert_eq!(c.intake, Config::default().intake);
+            assert_eq!(c.scheduling, Config::default().scheduling);
             Ok(())
         });
         Ok(())

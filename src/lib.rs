@@ -20,6 +20,9 @@ pub use config::Config;
 pub struct Running {
     pub gateway_addr: SocketAddr,
     pub intake_addr: SocketAddr,
+    pub assessment_addr: SocketAddr,
+    pub scheduling_addr: SocketAddr,
+    pub outcomes_addr: SocketAddr,
     pub log: Arc<dyn EventLog>,
     store: mskflow_eventlog_sqlite::SqliteEventLog,
     stop: watch::Sender<bool>,
@@ -40,7 +43,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         ..Default::default()
     })
     .with_context(|| format!("opening the event store {}", path.display()))?;
-    let log: Arc<dyn EventLog> = Arc::new(mskflow_eventlog::Instrumented::new(Arc::new(store.clone())));
+    let log: Arc<dyn EventLog> =
+        Arc::new(mskflow_eventlog::Instrumented::new(Arc::new(store.clone())));
     let (stop, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
@@ -56,6 +60,51 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let intake_addr = intake.local_addr();
     let shutdown = stopped(rx.clone());
     tasks.spawn(async move { intake.run(shutdown).await.context("intake") });
+
+    anyhow::ensure!(
+        config.assessment.max_missed >= 1,
+        "assessment.max_missed must be at least 1"
+    );
+    let assessment_policy = mskflow_assessment::domain::Policy {
+        max_missed: config.assessment.max_missed,
+    };
+    let assessment = mskflow_assessment::Service::build(
+        mskflow_assessment::Options {
+            grpc_addr: config.assessment.grpc_addr,
+            policy: assessment_policy,
+        },
+        log.clone(),
+    )
+    .await
+    .context("starting assessment")?;
+    let assessment_addr = assessment.local_addr();
+    let shutdown = stopped(rx.clone());
+    tasks.spawn(async move { assessment.run(shutdown).await.context("assessment") });
+
+    let scheduling = mskflow_scheduling::Service::build(
+        mskflow_scheduling::Options {
+            grpc_addr: config.scheduling.grpc_addr,
+            policy: config.scheduling.policy.clone(),
+        },
+        log.clone(),
+    )
+    .await
+    .context("starting scheduling")?;
+    let scheduling_addr = scheduling.local_addr();
+    let shutdown = stopped(rx.clone());
+    tasks.spawn(async move { scheduling.run(shutdown).await.context("scheduling") });
+
+    let mut outcomes_options = mskflow_outcomes::Options::new(config.outcomes.grpc_addr);
+    outcomes_options.policy.follow_up_months = config.outcomes.follow_up_months;
+    outcomes_options.policy.overdue_after_days = config.outcomes.overdue_after_days;
+    outcomes_options.value_set_path = config.outcomes.eq5d_value_set.clone();
+    outcomes_options.licence_path = config.outcomes.licence_file.clone();
+    let outcomes = mskflow_outcomes::Service::build(outcomes_options, log.clone())
+        .await
+        .context("starting outcomes")?;
+    let outcomes_addr = outcomes.local_addr();
+    let shutdown = stopped(rx.clone());
+    tasks.spawn(async move { outcomes.run(shutdown).await.context("outcomes") });
 
     let gateway = mskflow_gateway::Service::build(
         mskflow_gateway::Options {
@@ -76,6 +125,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     Ok(Running {
         gateway_addr,
         intake_addr,
+        assessment_addr,
+        scheduling_addr,
+        outcomes_addr,
         log,
         store,
         stop,

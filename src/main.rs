@@ -116,7 +116,10 @@ async fn main() -> anyhow::Result<()> {
                 config.event_store_path().display()
             );
             println!("  FHIR gateway:  {url}");
-            println!("  intake gRPC:   {}", running.intake_addr);
+            println!("  intake gRPC:       {}", running.intake_addr);
+            println!("  assessment gRPC:   {}", running.assessment_addr);
+            println!("  scheduling gRPC:   {}", running.scheduling_addr);
+            println!("  outcomes gRPC:     {}", running.outcomes_addr);
             println!("Post a referral:");
             println!(
                 "  curl -s -X POST {url}/\\$process-message -H 'Content-Type: application/fhir+json' \
@@ -125,7 +128,9 @@ async fn main() -> anyhow::Result<()> {
                  --data @crates/fhir/tests/fixtures/referral-message.json"
             );
             println!("ready");
-            let result = running.run_until(mskflow_telemetry::shutdown_signal()).await;
+            let result = running
+                .run_until(mskflow_telemetry::shutdown_signal())
+                .await;
             tracing::info!(ok = result.is_ok(), "mskflow stopped");
             telemetry.shutdown();
             result

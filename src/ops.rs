@@ -29,7 +29,10 @@ fn open_store(config: &Config) -> anyhow::Result<SqliteEventLog> {
 }
 
 /// Replay the whole log into the gateway's views, reporting progress.
-async fn replay_views(store: &SqliteEventLog, progress: Option<&indicatif::ProgressBar>) -> anyhow::Result<(Views, u64, u64)> {
+async fn replay_views(
+    store: &SqliteEventLog,
+    progress: Option<&indicatif::ProgressBar>,
+) -> anyhow::Result<(Views, u64, u64)> {
     let mut sub = store
         .subscribe("mskflow-ops-replay", StartFrom::Beginning)
         .await
@@ -60,33 +63,65 @@ async fn replay_views(store: &SqliteEventLog, progress: Option<&indicatif::Progr
 pub async fn status(config: &Config, gateway_url: Option<String>) -> anyhow::Result<String> {
     let store = open_store(config)?;
     let head = store.head().await?;
-    let size = std::fs::metadata(config.event_store_path()).map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(config.event_store_path())
+        .map(|m| m.len())
+        .unwrap_or(0);
     let mut out = String::new();
-    writeln!(out, "event store   {} (head position {head}, {:.1} MiB)", config.event_store_path().display(), size as f64 / 1_048_576.0)?;
+    writeln!(
+        out,
+        "event store   {} (head position {head}, {:.1} MiB)",
+        config.event_store_path().display(),
+        size as f64 / 1_048_576.0
+    )?;
     let counts = store.counts_by_type().await?;
     let listed: Vec<String> = counts.iter().map(|(t, n)| format!("{t} {n}")).collect();
-    writeln!(out, "events        {}", if listed.is_empty() { "none".to_owned() } else { listed.join(", ") })?;
+    writeln!(
+        out,
+        "events        {}",
+        if listed.is_empty() {
+            "none".to_owned()
+        } else {
+            listed.join(", ")
+        }
+    )?;
     let (views, _, skipped) = replay_views(&store, None).await?;
     let by_status: Vec<String> = views
         .count_by_status()
         .iter()
         .map(|(s, n)| format!("{} {n}", s.code()))
         .collect();
-    writeln!(out, "referrals     {} (total {})", by_status.join(", "), views.len())?;
+    writeln!(
+        out,
+        "referrals     {} (total {})",
+        by_status.join(", "),
+        views.len()
+    )?;
     if skipped > 0 {
-        writeln!(out, "              {skipped} events do not apply to the views: see `mskflow replay`")?;
+        writeln!(
+            out,
+            "              {skipped} events do not apply to the views: see `mskflow replay`"
+        )?;
     }
-    writeln!(out, "consumers     gateway-views (in memory, replays from the log at start)")?;
+    writeln!(
+        out,
+        "consumers     gateway-views (in memory, replays from the log at start)"
+    )?;
     for (name, position) in store.checkpoints().await? {
         if name.starts_with("mskflow-ops") || name.starts_with("test-") {
             continue;
         }
-        writeln!(out, "              {name}: checkpoint {position}, lag {}", head.saturating_sub(position))?;
+        writeln!(
+            out,
+            "              {name}: checkpoint {position}, lag {}",
+            head.saturating_sub(position)
+        )?;
     }
     store.close().await;
 
     let url = gateway_url.unwrap_or_else(|| format!("http://{}", config.gateway.addr));
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
     let health = match client.get(format!("{url}/health/ready")).send().await {
         Ok(res) => {
             let code = res.status().as_u16();
@@ -100,7 +135,10 @@ pub async fn status(config: &Config, gateway_url: Option<String>) -> anyhow::Res
                         .join(", ")
                 })
                 .unwrap_or_default();
-            format!("{} ({checks})", if code == 200 { "ready" } else { "NOT READY" })
+            format!(
+                "{} ({checks})",
+                if code == 200 { "ready" } else { "NOT READY" }
+            )
         }
         Err(e) => format!("unreachable ({})", e.without_url()),
     };
@@ -117,9 +155,11 @@ pub async fn replay(config: &Config, reset: Option<String>) -> anyhow::Result<St
     let head = store.head().await?;
     let bar = indicatif::ProgressBar::new(head);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} replaying [{bar:40}] {pos}/{len} events ({per_sec}, {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} replaying [{bar:40}] {pos}/{len} events ({per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     let started = std::time::Instant::now();
     let (views, events, skipped) = replay_views(&store, Some(&bar)).await?;
@@ -136,7 +176,10 @@ pub async fn replay(config: &Config, reset: Option<String>) -> anyhow::Result<St
     }
     if let Some(consumer) = reset {
         store.set_checkpoint(&consumer, 0).await?;
-        writeln!(out, "checkpoint of consumer '{consumer}' reset to 0: it replays the log on its next start")?;
+        writeln!(
+            out,
+            "checkpoint of consumer '{consumer}' reset to 0: it replays the log on its next start"
+        )?;
     }
     store.close().await;
     Ok(out)

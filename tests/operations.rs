@@ -14,7 +14,13 @@ use tokio::process::Command;
 #[tokio::test]
 async fn metrics_describe_requests_appends_lag_and_referrals() -> TestResult {
     let app = spawn_app().await?;
-    assert_eq!(app.post_message(&new_referral_message()?).await?.status().as_u16(), 200);
+    assert_eq!(
+        app.post_message(&new_referral_message()?)
+            .await?
+            .status()
+            .as_u16(),
+        200
+    );
     let text = client()
         .get(app.base.replace("/fhir", "/metrics"))
         .send()
@@ -46,9 +52,18 @@ async fn readiness_turns_false_when_the_store_is_gone() -> TestResult {
     assert_eq!(res.status().as_u16(), 503);
     let body: Value = res.json().await?;
     assert_eq!(body["status"], "fail");
-    assert!(body["checks"]["event-store"].as_str().unwrap_or_default().starts_with("fail"), "{body}");
+    assert!(
+        body["checks"]["event-store"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("fail"),
+        "{body}"
+    );
     // Liveness is not readiness: the process is still alive.
-    let live = client().get(app.base.replace("/fhir", "/health/live")).send().await?;
+    let live = client()
+        .get(app.base.replace("/fhir", "/health/live"))
+        .send()
+        .await?;
     assert_eq!(live.status().as_u16(), 200);
     Ok(())
 }
@@ -119,7 +134,10 @@ async fn a_full_journey_logs_no_patient_identifiers_and_sigterm_stops_cleanly() 
     // A journey with accepted, redirected, duplicate and refused referrals.
     let mut bundle = new_referral_message()?;
     let secrets = identifying_values(&bundle);
-    assert!(secrets.len() >= 4, "the fixture should carry identifiers to look for: {secrets:?}");
+    assert!(
+        secrets.len() >= 4,
+        "the fixture should carry identifiers to look for: {secrets:?}"
+    );
     let post = |body: String, request_id: uuid::Uuid| {
         client()
             .post(format!("{base}/$process-message"))
@@ -134,61 +152,142 @@ async fn a_full_journey_logs_no_patient_identifiers_and_sigterm_stops_cleanly() 
     assert_eq!(post(bundle.to_string(), rid).await?.status().as_u16(), 409);
     let mut red = new_referral_message()?;
     add_red_flag(&mut red, "saddle-anaesthesia", true)?;
-    assert_eq!(post(red.to_string(), uuid::Uuid::new_v4()).await?.status().as_u16(), 200);
-    with_resource(&mut bundle, "Patient", |p| p["identifier"][0]["value"] = serde_json::json!("9434765918"))?;
-    assert_eq!(post(bundle.to_string(), uuid::Uuid::new_v4()).await?.status().as_u16(), 422);
-    let task: Value = client().get(format!("{base}/Task?_count=10")).send().await?.json().await?;
+    assert_eq!(
+        post(red.to_string(), uuid::Uuid::new_v4())
+            .await?
+            .status()
+            .as_u16(),
+        200
+    );
+    with_resource(&mut bundle, "Patient", |p| {
+        p["identifier"][0]["value"] = serde_json::json!("9434765918")
+    })?;
+    assert_eq!(
+        post(bundle.to_string(), uuid::Uuid::new_v4())
+            .await?
+            .status()
+            .as_u16(),
+        422
+    );
+    let task: Value = client()
+        .get(format!("{base}/Task?_count=10"))
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(task["total"], 2);
 
     // SIGTERM: drain and exit 0.
     let pid = child.id().ok_or("no pid")?;
-    let killed = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await?;
     assert!(killed.success());
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
-    assert!(status.success(), "mskflow exited with {status} after SIGTERM");
+    assert!(
+        status.success(),
+        "mskflow exited with {status} after SIGTERM"
+    );
 
     let lines = log_lines.await?;
-    assert!(lines.len() > 10, "expected a real log, got {} lines", lines.len());
+    assert!(
+        lines.len() > 10,
+        "expected a real log, got {} lines",
+        lines.len()
+    );
     let mut with_trace = 0;
     for line in &lines {
-        let parsed: Value = serde_json::from_str(line).map_err(|e| format!("not a JSON log line ({e}): {line}"))?;
+        let parsed: Value =
+            serde_json::from_str(line).map_err(|e| format!("not a JSON log line ({e}): {line}"))?;
         if parsed["span"]["trace_id"].is_string() || parsed["trace_id"].is_string() {
             with_trace += 1;
         }
         for secret in &secrets {
-            assert!(!line.contains(secret.as_str()), "a log line carries patient data ({secret}): {line}");
+            assert!(
+                !line.contains(secret.as_str()),
+                "a log line carries patient data ({secret}): {line}"
+            );
         }
-        assert!(!line.contains("9434765918"), "a log line carries the refused NHS number: {line}");
+        assert!(
+            !line.contains("9434765918"),
+            "a log line carries the refused NHS number: {line}"
+        );
     }
     assert!(with_trace > 0, "no log line carries a trace id");
-    assert!(lines.iter().any(|l| l.contains("shutdown signal received")), "no drain message logged");
+    assert!(
+        lines.iter().any(|l| l.contains("shutdown signal received")),
+        "no drain message logged"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn status_and_replay_commands_report_the_store_and_the_services() -> TestResult {
     let app = spawn_app().await?;
-    assert_eq!(app.post_message(&new_referral_message()?).await?.status().as_u16(), 200);
+    assert_eq!(
+        app.post_message(&new_referral_message()?)
+            .await?
+            .status()
+            .as_u16(),
+        200
+    );
     let mut red = new_referral_message()?;
     add_red_flag(&mut red, "significant-trauma", true)?;
     assert_eq!(app.post_message(&red).await?.status().as_u16(), 200);
     let gateway = app.base.trim_end_matches("/fhir").to_owned();
+    // The assessment service picks up the triaged referral asynchronously.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !app
+        .all_events()
+        .await?
+        .iter()
+        .any(|e| e.event_type == "AssessmentRequested")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "assessment never picked up the referral"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
-    let out = Command::new(env!("CARGO_BIN_EXE_mskflow"))
-        .args(["status", "--url", &gateway, "--data-dir"])
-        .arg(&app.dir)
-        .output()
-        .await?;
-    let text = String::from_utf8(out.stdout)?;
-    assert!(out.status.success(), "status failed: {text} {}", String::from_utf8_lossy(&out.stderr));
-    for needle in [
-        "head position 4",
+    // Every consumer (assessment, scheduling, outcomes) settles at the head:
+    // intake's 4 events, the FCP worklist entry and two first-contact
+    // questionnaires.
+    let needles = [
+        "head position 7",
         "ReferralReceived 2",
         "ReferralRedirected 1",
+        "AssessmentRequested 1",
+        "QuestionnaireScheduled 2",
+        "assessment: checkpoint 7, lag 0",
+        "outcomes: checkpoint 7, lag 0",
+        "scheduling: checkpoint 7, lag 0",
         "triaged 1, redirected 1",
         "(total 2)",
         "ready (event-store pass, views pass)",
-    ] {
+    ];
+    // Consumers commit just after their appends: look again until they have
+    // (bounded).
+    let mut text = String::new();
+    for _ in 0..100 {
+        let out = Command::new(env!("CARGO_BIN_EXE_mskflow"))
+            .args(["status", "--url", &gateway, "--data-dir"])
+            .arg(&app.dir)
+            .output()
+            .await?;
+        text = String::from_utf8(out.stdout)?;
+        assert!(
+            out.status.success(),
+            "status failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if needles.iter().all(|n| text.contains(n)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for needle in needles {
         assert!(text.contains(needle), "status lacks '{needle}':\n{text}");
     }
 
@@ -199,9 +298,12 @@ async fn status_and_replay_commands_report_the_store_and_the_services() -> TestR
         .await?;
     let text = String::from_utf8(out.stdout)?;
     assert!(out.status.success(), "replay failed: {text}");
-    assert!(text.contains("replayed 4 events"), "{text}");
+    assert!(text.contains("replayed 7 events"), "{text}");
     assert!(text.contains("2 referrals, 0 events skipped"), "{text}");
-    assert!(text.contains("checkpoint of consumer 'assessment' reset to 0"), "{text}");
+    assert!(
+        text.contains("checkpoint of consumer 'assessment' reset to 0"),
+        "{text}"
+    );
 
     // An unreachable gateway is reported, not hidden.
     let out = Command::new(env!("CARGO_BIN_EXE_mskflow"))

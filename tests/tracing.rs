@@ -12,7 +12,9 @@ use mskflow_telemetry::opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTrace
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_id_spans_gateway_intake_append_and_consumer() -> TestResult {
     let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
     let telemetry = mskflow_telemetry::init_with_provider(
         &mskflow_telemetry::Settings {
             service: "mskflow-test".to_owned(),
@@ -29,7 +31,10 @@ async fn one_trace_id_spans_gateway_intake_append_and_consumer() -> TestResult {
         .header("Content-Type", "application/fhir+json")
         .header("X-Request-Id", uuid::Uuid::new_v4().to_string())
         .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
-        .header("traceparent", format!("00-{caller_trace}-00f067aa0ba902b7-01"))
+        .header(
+            "traceparent",
+            format!("00-{caller_trace}-00f067aa0ba902b7-01"),
+        )
         .body(new_referral_message()?.to_string())
         .send()
         .await?;
@@ -47,7 +52,9 @@ async fn one_trace_id_spans_gateway_intake_append_and_consumer() -> TestResult {
             .or_default()
             .insert(s.name.to_string());
     }
-    let names = by_trace.get(caller_trace).ok_or_else(|| format!("no span joined the caller's trace: {by_trace:?}"))?;
+    let names = by_trace
+        .get(caller_trace)
+        .ok_or_else(|| format!("no span joined the caller's trace: {by_trace:?}"))?;
     for expected in [
         "POST /fhir/$process-message",
         "IntakeService/SubmitReferral",
@@ -55,7 +62,10 @@ async fn one_trace_id_spans_gateway_intake_append_and_consumer() -> TestResult {
         "gateway-views ReferralReceived",
         "gateway-views ReferralTriaged",
     ] {
-        assert!(names.contains(expected), "span {expected} is not in the trace: {names:?}");
+        assert!(
+            names.contains(expected),
+            "span {expected} is not in the trace: {names:?}"
+        );
     }
     // And the event in the log carries the trace context for other consumers.
     let log = mskflow_eventlog_sqlite::SqliteEventLog::open(mskflow_eventlog_sqlite::Options {
@@ -63,7 +73,9 @@ async fn one_trace_id_spans_gateway_intake_append_and_consumer() -> TestResult {
         ..Default::default()
     })?;
     use mskflow_eventlog::EventLog as _;
-    let mut sub = log.subscribe("trace-check", mskflow_eventlog::StartFrom::Beginning).await?;
+    let mut sub = log
+        .subscribe("trace-check", mskflow_eventlog::StartFrom::Beginning)
+        .await?;
     let events = sub.poll_batch(100).await?;
     assert!(!events.is_empty());
     for e in &events {

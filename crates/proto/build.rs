@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("mskflow/intake/v1/intake.proto"),
         root.join("mskflow/assessment/v1/assessment.proto"),
         root.join("mskflow/scheduling/v1/scheduling.proto"),
+        root.join("mskflow/outcomes/v1/outcomes.proto"),
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={}", p.display());

@@ -199,6 +199,92 @@ pub fn as_update(bundle: &Value, status: &str) -> TestResult<Value> {
         h["reason"]["coding"][0]["code"] = json!("update");
         h["reason"]["coding"][0]["display"] = json!("Update");
     })?;
-    with_resource(&mut update, "ServiceRequest", |sr| sr["status"] = json!(status))?;
+    with_resource(&mut update, "ServiceRequest", |sr| {
+        sr["status"] = json!(status)
+    })?;
     Ok(update)
+}
+
+fn load_schema(path: &str) -> TestResult<Value> {
+    Ok(serde_json::from_str(&std::fs::read_to_string(
+        repo_root().join(path),
+    )?)?)
+}
+
+/// Check every event in the log against the envelope schema and its event
+/// type's schema in `schemas/`; return the event types seen.
+pub async fn check_event_schemas(app: &App) -> TestResult<std::collections::BTreeSet<String>> {
+    let envelope_schema =
+        jsonschema::validator_for(&load_schema("schemas/envelope.v1.schema.json")?)?;
+    let mut validators = std::collections::HashMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for e in app.all_events().await? {
+        let envelope = serde_json::to_value(&e)?;
+        let errors: Vec<String> = envelope_schema
+            .iter_errors(&envelope)
+            .map(|err| err.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "envelope of {} breaks its schema: {errors:?}",
+            e.event_type
+        );
+        let key = format!(
+            "schemas/events/{}.v{}.schema.json",
+            e.event_type, e.schema_version
+        );
+        if !validators.contains_key(&key) {
+            validators.insert(key.clone(), jsonschema::validator_for(&load_schema(&key)?)?);
+        }
+        let validator = validators.get(&key).ok_or("validator missing")?;
+        let errors: Vec<String> = validator
+            .iter_errors(&e.payload)
+            .map(|err| err.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{} breaks its schema: {errors:?}",
+            e.event_type
+        );
+        seen.insert(e.event_type.clone());
+    }
+    Ok(seen)
+}
+
+/// Poll the Task until `check` holds (consumers work asynchronously).
+pub async fn task_when(
+    app: &App,
+    id: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> TestResult<Value> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (status, task) = app.get_json(&format!("Task/{id}")).await?;
+        if status == 200 && check(&task) {
+            return Ok(task);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("Task never became {what}: {task}").into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The Task's business status code.
+pub fn business(task: &Value) -> &str {
+    task["businessStatus"]["coding"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+/// Events on referral streams (what intake recorded); downstream services
+/// append to their own streams asynchronously.
+pub async fn intake_event_count(app: &App) -> TestResult<usize> {
+    Ok(app
+        .all_events()
+        .await?
+        .iter()
+        .filter(|e| e.stream_id.starts_with("referral-"))
+        .count())
 }

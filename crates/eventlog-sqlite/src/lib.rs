@@ -243,7 +243,8 @@ impl SqliteEventLog {
                     .map_err(|e| unavailable("reading checkpoints", e))?;
                 let mut out = Vec::new();
                 for row in rows {
-                    let (name, position) = row.map_err(|e| unavailable("reading checkpoints", e))?;
+                    let (name, position) =
+                        row.map_err(|e| unavailable("reading checkpoints", e))?;
                     out.push((name, u64::try_from(position).unwrap_or(0)));
                 }
                 Ok(out)
@@ -273,7 +274,11 @@ impl SqliteEventLog {
 
     /// Set a consumer's checkpoint (0 makes it replay the whole log on its
     /// next start). Durable on return.
-    pub async fn set_checkpoint(&self, consumer: &str, position: u64) -> Result<(), mskflow_eventlog::Error> {
+    pub async fn set_checkpoint(
+        &self,
+        consumer: &str,
+        position: u64,
+    ) -> Result<(), mskflow_eventlog::Error> {
         self.inner.checkpoint(consumer, position).await
     }
 

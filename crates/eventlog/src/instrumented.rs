@@ -11,7 +11,10 @@ use std::time::Instant;
 use async_trait::async_trait;
 use tracing::Instrument as _;
 
-use crate::{Appended, Envelope, Error, EventLog, ExpectedVersion, Metadata, NewEvent, StartFrom, Subscription};
+use crate::{
+    Appended, Envelope, Error, EventLog, ExpectedVersion, Metadata, NewEvent, StartFrom,
+    Subscription,
+};
 
 /// Wraps an adapter with metrics and tracing.
 #[derive(Debug, Clone)]
@@ -63,7 +66,8 @@ impl EventLog for Instrumented {
             .append(stream_id, expected, events, metadata)
             .instrument(span)
             .await;
-        metrics::histogram!("mskflow_event_append_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("mskflow_event_append_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         match &result {
             Ok(_) => metrics::counter!("mskflow_events_appended_total", "stream_kind" => kind).increment(count),
             Err(e) => metrics::counter!("mskflow_event_append_failures_total", "reason" => failure_reason(e)).increment(1),
@@ -71,11 +75,19 @@ impl EventLog for Instrumented {
         result
     }
 
-    async fn read_stream(&self, stream_id: &str, from_sequence: u64) -> Result<Vec<Envelope>, Error> {
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from_sequence: u64,
+    ) -> Result<Vec<Envelope>, Error> {
         self.inner.read_stream(stream_id, from_sequence).await
     }
 
-    async fn subscribe(&self, consumer: &str, start: StartFrom) -> Result<Box<dyn Subscription>, Error> {
+    async fn subscribe(
+        &self,
+        consumer: &str,
+        start: StartFrom,
+    ) -> Result<Box<dyn Subscription>, Error> {
         let inner = self.inner.subscribe(consumer, start).await?;
         Ok(Box::new(InstrumentedSubscription {
             inner,
@@ -132,8 +144,14 @@ mod tests {
 
     #[test]
     fn stream_kinds_are_bounded_labels() {
-        assert_eq!(stream_kind("referral-6f1c2f7e-0b7a-4c55-9a43-3f1f0e1d2c01"), "referral");
-        assert_eq!(stream_kind("fcp-slot-6f1c2f7e-0b7a-4c55-9a43-3f1f0e1d2c01"), "fcp");
+        assert_eq!(
+            stream_kind("referral-6f1c2f7e-0b7a-4c55-9a43-3f1f0e1d2c01"),
+            "referral"
+        );
+        assert_eq!(
+            stream_kind("fcp-slot-6f1c2f7e-0b7a-4c55-9a43-3f1f0e1d2c01"),
+            "fcp"
+        );
         assert_eq!(stream_kind("plain"), "other");
     }
 }

@@ -255,7 +255,10 @@ pub(crate) fn schemas() -> Vec<(&'static str, schemars::Schema)> {
             schemars::schema_for!(ReferralRedirected),
         ),
         ("ReferralRejected", schemars::schema_for!(ReferralRejected)),
-        ("ReferralCancelled", schemars::schema_for!(ReferralCancelled)),
+        (
+            "ReferralCancelled",
+            schemars::schema_for!(ReferralCancelled),
+        ),
     ]
 }
 

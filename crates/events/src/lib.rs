@@ -9,6 +9,7 @@
 
 pub mod assessment;
 pub mod intake;
+pub mod outcomes;
 pub mod scheduling;
 pub mod types;
 
@@ -32,6 +33,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
     let mut all = intake::schemas();
     all.extend(assessment::schemas());
     all.extend(scheduling::schemas());
+    all.extend(outcomes::schemas());
     all
 }
 

@@ -18,6 +18,18 @@ pub mod assessment {
     }
 }
 
+pub mod scheduling {
+    pub mod v1 {
+        tonic::include_proto!("mskflow.scheduling.v1");
+    }
+}
+
+pub mod outcomes {
+    pub mod v1 {
+        tonic::include_proto!("mskflow.outcomes.v1");
+    }
+}
+
 pub mod convert;
 
 /// Encoded file descriptor set of every service, for gRPC server reflection.

@@ -114,7 +114,10 @@ pub fn init(settings: &Settings) -> Result<Telemetry, Error> {
 
 /// Install logging and tracing with a given tracer provider (tests use one
 /// with an in-memory exporter).
-pub fn init_with_provider(settings: &Settings, provider: SdkTracerProvider) -> Result<Telemetry, Error> {
+pub fn init_with_provider(
+    settings: &Settings,
+    provider: SdkTracerProvider,
+) -> Result<Telemetry, Error> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let tracer = provider.tracer(settings.service.clone());
     let otel = tracing_opentelemetry::layer().with_tracer(tracer);
@@ -163,7 +166,9 @@ pub fn trace_context_of(span: &Span) -> (Option<String>, Option<String>) {
 /// Make `span` a child of the remote span in `traceparent` (from a header,
 /// gRPC metadata or an event envelope). Invalid or missing context is ignored.
 pub fn set_remote_parent(span: &Span, traceparent: Option<&str>, tracestate: Option<&str>) {
-    let Some(traceparent) = traceparent else { return };
+    let Some(traceparent) = traceparent else {
+        return;
+    };
     let mut carrier: HashMap<String, String> = HashMap::new();
     carrier.insert("traceparent".to_owned(), traceparent.to_owned());
     if let Some(state) = tracestate {
@@ -257,7 +262,10 @@ mod tests {
         metrics::histogram!("mskflow_test_duration_seconds").record(0.003);
         let text = render_metrics();
         assert!(text.contains("mskflow_test_total{kind=\"a\"} 2"), "{text}");
-        assert!(text.contains("mskflow_test_duration_seconds_bucket{le=\"0.005\"} 1"), "{text}");
+        assert!(
+            text.contains("mskflow_test_duration_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 
 /// Answers readiness: `Ok(())` when the service can do its work, or the
 /// reason it cannot.
-pub type Readiness = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+pub type Readiness =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// Serve the operations endpoint on `listener` until `shutdown` resolves.
 pub async fn serve(
@@ -58,6 +59,7 @@ async fn live() -> HttpResponse {
 async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
     match (readiness.get_ref())().await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "pass"})),
-        Err(reason) => HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "fail", "reason": reason})),
+        Err(reason) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "fail", "reason": reason})),
     }
 }

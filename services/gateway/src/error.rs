@@ -198,10 +198,16 @@ pub fn from_grpc(status: &tonic::Status) -> ApiError {
             )
         }
         Code::NotFound => ApiError::not_found(status.message()),
-        Code::FailedPrecondition => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueType::BusinessRule, status.message())
-        }
-        Code::PermissionDenied => ApiError::new(StatusCode::FORBIDDEN, IssueType::Forbidden, status.message()),
+        Code::FailedPrecondition => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueType::BusinessRule,
+            status.message(),
+        ),
+        Code::PermissionDenied => ApiError::new(
+            StatusCode::FORBIDDEN,
+            IssueType::Forbidden,
+            status.message(),
+        ),
         Code::Aborted => ApiError::new(StatusCode::CONFLICT, IssueType::Conflict, status.message()),
         Code::Unavailable | Code::ResourceExhausted => {
             ApiError::unavailable(format!("intake unavailable: {}", status.message()))

@@ -10,13 +10,13 @@ use actix_web::http::header::{self, HeaderName};
 use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures::StreamExt;
-use tracing::Instrument as _;
 use mskflow_eventlog::EventLog;
 use mskflow_fhir::IssueType;
 use mskflow_proto::intake::v1 as pb;
 use mskflow_proto::intake::v1::intake_service_client::IntakeServiceClient;
 use serde_json::Value;
 use tonic::transport::Channel;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::error::{ApiError, from_grpc};
@@ -40,6 +40,9 @@ pub struct AppState {
 }
 
 type State = web::Data<AppState>;
+
+/// Renders one view as a FHIR resource.
+type Render = fn(&crate::views::ReferralView) -> Value;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -134,7 +137,9 @@ pub async fn observe(
     let request_id = req.headers().get(X_REQUEST_ID).cloned();
     let correlation_id = req.headers().get(X_CORRELATION_ID).cloned();
     let method = req.method().to_string();
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
     let span = tracing::info_span!(
         "http.request",
         otel.name = %format!("{method} {route}"),
@@ -145,8 +150,17 @@ pub async fn observe(
         trace_id = tracing::field::Empty,
         correlation_id = tracing::field::Empty,
     );
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    mskflow_telemetry::set_remote_parent(&span, header("traceparent").as_deref(), header("tracestate").as_deref());
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    mskflow_telemetry::set_remote_parent(
+        &span,
+        header("traceparent").as_deref(),
+        header("tracestate").as_deref(),
+    );
     if let Some(id) = mskflow_telemetry::trace_id_of(&span) {
         span.record("trace_id", id);
     }
@@ -160,7 +174,11 @@ pub async fn observe(
     let started = std::time::Instant::now();
     let mut res = match negotiate(&req) {
         Err(e) => req.into_response(actix_web::ResponseError::error_response(&e)),
-        Ok(()) => next.call(req).instrument(span.clone()).await?.map_into_boxed_body(),
+        Ok(()) => next
+            .call(req)
+            .instrument(span.clone())
+            .await?
+            .map_into_boxed_body(),
     };
     let status = res.status().as_u16();
     span.record("http.response.status_code", status);
@@ -173,7 +191,10 @@ pub async fn observe(
     .increment(1);
     metrics::histogram!("mskflow_http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
-    for (name, value) in [(X_REQUEST_ID, request_id), (X_CORRELATION_ID, correlation_id)] {
+    for (name, value) in [
+        (X_REQUEST_ID, request_id),
+        (X_CORRELATION_ID, correlation_id),
+    ] {
         if let Some(v) = value {
             res.headers_mut().insert(HeaderName::from_static(name), v);
         }
@@ -188,10 +209,21 @@ fn negotiate(req: &ServiceRequest) -> Result<(), ApiError> {
         return Ok(());
     }
     let json_ok = |mime: &str| {
-        let mime = mime.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        let mime = mime
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
         matches!(
             mime.as_str(),
-            "application/fhir+json" | "application/json" | "json" | "*/*" | "application/*" | "" | "application/json+fhir"
+            "application/fhir+json"
+                | "application/json"
+                | "json"
+                | "*/*"
+                | "application/*"
+                | ""
+                | "application/json+fhir"
         )
     };
     let format = req
@@ -209,7 +241,10 @@ fn negotiate(req: &ServiceRequest) -> Result<(), ApiError> {
             format!("_format {f} is not supported: this server speaks application/fhir+json"),
         ));
     }
-    if let Some(accept) = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok())
+    if let Some(accept) = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
         && !accept.split(',').any(json_ok)
     {
         return Err(ApiError::new(
@@ -435,7 +470,10 @@ async fn cancel(
     correlation_id: Uuid,
     parsed: mskflow_fhir::ParsedMessage,
 ) -> Result<HttpResponse, ApiError> {
-    if !matches!(parsed.service_request_status.as_str(), "revoked" | "entered-in-error") {
+    if !matches!(
+        parsed.service_request_status.as_str(),
+        "revoked" | "entered-in-error"
+    ) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             IssueType::NotSupported,
@@ -462,7 +500,11 @@ async fn cancel(
         request.metadata_mut().insert("traceparent", v);
     }
     let mut client = state.intake.clone();
-    let answer = client.cancel_referral(request).await.map_err(|s| from_grpc(&s))?.into_inner();
+    let answer = client
+        .cancel_referral(request)
+        .await
+        .map_err(|s| from_grpc(&s))?
+        .into_inner();
     let referral_id = Uuid::parse_str(&answer.referral_id)
         .map_err(|_| ApiError::internal("intake answered with an invalid referral id"))?;
     tracing::info!(%referral_id, %request_id, "referral cancelled by its sender");
@@ -470,7 +512,11 @@ async fn cancel(
         .views
         .wait_for(referral_id, answer.version, state.wait_timeout)
         .await
-        .ok_or_else(|| ApiError::unavailable(format!("referral {referral_id} was cancelled; poll Task/{referral_id}")))?;
+        .ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "referral {referral_id} was cancelled; poll Task/{referral_id}"
+            ))
+        })?;
     let base = base_url(state, req);
     let body = render::response_message(&base, &parsed.message_id, &view);
     Ok(HttpResponse::Ok()
@@ -504,21 +550,36 @@ fn prefer_return(req: &HttpRequest) -> Return {
 }
 
 /// The answer to a create, shaped by `Prefer`.
-fn created(req: &HttpRequest, status: StatusCode, base: &str, view: &crate::views::ReferralView) -> HttpResponse {
+fn created(
+    req: &HttpRequest,
+    status: StatusCode,
+    base: &str,
+    view: &crate::views::ReferralView,
+) -> HttpResponse {
     let id = view.referral_id;
     let mut res = HttpResponse::build(status);
-    res.insert_header((header::LOCATION, format!("{base}/ServiceRequest/{id}/_history/{}", view.version)))
-        .insert_header((header::ETAG, format!("W/\"{}\"", view.version)))
-        .insert_header((header::LAST_MODIFIED, view.last_updated.to_rfc2822()))
-        .insert_header((header::LINK, format!("<{base}/Task/{id}>; rel=\"related\"; type=\"Task\"")));
+    res.insert_header((
+        header::LOCATION,
+        format!("{base}/ServiceRequest/{id}/_history/{}", view.version),
+    ))
+    .insert_header((header::ETAG, format!("W/\"{}\"", view.version)))
+    .insert_header((header::LAST_MODIFIED, view.last_updated.to_rfc2822()))
+    .insert_header((
+        header::LINK,
+        format!("<{base}/Task/{id}>; rel=\"related\"; type=\"Task\""),
+    ));
     match prefer_return(req) {
         Return::Minimal => res.finish(),
-        Return::Representation => res.content_type(FHIR_JSON).body(render::service_request(view).to_string()),
+        Return::Representation => res
+            .content_type(FHIR_JSON)
+            .body(render::service_request(view).to_string()),
         Return::OperationOutcome => res.content_type(FHIR_JSON).body(
             mskflow_fhir::operation_outcome(&[mskflow_fhir::Issue {
                 severity: mskflow_fhir::Severity::Information,
                 code: IssueType::Informational,
-                diagnostics: format!("referral ServiceRequest/{id} recorded; its Task is Task/{id}"),
+                diagnostics: format!(
+                    "referral ServiceRequest/{id} recorded; its Task is Task/{id}"
+                ),
                 expression: None,
                 details: None,
             }])
@@ -529,17 +590,31 @@ fn created(req: &HttpRequest, status: StatusCode, base: &str, view: &crate::view
 
 /// `If-None-Exist: identifier=system|value`: the referral already recorded
 /// under that identifier, if any (FHIR conditional create).
-fn existing_for(state: &AppState, req: &HttpRequest) -> Result<Option<crate::views::ReferralView>, ApiError> {
-    let Some(raw) = req.headers().get("if-none-exist").and_then(|v| v.to_str().ok()) else {
+fn existing_for(
+    state: &AppState,
+    req: &HttpRequest,
+) -> Result<Option<crate::views::ReferralView>, ApiError> {
+    let Some(raw) = req
+        .headers()
+        .get("if-none-exist")
+        .and_then(|v| v.to_str().ok())
+    else {
         return Ok(None);
     };
     let pairs = web::Query::<Vec<(String, String)>>::from_query(raw.trim_start_matches('?'))
-        .map_err(|e| ApiError::bad_request(IssueType::Invalid, format!("invalid If-None-Exist: {e}")))?
+        .map_err(|e| {
+            ApiError::bad_request(IssueType::Invalid, format!("invalid If-None-Exist: {e}"))
+        })?
         .into_inner();
-    let search = search::Search::parse(search::Resource::ServiceRequest, &pairs)
-        .map_err(|e| ApiError::bad_request(IssueType::Invalid, format!("invalid If-None-Exist: {}", e.0)))?;
-    let matched: Vec<crate::views::ReferralView> =
-        state.views.read(|views| search.run(views.referrals()).into_iter().cloned().collect());
+    let search = search::Search::parse(search::Resource::ServiceRequest, &pairs).map_err(|e| {
+        ApiError::bad_request(
+            IssueType::Invalid,
+            format!("invalid If-None-Exist: {}", e.0),
+        )
+    })?;
+    let matched: Vec<crate::views::ReferralView> = state
+        .views
+        .read(|views| search.run(views.referrals()).into_iter().cloned().collect());
     match matched.len() {
         0 => Ok(None),
         1 => Ok(matched.into_iter().next()),
@@ -585,7 +660,7 @@ async fn read_task(state: State, path: web::Path<String>) -> Result<HttpResponse
         .views
         .read(|v| {
             v.referral(&id)
-                .map(|r| read_response(&render::task(r), r.version))
+                .map(|r| read_response(&render::task(r), r.task_version()))
         })
         .ok_or_else(|| ApiError::not_found(format!("Task/{id} is not known")))
 }
@@ -605,9 +680,13 @@ async fn read_service_request(
 }
 
 fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
-    Ok(web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-        .map_err(|e| ApiError::bad_request(IssueType::Invalid, format!("invalid query string: {e}")))?
-        .into_inner())
+    Ok(
+        web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+            .map_err(|e| {
+                ApiError::bad_request(IssueType::Invalid, format!("invalid query string: {e}"))
+            })?
+            .into_inner(),
+    )
 }
 
 /// Run a search and answer a `searchset` Bundle with paging links.
@@ -615,7 +694,7 @@ fn search(
     state: &AppState,
     req: &HttpRequest,
     resource: search::Resource,
-    render_one: fn(&crate::views::ReferralView) -> Value,
+    render_one: Render,
 ) -> Result<HttpResponse, ApiError> {
     let pairs = query_pairs(req)?;
     let search = search::Search::parse(resource, &pairs)
@@ -627,11 +706,22 @@ fn search(
         let page: Vec<Value> = if search.summary_count {
             Vec::new()
         } else {
-            matched.into_iter().skip(search.offset).take(search.count).map(render_one).collect()
+            matched
+                .into_iter()
+                .skip(search.offset)
+                .take(search.count)
+                .map(render_one)
+                .collect()
         };
         (total, page)
     });
-    let link = |offset: usize| format!("{base}/{}?{}", resource.name(), search::with_offset(&pairs, offset));
+    let link = |offset: usize| {
+        format!(
+            "{base}/{}?{}",
+            resource.name(),
+            search::with_offset(&pairs, offset)
+        )
+    };
     let mut links = vec![("self", link(search.offset)), ("first", link(0))];
     if search.offset > 0 {
         links.push(("previous", link(search.offset.saturating_sub(search.count))));
@@ -639,7 +729,10 @@ fn search(
     if !search.summary_count && search.count > 0 && search.offset + search.count < total {
         links.push(("next", link(search.offset + search.count)));
     }
-    Ok(fhir_ok(StatusCode::OK, &render::searchset(&base, &links, page, total)))
+    Ok(fhir_ok(
+        StatusCode::OK,
+        &render::searchset(&base, &links, page, total),
+    ))
 }
 
 async fn search_tasks(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -647,17 +740,36 @@ async fn search_tasks(state: State, req: HttpRequest) -> Result<HttpResponse, Ap
 }
 
 async fn search_service_requests(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    search(&state, &req, search::Resource::ServiceRequest, render::service_request)
+    search(
+        &state,
+        &req,
+        search::Resource::ServiceRequest,
+        render::service_request,
+    )
 }
 
-/// Every version of a referral, rebuilt from its stream: version `v` is the
-/// state after the stream's first `v` events.
-async fn versions(state: &AppState, id: Uuid) -> Result<Vec<crate::views::ReferralView>, ApiError> {
-    let events = state
-        .log
-        .read_stream(&format!("referral-{id}"), 1)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot read the history: {e}")))?;
+/// Every version of a referral's resource, rebuilt from the log: version
+/// `v` is the state after the first `v` events. A Task's versions include the
+/// assessment and rehabilitation streams' events; a ServiceRequest's only the
+/// referral's.
+async fn versions(
+    state: &AppState,
+    id: Uuid,
+    resource: &str,
+) -> Result<Vec<(u64, crate::views::ReferralView)>, ApiError> {
+    let read = |stream: String| async move {
+        state
+            .log
+            .read_stream(&stream, 1)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("cannot read the history: {e}")))
+    };
+    let mut events = read(format!("referral-{id}")).await?;
+    if resource == "Task" {
+        events.extend(read(format!("assessment-{id}")).await?);
+        events.extend(read(format!("rehab-{id}")).await?);
+        events.sort_by_key(|e| e.position);
+    }
     let mut views = crate::views::Views::default();
     let mut out = Vec::new();
     for e in &events {
@@ -665,13 +777,18 @@ async fn versions(state: &AppState, id: Uuid) -> Result<Vec<crate::views::Referr
             .apply(e)
             .map_err(|err| ApiError::internal(format!("history of {id} does not replay: {err}")))?;
         if let Some(v) = views.referral(&id) {
-            out.push(v.clone());
+            let version = if resource == "Task" {
+                v.task_version()
+            } else {
+                v.version
+            };
+            out.push((version, v.clone()));
         }
     }
     Ok(out)
 }
 
-fn history_path(path: &str) -> Result<(&'static str, fn(&crate::views::ReferralView) -> Value), ApiError> {
+fn history_path(path: &str) -> Result<(&'static str, Render), ApiError> {
     if path.contains("/Task/") {
         Ok(("Task", render::task))
     } else if path.contains("/ServiceRequest/") {
@@ -682,10 +799,14 @@ fn history_path(path: &str) -> Result<(&'static str, fn(&crate::views::ReferralV
 }
 
 /// `GET /{type}/{id}/_history`: a `history` Bundle, newest first.
-async fn history(state: State, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn history(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let (resource, render_one) = history_path(req.path())?;
     let id = parse_id(&path, resource)?;
-    let versions = versions(&state, id).await?;
+    let versions = versions(&state, id, resource).await?;
     if versions.is_empty() {
         return Err(ApiError::not_found(format!("{resource}/{id} is not known")));
     }
@@ -693,12 +814,12 @@ async fn history(state: State, req: HttpRequest, path: web::Path<String>) -> Res
     let entries: Vec<Value> = versions
         .iter()
         .rev()
-        .map(|v| {
+        .map(|(version, v)| {
             serde_json::json!({
                 "fullUrl": format!("{base}/{resource}/{id}"),
                 "resource": render_one(v),
-                "request": {"method": if v.version <= 1 { "POST" } else { "PUT" }, "url": format!("{resource}/{id}")},
-                "response": {"status": if v.version <= 1 { "201" } else { "200" }, "etag": format!("W/\"{}\"", v.version)},
+                "request": {"method": if *version <= 1 { "POST" } else { "PUT" }, "url": format!("{resource}/{id}")},
+                "response": {"status": if *version <= 1 { "201" } else { "200" }, "etag": format!("W/\"{version}\"")},
             })
         })
         .collect();
@@ -715,24 +836,33 @@ async fn history(state: State, req: HttpRequest, path: web::Path<String>) -> Res
 }
 
 /// `GET /{type}/{id}/_history/{vid}`: one version (vread).
-async fn vread(state: State, req: HttpRequest, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+async fn vread(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (resource, render_one) = history_path(req.path())?;
     let (raw_id, raw_version) = path.into_inner();
     let id = parse_id(&raw_id, resource)?;
-    let version: u64 = raw_version
-        .parse()
-        .map_err(|_| ApiError::not_found(format!("{resource}/{id}/_history/{raw_version} is not a version")))?;
-    versions(&state, id)
+    let version: u64 = raw_version.parse().map_err(|_| {
+        ApiError::not_found(format!(
+            "{resource}/{id}/_history/{raw_version} is not a version"
+        ))
+    })?;
+    versions(&state, id, resource)
         .await?
         .into_iter()
-        .find(|v| v.version == version)
-        .map(|v| read_response(&render_one(&v), v.version))
+        .find(|(v, _)| *v == version)
+        .map(|(v, view)| read_response(&render_one(&view), v))
         .ok_or_else(|| ApiError::not_found(format!("{resource}/{id} has no version {version}")))
 }
 
 async fn message_definitions(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let pairs = query_pairs(&req)?;
-    if let Some((k, _)) = pairs.iter().find(|(k, _)| !matches!(k.as_str(), "_count" | "_format")) {
+    if let Some((k, _)) = pairs
+        .iter()
+        .find(|(k, _)| !matches!(k.as_str(), "_count" | "_format"))
+    {
         return Err(ApiError::bad_request(
             IssueType::NotSupported,
             format!("search parameter '{k}' is not supported on MessageDefinition"),
@@ -751,7 +881,9 @@ async fn read_message_definition(path: web::Path<String>) -> Result<HttpResponse
     if definition["id"] == path.as_str() {
         Ok(fhir_ok(StatusCode::OK, &definition))
     } else {
-        Err(ApiError::not_found(format!("MessageDefinition/{path} is not known")))
+        Err(ApiError::not_found(format!(
+            "MessageDefinition/{path} is not known"
+        )))
     }
 }
 

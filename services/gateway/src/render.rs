@@ -7,7 +7,11 @@ use serde_json::{Value, json};
 use mskflow_events::intake::CancellationStatus;
 
 use crate::search::Resource;
-use crate::views::{Decision, ReferralStatus, ReferralView};
+use mskflow_events::assessment::{DischargeReason, Outcome};
+
+use crate::views::{
+    AssessmentStage, AssessmentView, Decision, ReferralStatus, ReferralView, RehabStage,
+};
 
 /// Code system of our referral business statuses (`Task.businessStatus`).
 pub const BUSINESS_STATUS_SYSTEM: &str = "https://fhir.mskflow.org/CodeSystem/referral-status";
@@ -26,7 +30,16 @@ fn instant(t: &chrono::DateTime<chrono::Utc>) -> String {
 pub fn task_status(view: &ReferralView) -> &'static str {
     match view.status {
         ReferralStatus::Received => "received",
-        ReferralStatus::Triaged => "accepted",
+        ReferralStatus::Triaged => match (
+            view.assessment.as_ref().map(|a| a.stage),
+            view.rehab.as_ref().map(|r| r.stage),
+        ) {
+            (_, Some(RehabStage::Completed | RehabStage::Discharged)) => "completed",
+            (_, Some(_)) => "in-progress",
+            (None | Some(AssessmentStage::AwaitingAppointment), None) => "accepted",
+            (Some(AssessmentStage::Booked | AssessmentStage::Assessed), None) => "in-progress",
+            (Some(AssessmentStage::Discharged), None) => "completed",
+        },
         ReferralStatus::Redirected | ReferralStatus::Rejected => "rejected",
         ReferralStatus::Cancelled => match &view.cancellation {
             Some(c) if c.status == CancellationStatus::EnteredInError => "entered-in-error",
@@ -38,12 +51,114 @@ pub fn task_status(view: &ReferralView) -> &'static str {
 /// FHIR `ServiceRequest.status` for a referral status.
 pub fn service_request_status(view: &ReferralView) -> &'static str {
     match view.status {
-        ReferralStatus::Received | ReferralStatus::Triaged => "active",
+        ReferralStatus::Received | ReferralStatus::Triaged => {
+            if task_status(view) == "completed" {
+                "completed"
+            } else {
+                "active"
+            }
+        }
         ReferralStatus::Redirected | ReferralStatus::Rejected => "revoked",
         ReferralStatus::Cancelled => match &view.cancellation {
             Some(c) if c.status == CancellationStatus::EnteredInError => "entered-in-error",
             _ => "revoked",
         },
+    }
+}
+
+/// `Task.businessStatus`: where the referral is on the pathway.
+pub fn business_status(view: &ReferralView) -> (&'static str, &'static str) {
+    if view.status == ReferralStatus::Triaged
+        && let Some(r) = &view.rehab
+    {
+        return match r.stage {
+            RehabStage::Waiting | RehabStage::Offered => (
+                "awaiting-rehabilitation",
+                "Waiting for community rehabilitation",
+            ),
+            RehabStage::Booked => ("rehabilitation-booked", "Community rehabilitation booked"),
+            RehabStage::Completed => (
+                "rehabilitation-completed",
+                "Community rehabilitation completed",
+            ),
+            RehabStage::Discharged => ("discharged", "Discharged"),
+        };
+    }
+    if view.status == ReferralStatus::Triaged
+        && let Some(a) = &view.assessment
+    {
+        return match a.stage {
+            AssessmentStage::AwaitingAppointment => (
+                "awaiting-assessment",
+                "Awaiting First Contact Practitioner appointment",
+            ),
+            AssessmentStage::Booked => (
+                "assessment-booked",
+                "First Contact Practitioner appointment booked",
+            ),
+            AssessmentStage::Assessed => ("assessed", "Assessed by a First Contact Practitioner"),
+            AssessmentStage::Discharged => ("discharged", "Discharged"),
+        };
+    }
+    (view.status.code(), business_display(view.status))
+}
+
+fn outcome_code(o: &Outcome) -> String {
+    match o {
+        Outcome::AdviceAndSelfManagement { .. } => "advice-and-self-management".to_owned(),
+        Outcome::CommunityPhysiotherapy => "community-physiotherapy".to_owned(),
+        Outcome::GroupProgramme { .. } => "group-programme-escape-pain".to_owned(),
+        Outcome::StrengthAndBalance => "strength-and-balance".to_owned(),
+        Outcome::FractureLiaison => "fracture-liaison".to_owned(),
+        Outcome::OnwardReferral { destination, .. } => {
+            format!("onward-referral-{}", destination.code())
+        }
+        Outcome::Discharge => "discharge".to_owned(),
+    }
+}
+
+/// Task outputs describing the assessment.
+fn assessment_outputs(a: &AssessmentView, outputs: &mut Vec<Value>) {
+    if let Some(slot) = &a.appointment
+        && a.stage == AssessmentStage::Booked
+    {
+        outputs.push(output(
+            "appointment-start",
+            "FCP appointment",
+            &instant(&slot.start),
+        ));
+        outputs.push(output(
+            "appointment-mode",
+            "FCP appointment mode",
+            slot.mode.code(),
+        ));
+    }
+    if a.missed > 0 {
+        outputs.push(json!({
+            "type": {"coding": [{"system": TRIAGE_OUTPUT_SYSTEM, "code": "appointments-missed", "display": "Appointments missed"}]},
+            "valueInteger": a.missed,
+        }));
+    }
+    for o in &a.outcomes {
+        outputs.push(output(
+            "assessment-outcome",
+            "Assessment outcome",
+            &outcome_code(o),
+        ));
+    }
+    for (id, destination) in &a.onward {
+        outputs.push(json!({
+            "type": {"coding": [{"system": TRIAGE_OUTPUT_SYSTEM, "code": "onward-referral", "display": "Onward referral"}]},
+            "valueReference": {"reference": format!("ServiceRequest/{id}"), "display": destination.display()},
+        }));
+    }
+    if let Some(reason) = a.discharge {
+        let code = match reason {
+            DischargeReason::AssessmentOutcome => "assessment-outcome",
+            DischargeReason::DidNotAttend => "did-not-attend",
+            DischargeReason::Cancelled => "cancelled",
+        };
+        outputs.push(output("discharge-reason", "Discharge reason", code));
     }
 }
 
@@ -61,21 +176,21 @@ pub fn task(view: &ReferralView) -> Value {
     let mut task = json!({
         "resourceType": "Task",
         "id": id,
-        "meta": {"versionId": view.version.to_string(), "lastUpdated": instant(&view.last_updated)},
+        "meta": {"versionId": view.task_version().to_string(), "lastUpdated": instant(&view.task_last_updated())},
         "identifier": [{"system": REFERRAL_ID_SYSTEM, "value": id}],
         "basedOn": [{"reference": format!("ServiceRequest/{id}")}],
         "status": task_status(view),
         "businessStatus": {"coding": [{
             "system": BUSINESS_STATUS_SYSTEM,
-            "code": view.status.code(),
-            "display": business_display(view.status),
+            "code": business_status(view).0,
+            "display": business_status(view).1,
         }]},
         "intent": "order",
         "priority": view.details.requested_priority.code(),
         "focus": {"reference": format!("ServiceRequest/{id}")},
         "for": {"identifier": {"system": NHS_NUMBER_SYSTEM, "value": view.details.patient.nhs_number.as_str()}},
         "authoredOn": instant(&view.created),
-        "lastModified": instant(&view.last_updated),
+        "lastModified": instant(&view.task_last_updated()),
     });
     if let Some(ods) = view.details.sender.ods_code.as_ref() {
         task["requester"] = json!({"identifier": {"system": ODS_SYSTEM, "value": ods.as_str()}});
@@ -133,6 +248,40 @@ pub fn task(view: &ReferralView) -> Value {
         }
         None => {}
     }
+    if let Some(a) = &view.assessment {
+        assessment_outputs(a, &mut outputs);
+    }
+    if let Some(r) = &view.rehab {
+        outputs.push(output(
+            "rehab-programme",
+            "Rehabilitation programme",
+            r.programme.code(),
+        ));
+        for (code, display, n) in [
+            ("rehab-sessions", "Sessions in the course", r.sessions),
+            ("rehab-attended", "Sessions attended", r.attended),
+            ("rehab-missed", "Sessions missed", r.missed),
+        ] {
+            outputs.push(json!({
+                "type": {"coding": [{"system": TRIAGE_OUTPUT_SYSTEM, "code": code, "display": display}]},
+                "valueInteger": n,
+            }));
+        }
+        if let Some(first) = r.booked.first() {
+            outputs.push(output(
+                "rehab-first-session",
+                "First session",
+                &first.starts_at.to_string(),
+            ));
+        }
+        if let Some(reason) = r.discharge {
+            outputs.push(output(
+                "rehab-discharge-reason",
+                "Rehabilitation discharge reason",
+                reason.code(),
+            ));
+        }
+    }
     if !outputs.is_empty() {
         task["output"] = Value::Array(outputs);
     }
@@ -180,7 +329,12 @@ fn extract_service_request(value: Value) -> Option<Value> {
 }
 
 /// A `searchset` Bundle.
-pub fn searchset(base: &str, links: &[(&str, String)], resources: Vec<Value>, total: usize) -> Value {
+pub fn searchset(
+    base: &str,
+    links: &[(&str, String)],
+    resources: Vec<Value>,
+    total: usize,
+) -> Value {
     let entries: Vec<Value> = resources
         .into_iter()
         .map(|r| {

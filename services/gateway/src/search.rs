@@ -98,8 +98,11 @@ impl DateFilter {
             Some("ge") => (Prefix::Ge, &raw[2..]),
             _ => (Prefix::Eq, raw),
         };
-        let (start, end) = parse_date_range(value)
-            .ok_or_else(|| Invalid(format!("'{raw}' is not a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or an instant)")))?;
+        let (start, end) = parse_date_range(value).ok_or_else(|| {
+            Invalid(format!(
+                "'{raw}' is not a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or an instant)"
+            ))
+        })?;
         Ok(Self { prefix, start, end })
     }
 
@@ -128,7 +131,10 @@ fn parse_date_range(value: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     match value.len() {
         4 => {
             let y: i32 = value.parse().ok()?;
-            Some((day_start(NaiveDate::from_ymd_opt(y, 1, 1)?)?, day_start(NaiveDate::from_ymd_opt(y + 1, 1, 1)?)?))
+            Some((
+                day_start(NaiveDate::from_ymd_opt(y, 1, 1)?)?,
+                day_start(NaiveDate::from_ymd_opt(y + 1, 1, 1)?)?,
+            ))
         }
         7 => {
             let d = NaiveDate::parse_from_str(&format!("{value}-01"), "%Y-%m-%d").ok()?;
@@ -246,19 +252,24 @@ impl Search {
                         .collect(),
                 ),
                 (_, "_lastUpdated") => Filter::LastUpdated(DateFilter::parse(raw)?),
-                (Resource::Task, "focus" | "based-on") => Filter::Reference(raw.split(',').map(reference_id).collect()),
+                (Resource::Task, "focus" | "based-on") => {
+                    Filter::Reference(raw.split(',').map(reference_id).collect())
+                }
                 (_, "status") => Filter::Status(alternatives()),
                 (Resource::Task, "business-status") => Filter::BusinessStatus(alternatives()),
                 (Resource::ServiceRequest, "priority") => Filter::Priority(alternatives()),
                 (Resource::ServiceRequest, "identifier") => Filter::Identifier(alternatives()),
-                (_, "patient:identifier" | "subject:identifier" | "patient.identifier" | "subject.identifier") => {
-                    Filter::PatientIdentifier(alternatives())
-                }
+                (
+                    _,
+                    "patient:identifier" | "subject:identifier" | "patient.identifier"
+                    | "subject.identifier",
+                ) => Filter::PatientIdentifier(alternatives()),
                 (Resource::Task, "authored-on") | (Resource::ServiceRequest, "authored") => {
                     Filter::Authored(DateFilter::parse(raw)?)
                 }
                 (_, other) => {
-                    let supported: Vec<&str> = resource.parameters().iter().map(|(n, _)| *n).collect();
+                    let supported: Vec<&str> =
+                        resource.parameters().iter().map(|(n, _)| *n).collect();
                     return Err(Invalid(format!(
                         "search parameter '{other}' is not supported on {} (supported: {}, patient:identifier, _count, _offset, _sort, _summary)",
                         resource.name(),
@@ -292,22 +303,44 @@ impl Search {
         }
     }
 
+    fn last_updated(&self, view: &ReferralView) -> DateTime<Utc> {
+        match self.resource {
+            Resource::Task => view.task_last_updated(),
+            Resource::ServiceRequest => view.last_updated,
+        }
+    }
+
     fn matches(&self, view: &ReferralView) -> bool {
         self.filters.iter().all(|f| match f {
             Filter::Id(ids) => ids.contains(&view.referral_id),
             Filter::Reference(ids) => ids.contains(&Some(view.referral_id)),
             Filter::Status(s) => s.iter().any(|s| s == self.status_of(view)),
-            Filter::BusinessStatus(s) => s.iter().any(|s| token_matches(s, Some(render::BUSINESS_STATUS_SYSTEM), view.status.code())),
-            Filter::Priority(p) => p.iter().any(|p| p == view.details.requested_priority.code()),
+            Filter::BusinessStatus(s) => s.iter().any(|s| {
+                token_matches(
+                    s,
+                    Some(render::BUSINESS_STATUS_SYSTEM),
+                    render::business_status(view).0,
+                )
+            }),
+            Filter::Priority(p) => p
+                .iter()
+                .any(|p| p == view.details.requested_priority.code()),
             Filter::Identifier(ids) => view
                 .details
                 .service_request_identifier
                 .as_ref()
-                .is_some_and(|i| ids.iter().any(|raw| token_matches(raw, i.system.as_deref(), &i.value))),
-            Filter::PatientIdentifier(ids) => ids
-                .iter()
-                .any(|raw| token_matches(raw, Some(NHS_NUMBER_SYSTEM), view.details.patient.nhs_number.as_str())),
-            Filter::LastUpdated(d) => d.matches(view.last_updated),
+                .is_some_and(|i| {
+                    ids.iter()
+                        .any(|raw| token_matches(raw, i.system.as_deref(), &i.value))
+                }),
+            Filter::PatientIdentifier(ids) => ids.iter().any(|raw| {
+                token_matches(
+                    raw,
+                    Some(NHS_NUMBER_SYSTEM),
+                    view.details.patient.nhs_number.as_str(),
+                )
+            }),
+            Filter::LastUpdated(d) => d.matches(self.last_updated(view)),
             Filter::Authored(d) => d.matches(self.authored(view)),
         })
     }
@@ -324,7 +357,7 @@ impl Search {
         matched.sort_by(|a, b| {
             for (key, descending) in &sort {
                 let ord = match key.as_str() {
-                    "_lastUpdated" => a.last_updated.cmp(&b.last_updated),
+                    "_lastUpdated" => self.last_updated(a).cmp(&self.last_updated(b)),
                     "authored" | "authored-on" => self.authored(a).cmp(&self.authored(b)),
                     _ => a.referral_id.cmp(&b.referral_id),
                 };
@@ -354,7 +387,9 @@ fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' | b'/' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' | b'/' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -366,7 +401,9 @@ mod tests {
     use super::*;
 
     fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).unwrap_or_default()
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default()
     }
 
     #[test]
@@ -390,11 +427,31 @@ mod tests {
 
     #[test]
     fn tokens_match_with_or_without_a_system() {
-        assert!(token_matches("https://fhir.nhs.uk/Id/nhs-number|9434765919", Some(NHS_NUMBER_SYSTEM), "9434765919"));
-        assert!(token_matches("9434765919", Some(NHS_NUMBER_SYSTEM), "9434765919"));
-        assert!(token_matches("|9434765919", Some(NHS_NUMBER_SYSTEM), "9434765919"));
-        assert!(!token_matches("https://other|9434765919", Some(NHS_NUMBER_SYSTEM), "9434765919"));
-        assert!(!token_matches("9434765870", Some(NHS_NUMBER_SYSTEM), "9434765919"));
+        assert!(token_matches(
+            "https://fhir.nhs.uk/Id/nhs-number|9434765919",
+            Some(NHS_NUMBER_SYSTEM),
+            "9434765919"
+        ));
+        assert!(token_matches(
+            "9434765919",
+            Some(NHS_NUMBER_SYSTEM),
+            "9434765919"
+        ));
+        assert!(token_matches(
+            "|9434765919",
+            Some(NHS_NUMBER_SYSTEM),
+            "9434765919"
+        ));
+        assert!(!token_matches(
+            "https://other|9434765919",
+            Some(NHS_NUMBER_SYSTEM),
+            "9434765919"
+        ));
+        assert!(!token_matches(
+            "9434765870",
+            Some(NHS_NUMBER_SYSTEM),
+            "9434765919"
+        ));
     }
 
     #[test]
@@ -405,7 +462,12 @@ mod tests {
         assert!(Search::parse(Resource::Task, &p("_count", "-1")).is_err());
         assert!(Search::parse(Resource::ServiceRequest, &p("focus", "x")).is_err());
         assert!(Search::parse(Resource::Task, &p("_sort", "-_lastUpdated,_id")).is_ok());
-        assert_eq!(Search::parse(Resource::Task, &p("_count", "5000")).map(|s| s.count).ok(), Some(MAX_COUNT));
+        assert_eq!(
+            Search::parse(Resource::Task, &p("_count", "5000"))
+                .map(|s| s.count)
+                .ok(),
+            Some(MAX_COUNT)
+        );
     }
 
     #[test]
@@ -413,7 +475,10 @@ mod tests {
         let pairs = vec![
             ("status".to_owned(), "accepted".to_owned()),
             ("_offset".to_owned(), "10".to_owned()),
-            ("patient:identifier".to_owned(), "https://fhir.nhs.uk/Id/nhs-number|9434765919".to_owned()),
+            (
+                "patient:identifier".to_owned(),
+                "https://fhir.nhs.uk/Id/nhs-number|9434765919".to_owned(),
+            ),
         ];
         assert_eq!(
             with_offset(&pairs, 20),

@@ -9,7 +9,13 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use mskflow_eventlog::Envelope;
 use mskflow_events::IntakeEvent;
+use mskflow_events::assessment::{
+    AssessmentEvent, DischargeReason, OnwardDestination, Outcome, Slot,
+};
 use mskflow_events::intake::{ReferralDetails, StartBackScore};
+use mskflow_events::scheduling::{
+    BookedSession, DischargeReason as RehabDischargeReason, Programme, SchedulingEvent,
+};
 use mskflow_events::types::{FcpPriority, Pathway, RedFlag, RedirectDestination, Urgency};
 use serde::Serialize;
 use uuid::Uuid;
@@ -66,6 +72,58 @@ pub struct Cancellation {
     pub at: DateTime<Utc>,
 }
 
+/// Where the FCP assessment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AssessmentStage {
+    AwaitingAppointment,
+    Booked,
+    Assessed,
+    Discharged,
+}
+
+/// The FCP assessment of a referral (from the `assessment-{id}` stream).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AssessmentView {
+    /// The assessment stream's version.
+    pub version: u64,
+    pub stage: AssessmentStage,
+    pub priority: FcpPriority,
+    /// The booked appointment, while one is booked (and after it was used).
+    pub appointment: Option<Slot>,
+    pub missed: u32,
+    pub outcomes: Vec<Outcome>,
+    pub onward: Vec<(Uuid, OnwardDestination)>,
+    pub discharge: Option<DischargeReason>,
+    pub last_updated: DateTime<Utc>,
+}
+
+/// Where rehabilitation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RehabStage {
+    Waiting,
+    Offered,
+    Booked,
+    Completed,
+    Discharged,
+}
+
+/// Community rehabilitation of a referral (from the `rehab-{id}` stream).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RehabView {
+    pub version: u64,
+    pub stage: RehabStage,
+    pub programme: Programme,
+    pub sessions: u32,
+    pub booked: Vec<BookedSession>,
+    pub attended: u32,
+    pub missed: u32,
+    pub cancelled: u32,
+    pub discharge: Option<RehabDischargeReason>,
+    pub last_updated: DateTime<Utc>,
+}
+
 /// One referral's view.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReferralView {
@@ -82,6 +140,30 @@ pub struct ReferralView {
     pub rule_id: Option<String>,
     pub decision: Option<Decision>,
     pub cancellation: Option<Cancellation>,
+    pub assessment: Option<AssessmentView>,
+    pub rehab: Option<RehabView>,
+}
+
+impl ReferralView {
+    /// The Task's version: every event of the referral, its assessment and
+    /// its rehabilitation counts.
+    pub fn task_version(&self) -> u64 {
+        self.version
+            + self.assessment.as_ref().map_or(0, |a| a.version)
+            + self.rehab.as_ref().map_or(0, |r| r.version)
+    }
+
+    /// When the Task last changed.
+    pub fn task_last_updated(&self) -> DateTime<Utc> {
+        let mut t = self.last_updated;
+        if let Some(a) = &self.assessment {
+            t = t.max(a.last_updated);
+        }
+        if let Some(r) = &self.rehab {
+            t = t.max(r.last_updated);
+        }
+        t
+    }
 }
 
 /// A problem applying an event. Never crosses a boundary: the projection
@@ -113,6 +195,15 @@ impl Views {
     /// Apply one event. Returns whether it changed anything. Events of other
     /// services are ignored; events already applied are skipped.
     pub fn apply(&mut self, envelope: &Envelope) -> Result<bool, Error> {
+        if AssessmentEvent::TYPES.contains(&envelope.event_type.as_str()) {
+            return self.apply_assessment(envelope);
+        }
+        if envelope.stream_id.starts_with("rehab-")
+            && !envelope.stream_id.starts_with("rehab-slot-")
+            && SchedulingEvent::TYPES.contains(&envelope.event_type.as_str())
+        {
+            return self.apply_rehab(envelope);
+        }
         if !IntakeEvent::TYPES.contains(&envelope.event_type.as_str()) {
             return Ok(false);
         }
@@ -151,6 +242,8 @@ impl Views {
                         rule_id: None,
                         decision: None,
                         cancellation: None,
+                        assessment: None,
+                        rehab: None,
                     },
                 );
             }
@@ -211,6 +304,173 @@ impl Views {
         Ok(true)
     }
 
+    fn apply_assessment(&mut self, envelope: &Envelope) -> Result<bool, Error> {
+        let event: AssessmentEvent =
+            mskflow_eventlog::decode(envelope).map_err(|source| Error::Decode {
+                event_id: envelope.event_id,
+                event_type: envelope.event_type.clone(),
+                source,
+            })?;
+        let referral_id = match &event {
+            AssessmentEvent::AssessmentRequested(e) => e.referral_id,
+            AssessmentEvent::AssessmentBooked(e) => e.referral_id,
+            AssessmentEvent::AssessmentRescheduled(e) => e.referral_id,
+            AssessmentEvent::AssessmentCancelled(e) => e.referral_id,
+            AssessmentEvent::AppointmentMissed(e) => e.referral_id,
+            AssessmentEvent::AssessmentCompleted(e) => e.referral_id,
+            AssessmentEvent::OnwardReferralRequested(e) => e.referral_id,
+            AssessmentEvent::EpisodeDischarged(e) => e.referral_id,
+        };
+        let view = self
+            .referrals
+            .get_mut(&referral_id)
+            .ok_or_else(|| Error::UnknownReferral {
+                event_id: envelope.event_id,
+                event_type: envelope.event_type.clone(),
+                referral_id,
+            })?;
+        if view
+            .assessment
+            .as_ref()
+            .is_some_and(|a| envelope.sequence <= a.version)
+        {
+            return Ok(false);
+        }
+        if let AssessmentEvent::AssessmentRequested(e) = &event {
+            view.assessment = Some(AssessmentView {
+                version: envelope.sequence,
+                stage: AssessmentStage::AwaitingAppointment,
+                priority: e.priority,
+                appointment: None,
+                missed: 0,
+                outcomes: Vec::new(),
+                onward: Vec::new(),
+                discharge: None,
+                last_updated: envelope.recorded_at,
+            });
+            return Ok(true);
+        }
+        let a = view
+            .assessment
+            .as_mut()
+            .ok_or_else(|| Error::UnknownReferral {
+                event_id: envelope.event_id,
+                event_type: envelope.event_type.clone(),
+                referral_id,
+            })?;
+        a.version = envelope.sequence;
+        a.last_updated = envelope.recorded_at;
+        match event {
+            AssessmentEvent::AssessmentRequested(_) => {}
+            AssessmentEvent::AssessmentBooked(e) => {
+                a.stage = AssessmentStage::Booked;
+                a.appointment = Some(e.slot);
+            }
+            AssessmentEvent::AssessmentRescheduled(e) => {
+                a.stage = AssessmentStage::Booked;
+                a.appointment = Some(e.slot);
+            }
+            AssessmentEvent::AssessmentCancelled(_) => {
+                a.stage = AssessmentStage::AwaitingAppointment;
+                a.appointment = None;
+            }
+            AssessmentEvent::AppointmentMissed(e) => {
+                a.stage = AssessmentStage::AwaitingAppointment;
+                a.missed = e.missed_count;
+            }
+            AssessmentEvent::AssessmentCompleted(e) => {
+                a.stage = AssessmentStage::Assessed;
+                a.outcomes = e.outcomes;
+            }
+            AssessmentEvent::OnwardReferralRequested(e) => {
+                a.onward.push((e.onward_referral_id, e.destination));
+            }
+            AssessmentEvent::EpisodeDischarged(e) => {
+                a.stage = AssessmentStage::Discharged;
+                a.discharge = Some(e.reason);
+            }
+        }
+        Ok(true)
+    }
+
+    fn apply_rehab(&mut self, envelope: &Envelope) -> Result<bool, Error> {
+        let event: SchedulingEvent =
+            mskflow_eventlog::decode(envelope).map_err(|source| Error::Decode {
+                event_id: envelope.event_id,
+                event_type: envelope.event_type.clone(),
+                source,
+            })?;
+        let referral_id = match &event {
+            SchedulingEvent::PatientWaitlisted(e) => e.referral_id,
+            SchedulingEvent::OfferMade(e) => e.referral_id,
+            SchedulingEvent::OfferAccepted(e) => e.referral_id,
+            SchedulingEvent::OfferDeclined(e) => e.referral_id,
+            SchedulingEvent::PlaceBooked(e) => e.referral_id,
+            SchedulingEvent::SessionAttended(e) => e.referral_id,
+            SchedulingEvent::SessionMissed(e) => e.referral_id,
+            SchedulingEvent::SessionCancelled(e) => e.referral_id,
+            SchedulingEvent::CourseCompleted(e) => e.referral_id,
+            SchedulingEvent::RehabDischarged(e) => e.referral_id,
+            // Capacity events live on class, slot and venue streams.
+            _ => return Ok(false),
+        };
+        let unknown = || Error::UnknownReferral {
+            event_id: envelope.event_id,
+            event_type: envelope.event_type.clone(),
+            referral_id,
+        };
+        let view = self.referrals.get_mut(&referral_id).ok_or_else(unknown)?;
+        if view
+            .rehab
+            .as_ref()
+            .is_some_and(|r| envelope.sequence <= r.version)
+        {
+            return Ok(false);
+        }
+        if let SchedulingEvent::PatientWaitlisted(e) = &event {
+            view.rehab = Some(RehabView {
+                version: envelope.sequence,
+                stage: RehabStage::Waiting,
+                programme: e.programme,
+                sessions: e.sessions,
+                booked: Vec::new(),
+                attended: 0,
+                missed: 0,
+                cancelled: 0,
+                discharge: None,
+                last_updated: envelope.recorded_at,
+            });
+            return Ok(true);
+        }
+        let r = view.rehab.as_mut().ok_or_else(unknown)?;
+        r.version = envelope.sequence;
+        r.last_updated = envelope.recorded_at;
+        match event {
+            SchedulingEvent::OfferMade(_) => r.stage = RehabStage::Offered,
+            SchedulingEvent::OfferDeclined(_) => r.stage = RehabStage::Waiting,
+            SchedulingEvent::PlaceBooked(e) => {
+                r.stage = RehabStage::Booked;
+                r.sessions = e.sessions.len() as u32;
+                r.booked = e.sessions;
+            }
+            SchedulingEvent::SessionAttended(_) => r.attended += 1,
+            SchedulingEvent::SessionMissed(e) => r.missed = e.missed_total,
+            SchedulingEvent::SessionCancelled(_) => r.cancelled += 1,
+            SchedulingEvent::CourseCompleted(e) => {
+                r.stage = RehabStage::Completed;
+                r.attended = e.attended;
+                r.missed = e.missed;
+                r.cancelled = e.cancelled;
+            }
+            SchedulingEvent::RehabDischarged(e) => {
+                r.stage = RehabStage::Discharged;
+                r.discharge = Some(e.reason);
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+
     pub fn referral(&self, id: &Uuid) -> Option<&ReferralView> {
         self.referrals.get(id)
     }
@@ -262,7 +522,12 @@ mod tests {
     fn details() -> Result<ReferralDetails, mskflow_events::types::Error> {
         Ok(ReferralDetails {
             received_via: ReceivedVia::ProcessMessage,
-            sender: Sender { ods_code: None, endpoint: None, message_id: None, software: None },
+            sender: Sender {
+                ods_code: None,
+                endpoint: None,
+                message_id: None,
+                software: None,
+            },
             service_request_identifier: None,
             patient: PatientDetails {
                 nhs_number: NhsNumber::parse("9434765919")?,
@@ -285,8 +550,16 @@ mod tests {
         })
     }
 
-    fn envelope(event: &IntakeEvent, referral: Uuid, sequence: u64, position: u64) -> Result<Envelope, serde_json::Error> {
-        let at = Utc.timestamp_opt(1_700_000_000 + position as i64, 0).single().unwrap_or_default();
+    fn envelope(
+        event: &IntakeEvent,
+        referral: Uuid,
+        sequence: u64,
+        position: u64,
+    ) -> Result<Envelope, serde_json::Error> {
+        let at = Utc
+            .timestamp_opt(1_700_000_000 + position as i64, 0)
+            .single()
+            .unwrap_or_default();
         let new = mskflow_eventlog::new_event(event, 1, at)?;
         Ok(Envelope {
             event_id: new.event_id,
@@ -310,7 +583,11 @@ mod tests {
         for i in 0..5u64 {
             let id = Uuid::from_u128(u128::from(i) + 1);
             out.push(envelope(
-                &IntakeEvent::ReferralReceived(ReferralReceived { referral_id: id, request_id: id, referral: details()? }),
+                &IntakeEvent::ReferralReceived(ReferralReceived {
+                    referral_id: id,
+                    request_id: id,
+                    referral: details()?,
+                }),
                 id,
                 1,
                 i * 2 + 1,
@@ -334,7 +611,8 @@ mod tests {
     }
 
     #[test]
-    fn replay_from_empty_gives_identical_views_and_redelivery_changes_nothing() -> Result<(), Box<dyn std::error::Error>> {
+    fn replay_from_empty_gives_identical_views_and_redelivery_changes_nothing()
+    -> Result<(), Box<dyn std::error::Error>> {
         let events = log()?;
         let mut live = Views::default();
         for e in &events {
@@ -361,7 +639,10 @@ mod tests {
     fn a_decision_without_its_referral_is_an_error() -> Result<(), Box<dyn std::error::Error>> {
         let events = log()?;
         let mut views = Views::default();
-        assert!(matches!(views.apply(&events[1]), Err(Error::UnknownReferral { .. })));
+        assert!(matches!(
+            views.apply(&events[1]),
+            Err(Error::UnknownReferral { .. })
+        ));
         assert!(views.is_empty());
         Ok(())
     }

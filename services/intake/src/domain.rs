@@ -70,6 +70,10 @@ impl ReferralState {
 }
 
 /// What may be asked of a referral.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "commands are handled one at a time; boxing the referral would only add indirection"
+)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Record a new referral and triage it.
@@ -103,7 +107,10 @@ pub enum DomainError {
     /// Only an active (received or triaged) referral can be cancelled.
     /// gRPC `FAILED_PRECONDITION`; HTTP 422 `business-rule`.
     #[error("referral {referral_id} is {status} and can no longer be cancelled")]
-    NotActive { referral_id: Uuid, status: &'static str },
+    NotActive {
+        referral_id: Uuid,
+        status: &'static str,
+    },
     /// Another organisation asked. gRPC `PERMISSION_DENIED`; HTTP 403 `forbidden`.
     #[error("only the organisation that sent referral {referral_id} may cancel it")]
     NotSender { referral_id: Uuid },
@@ -696,7 +703,10 @@ mod tests {
         Ok(())
     }
 
-    fn cancel_by(ods: Option<&str>, status: CancellationStatus) -> Result<Command, Box<dyn std::error::Error>> {
+    fn cancel_by(
+        ods: Option<&str>,
+        status: CancellationStatus,
+    ) -> Result<Command, Box<dyn std::error::Error>> {
         Ok(Command::Cancel {
             request_id: Uuid::from_u128(0x3333),
             status,
@@ -715,30 +725,65 @@ mod tests {
     fn the_sender_cancels_an_active_referral() -> TestResult {
         let given = when_submitted(&[], sent_by("A81001")?)?;
         let state = fold(&given);
-        let events = handle(&state, cancel_by(Some("A81001"), CancellationStatus::Revoked)?, &RuleSet::default_rules()?)?;
+        let events = handle(
+            &state,
+            cancel_by(Some("A81001"), CancellationStatus::Revoked)?,
+            &RuleSet::default_rules()?,
+        )?;
         assert!(matches!(
             events.as_slice(),
-            [IntakeEvent::ReferralCancelled(ReferralCancelled { status: CancellationStatus::Revoked, .. })]
+            [IntakeEvent::ReferralCancelled(ReferralCancelled {
+                status: CancellationStatus::Revoked,
+                ..
+            })]
         ));
         let after = events.iter().fold(state, apply);
         assert_eq!(after.status, Some(Status::Cancelled));
         // Not twice.
-        let again = handle(&after, cancel_by(Some("A81001"), CancellationStatus::EnteredInError)?, &RuleSet::default_rules()?);
-        assert!(matches!(again, Err(DomainError::NotActive { status: "cancelled", .. })));
+        let again = handle(
+            &after,
+            cancel_by(Some("A81001"), CancellationStatus::EnteredInError)?,
+            &RuleSet::default_rules()?,
+        );
+        assert!(matches!(
+            again,
+            Err(DomainError::NotActive {
+                status: "cancelled",
+                ..
+            })
+        ));
         Ok(())
     }
 
     #[test]
     fn only_active_referrals_of_the_same_sender_can_be_cancelled() -> TestResult {
         let state = fold(&when_submitted(&[], sent_by("A81001")?)?);
-        let other = handle(&state, cancel_by(Some("B82002"), CancellationStatus::Revoked)?, &RuleSet::default_rules()?);
+        let other = handle(
+            &state,
+            cancel_by(Some("B82002"), CancellationStatus::Revoked)?,
+            &RuleSet::default_rules()?,
+        );
         assert!(matches!(other, Err(DomainError::NotSender { .. })));
         let mut red = sent_by("A81001")?;
         red.red_flags = vec![RedFlag::SaddleAnaesthesia];
         let redirected = fold(&when_submitted(&[], red)?);
-        let refused = handle(&redirected, cancel_by(Some("A81001"), CancellationStatus::Revoked)?, &RuleSet::default_rules()?);
-        assert!(matches!(refused, Err(DomainError::NotActive { status: "redirected", .. })));
-        let unknown = handle(&ReferralState::default(), cancel_by(Some("A81001"), CancellationStatus::Revoked)?, &RuleSet::default_rules()?);
+        let refused = handle(
+            &redirected,
+            cancel_by(Some("A81001"), CancellationStatus::Revoked)?,
+            &RuleSet::default_rules()?,
+        );
+        assert!(matches!(
+            refused,
+            Err(DomainError::NotActive {
+                status: "redirected",
+                ..
+            })
+        ));
+        let unknown = handle(
+            &ReferralState::default(),
+            cancel_by(Some("A81001"), CancellationStatus::Revoked)?,
+            &RuleSet::default_rules()?,
+        );
         assert_eq!(unknown, Err(DomainError::NotFound));
         Ok(())
     }

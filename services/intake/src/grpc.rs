@@ -1,7 +1,7 @@
 //! The `mskflow.intake.v1.IntakeService` gRPC server.
 
-use tracing::Instrument as _;
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use mskflow_events::intake::ReferralDetails;
 use mskflow_proto::REFERRAL_ID_METADATA;
@@ -96,7 +96,10 @@ impl IntakeGrpc {
             .await?
         {
             Ok(submitted) => {
-                tracing::Span::current().record("referral_id", tracing::field::display(submitted.referral_id));
+                tracing::Span::current().record(
+                    "referral_id",
+                    tracing::field::display(submitted.referral_id),
+                );
                 Ok(Response::new(pb::SubmitReferralResponse {
                     referral_id: submitted.referral_id.to_string(),
                     version: submitted.version,
@@ -121,10 +124,16 @@ fn rejection_status(rejection: Rejection) -> Status {
             }
             status
         }
-        Rejection::Refused(e @ DomainError::AlreadyRecorded { .. }) => Status::already_exists(e.to_string()),
+        Rejection::Refused(e @ DomainError::AlreadyRecorded { .. }) => {
+            Status::already_exists(e.to_string())
+        }
         Rejection::Refused(e @ DomainError::NotFound) => Status::not_found(e.to_string()),
-        Rejection::Refused(e @ DomainError::NotActive { .. }) => Status::failed_precondition(e.to_string()),
-        Rejection::Refused(e @ DomainError::NotSender { .. }) => Status::permission_denied(e.to_string()),
+        Rejection::Refused(e @ DomainError::NotActive { .. }) => {
+            Status::failed_precondition(e.to_string())
+        }
+        Rejection::Refused(e @ DomainError::NotSender { .. }) => {
+            Status::permission_denied(e.to_string())
+        }
     }
 }
 
@@ -200,8 +209,15 @@ impl IntakeService for IntakeGrpc {
             let request_id = parse_uuid("request_id", &body.request_id)?;
             let correlation_id = parse_uuid("correlation_id", &body.correlation_id)?;
             let status = mskflow_events::intake::CancellationStatus::parse(&body.status)
-                .ok_or_else(|| bad_field("ServiceRequest.status", "must be revoked or entered-in-error to cancel"))?;
-            let referral = body.referral.ok_or_else(|| bad_field("referral", "is required"))?;
+                .ok_or_else(|| {
+                    bad_field(
+                        "ServiceRequest.status",
+                        "must be revoked or entered-in-error to cancel",
+                    )
+                })?;
+            let referral = body
+                .referral
+                .ok_or_else(|| bad_field("referral", "is required"))?;
             let details = ReferralDetails::try_from(referral).map_err(|e| e.into_status())?;
             match self
                 .intake

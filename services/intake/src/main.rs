@@ -25,7 +25,11 @@ struct Args {
     #[arg(long, env = "MSKFLOW_DB", default_value = "mskflow.db")]
     db: PathBuf,
     /// Address of the operations endpoint (/metrics, /health/live, /health/ready).
-    #[arg(long, env = "MSKFLOW_INTAKE_OPS_ADDR", default_value = "127.0.0.1:9464")]
+    #[arg(
+        long,
+        env = "MSKFLOW_INTAKE_OPS_ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
     ops_addr: SocketAddr,
     /// OTLP/gRPC endpoint for traces (e.g. http://127.0.0.1:4317); off when unset.
     #[arg(long, env = "MSKFLOW_OTLP_ENDPOINT")]
@@ -66,7 +70,8 @@ async fn main() -> anyhow::Result<()> {
     .context("starting intake")?;
     tracing::info!(addr = %service.local_addr(), "mskflow-intake listening");
 
-    let ops = mskflow_telemetry::ops::bind(args.ops_addr).context("binding the operations endpoint")?;
+    let ops =
+        mskflow_telemetry::ops::bind(args.ops_addr).context("binding the operations endpoint")?;
     tracing::info!(addr = %ops.local_addr()?, "operations endpoint (/metrics, /health) listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let readiness: mskflow_telemetry::ops::Readiness = Arc::new(move || {

@@ -157,7 +157,9 @@ impl Intake {
                 break;
             }
             for envelope in &batch {
-                if envelope.event_type != "ReferralReceived" && envelope.event_type != "ReferralCancelled" {
+                if envelope.event_type != "ReferralReceived"
+                    && envelope.event_type != "ReferralCancelled"
+                {
                     continue;
                 }
                 match decode::<IntakeEvent>(envelope) {
@@ -298,7 +300,10 @@ impl Intake {
     /// Cancel an active referral at its sender's request. The referral is
     /// found by the same identity as on submission (sender ODS code and
     /// ServiceRequest.identifier).
-    #[allow(clippy::too_many_arguments, reason = "one request's fields, passed through from gRPC")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one request's fields, passed through from gRPC"
+    )]
     pub async fn cancel(
         &self,
         request_id: Uuid,
@@ -314,7 +319,9 @@ impl Intake {
         let reservation = {
             let mut index = lock(&self.index);
             if let Some(existing) = index.requests.get(&request_id) {
-                return Ok(Err(Rejection::Duplicate { referral_id: *existing }));
+                return Ok(Err(Rejection::Duplicate {
+                    referral_id: *existing,
+                }));
             }
             index.requests.insert(request_id, referral_id);
             Reservation {
@@ -357,7 +364,12 @@ impl Intake {
         };
         match self
             .log
-            .append(&stream_id(referral_id), ExpectedVersion::Exact(state.version), new_events, &metadata)
+            .append(
+                &stream_id(referral_id),
+                ExpectedVersion::Exact(state.version),
+                new_events,
+                &metadata,
+            )
             .await
         {
             Ok(appended) => {

@@ -1,0 +1,217 @@
+//! The `scheduling` consumer: puts patients on the rehab waiting list when
+//! their FCP assessment chose 1:1 physiotherapy, a group programme
+//! (ESCAPE-pain) or strength and balance.
+//!
+//! Delivery is at-least-once. A redelivered `AssessmentCompleted` finds the
+//! episode already there (`AlreadyExists`) and is skipped: one episode per
+//! referral. The checkpoint is committed only after a batch is handled.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mskflow_eventlog::{Envelope, StartFrom, Subscription, decode};
+use mskflow_events::assessment::{AssessmentEvent, GroupProgramme, Outcome};
+use mskflow_events::scheduling::{PatientChoices, PatientWaitlisted, Programme};
+use uuid::Uuid;
+
+use crate::Error;
+use crate::domain::DomainError;
+use crate::service::{Rejection, Scheduling};
+
+/// The consumer's name (its checkpoint in the log).
+pub const CONSUMER: &str = "scheduling";
+const BATCH: usize = 256;
+const RETRY: Duration = Duration::from_millis(250);
+
+/// What handling one event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// The patient joined the waiting list for this programme.
+    Waitlisted {
+        referral_id: Uuid,
+        programme: Programme,
+    },
+    /// Already on the list (a redelivery).
+    AlreadyWaitlisted { referral_id: Uuid },
+    /// Not an event (or an outcome) this consumer acts on.
+    Ignored,
+}
+
+/// The rehab programme an assessment outcome asks for, if any, with its
+/// course length.
+pub fn programme_for(outcome: &Outcome, one_to_one_sessions: u32) -> Option<(Programme, u32)> {
+    match outcome {
+        Outcome::CommunityPhysiotherapy => Some((Programme::OneToOne, one_to_one_sessions)),
+        Outcome::GroupProgramme {
+            programme: GroupProgramme::EscapePain,
+        } => Some((Programme::EscapePain, 12)),
+        Outcome::StrengthAndBalance => Some((Programme::StrengthAndBalance, 12)),
+        _ => None,
+    }
+}
+
+/// The consumer, subscribed from its checkpoint.
+#[derive(Debug)]
+pub struct Consumer {
+    scheduling: Arc<Scheduling>,
+    sub: Box<dyn Subscription>,
+}
+
+impl Consumer {
+    /// Subscribe as [`CONSUMER`] from the stored checkpoint.
+    pub async fn open(scheduling: Arc<Scheduling>) -> Result<Self, Error> {
+        let sub = scheduling
+            .log()
+            .subscribe(CONSUMER, StartFrom::Checkpoint)
+            .await?;
+        Ok(Self { scheduling, sub })
+    }
+
+    /// The priority and pathway the assessment episode was opened with.
+    async fn episode_request(
+        &self,
+        referral_id: Uuid,
+    ) -> Result<
+        Option<(
+            mskflow_events::types::FcpPriority,
+            mskflow_events::types::Pathway,
+        )>,
+        Error,
+    > {
+        let events = self
+            .scheduling
+            .log()
+            .read_stream(&format!("assessment-{referral_id}"), 1)
+            .await?;
+        for e in &events {
+            if e.event_type == "AssessmentRequested"
+                && let Ok(AssessmentEvent::AssessmentRequested(r)) = decode::<AssessmentEvent>(e)
+            {
+                return Ok(Some((r.priority, r.pathway)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Handle one event.
+    pub async fn handle(&self, envelope: &Envelope) -> Result<Handled, Error> {
+        if envelope.event_type != "AssessmentCompleted" {
+            return Ok(Handled::Ignored);
+        }
+        let AssessmentEvent::AssessmentCompleted(done) =
+            decode::<AssessmentEvent>(envelope).map_err(|e| Error::decode(envelope, &e))?
+        else {
+            return Ok(Handled::Ignored);
+        };
+        let policy = self.scheduling.policy();
+        // One rehab episode per referral: the first rehab outcome chosen.
+        let Some((programme, sessions)) = done
+            .outcomes
+            .iter()
+            .find_map(|o| programme_for(o, policy.one_to_one_sessions))
+        else {
+            return Ok(Handled::Ignored);
+        };
+        let referral_id = done.referral_id;
+        let Some((priority, pathway)) = self.episode_request(referral_id).await? else {
+            tracing::warn!(%referral_id, "assessment completed without a request on its stream; skipped");
+            return Ok(Handled::Ignored);
+        };
+        let waitlisted = PatientWaitlisted {
+            referral_id,
+            priority,
+            pathway,
+            programme,
+            sessions,
+            need_recorded_at: envelope.occurred_at,
+            choices: PatientChoices::default(),
+        };
+        match self.scheduling.add_to_waiting_list(waitlisted).await? {
+            Ok(_) => {
+                tracing::info!(%referral_id, programme = %programme, "patient waitlisted for rehab");
+                Ok(Handled::Waitlisted {
+                    referral_id,
+                    programme,
+                })
+            }
+            Err(Rejection::Domain(DomainError::AlreadyExists { .. })) => {
+                Ok(Handled::AlreadyWaitlisted { referral_id })
+            }
+            Err(other) => {
+                tracing::error!(%referral_id, error = %other, "rehab waiting list refused the patient");
+                Ok(Handled::Ignored)
+            }
+        }
+    }
+
+    async fn handle_retrying(&self, envelope: &Envelope) -> Result<Handled, Error> {
+        loop {
+            match self.handle(envelope).await {
+                Ok(h) => return Ok(h),
+                Err(Error::Store(mskflow_eventlog::Error::Closed)) => {
+                    return Err(Error::Store(mskflow_eventlog::Error::Closed));
+                }
+                Err(Error::Store(e)) => {
+                    tracing::warn!(position = envelope.position, error = %e, "store failure; retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+                Err(e) => {
+                    tracing::error!(position = envelope.position, error = %e, "event cannot be handled; skipped");
+                    return Ok(Handled::Ignored);
+                }
+            }
+        }
+    }
+
+    /// Handle every event available now, without committing.
+    pub async fn process_available(&mut self) -> Result<Vec<Handled>, Error> {
+        let mut all = Vec::new();
+        loop {
+            let batch = self.sub.poll_batch(BATCH).await?;
+            if batch.is_empty() {
+                return Ok(all);
+            }
+            for e in &batch {
+                all.push(self.handle_retrying(e).await?);
+            }
+        }
+    }
+
+    /// Record that everything returned so far is handled.
+    pub async fn commit(&mut self) -> Result<(), Error> {
+        Ok(self.sub.commit().await?)
+    }
+
+    /// Consume until `shutdown` completes; commit after each batch.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        tokio::pin!(shutdown);
+        loop {
+            let batch = tokio::select! {
+                () = &mut shutdown => break,
+                batch = self.sub.next_batch(BATCH) => batch,
+            };
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(mskflow_eventlog::Error::Closed) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduling consumer cannot read the log; retrying");
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            };
+            for e in &batch {
+                match self.handle_retrying(e).await {
+                    Ok(_) => {}
+                    Err(Error::Store(mskflow_eventlog::Error::Closed)) => return Ok(()),
+                    Err(err) => return Err(err),
+                }
+            }
+            if let Err(e) = self.sub.commit().await {
+                tracing::warn!(error = %e, "scheduling consumer could not commit; events will be redelivered");
+            }
+        }
+        let _ = self.sub.commit().await;
+        Ok(())
+    }
+}

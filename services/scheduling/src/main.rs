@@ -1,0 +1,116 @@
+//! `mskflow-scheduling`: the rehab scheduling service on its own, over the
+//! embedded SQLite event store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use mskflow_eventlog_sqlite::SqliteEventLog;
+use mskflow_scheduling::{Options, Policy, Service};
+
+/// Rehab scheduling: classes, 1:1 slots, waiting list and bookings (gRPC).
+#[derive(Debug, Parser)]
+#[command(name = "mskflow-scheduling", version)]
+struct Args {
+    /// Address to serve gRPC on.
+    #[arg(
+        long,
+        env = "MSKFLOW_SCHEDULING_GRPC_ADDR",
+        default_value = "127.0.0.1:50053"
+    )]
+    grpc_addr: SocketAddr,
+    /// The embedded event store file (created if missing).
+    #[arg(long, env = "MSKFLOW_DB", default_value = "mskflow.db")]
+    db: PathBuf,
+    /// Address of the operations endpoint (/metrics, /health/live, /health/ready).
+    #[arg(
+        long,
+        env = "MSKFLOW_SCHEDULING_OPS_ADDR",
+        default_value = "127.0.0.1:9466"
+    )]
+    ops_addr: SocketAddr,
+    /// OTLP/gRPC endpoint for traces (e.g. http://127.0.0.1:4317); off when unset.
+    #[arg(long, env = "MSKFLOW_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Log format: json or pretty.
+    #[arg(long, env = "MSKFLOW_LOG_FORMAT", default_value = "json")]
+    log_format: mskflow_telemetry::LogFormat,
+    /// Sessions a patient may miss before the episode ends (DNA policy).
+    #[arg(long, env = "MSKFLOW_SCHEDULING_MAX_MISSED", default_value_t = 2)]
+    max_missed_sessions: u32,
+    /// Do not tell the referrer when the DNA policy ends an episode.
+    #[arg(long)]
+    no_dna_referrer_notice: bool,
+    /// Places in a class when the class does not say.
+    #[arg(long, env = "MSKFLOW_SCHEDULING_CLASS_SIZE", default_value_t = 10)]
+    default_class_size: u32,
+    /// The largest class that may be scheduled.
+    #[arg(long, env = "MSKFLOW_SCHEDULING_MAX_CLASS_SIZE", default_value_t = 12)]
+    max_class_size: u32,
+    /// Sessions of a 1:1 course when the request does not say.
+    #[arg(
+        long,
+        env = "MSKFLOW_SCHEDULING_ONE_TO_ONE_SESSIONS",
+        default_value_t = 6
+    )]
+    one_to_one_sessions: u32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let telemetry = mskflow_telemetry::init(&mskflow_telemetry::Settings {
+        service: "mskflow-scheduling".to_owned(),
+        log_format: args.log_format,
+        otlp_endpoint: args.otlp_endpoint.clone(),
+    })?;
+
+    let store = SqliteEventLog::open(mskflow_eventlog_sqlite::Options {
+        path: args.db.clone(),
+        ..mskflow_eventlog_sqlite::Options::default()
+    })
+    .with_context(|| format!("opening event store {}", args.db.display()))?;
+    let log: Arc<dyn mskflow_eventlog::EventLog> =
+        Arc::new(mskflow_eventlog::Instrumented::new(Arc::new(store.clone())));
+
+    let service = Service::build(
+        Options {
+            grpc_addr: args.grpc_addr,
+            policy: Policy {
+                max_missed_sessions: args.max_missed_sessions,
+                notify_referrer_on_dna: !args.no_dna_referrer_notice,
+                default_class_size: args.default_class_size,
+                max_class_size: args.max_class_size,
+                one_to_one_sessions: args.one_to_one_sessions,
+                ..Policy::default()
+            },
+        },
+        log.clone(),
+    )
+    .await
+    .context("starting scheduling")?;
+    tracing::info!(addr = %service.local_addr(), "mskflow-scheduling listening");
+
+    let ops =
+        mskflow_telemetry::ops::bind(args.ops_addr).context("binding the operations endpoint")?;
+    tracing::info!(addr = %ops.local_addr()?, "operations endpoint (/metrics, /health) listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let readiness: mskflow_telemetry::ops::Readiness = Arc::new(move || {
+        let log = log.clone();
+        Box::pin(async move { log.ping().await.map_err(|e| e.to_string()) })
+    });
+    let mut ops_stop = stop_rx.clone();
+    let ops_task = tokio::spawn(mskflow_telemetry::ops::serve(ops, readiness, async move {
+        let _ = ops_stop.wait_for(|s| *s).await;
+    }));
+
+    let result = service.run(mskflow_telemetry::shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    let _ = ops_task.await;
+    // In-flight requests have finished: let the store commit what is queued.
+    store.close().await;
+    telemetry.shutdown();
+    result.context("serving scheduling")
+}
