@@ -76,6 +76,22 @@ async fn referral_to_fcp_assessment_to_a_completed_escape_pain_course() -> TestR
         .await?;
     let task = task_when(&app, &id, "booked", |t| business(t) == "assessment-booked").await?;
     assert_eq!(task["status"], "in-progress");
+    let nhs = "https://fhir.nhs.uk/Id/nhs-number|9434765919";
+    let (_, appts) = app
+        .get_json(&format!(
+            "Appointment?based-on=ServiceRequest/{id}&patient:identifier={nhs}"
+        ))
+        .await?;
+    assert_eq!(appts["total"], 1);
+    let fcp = appts["entry"][0]["resource"].clone();
+    assert_eq!(fcp["status"], "booked");
+    assert_eq!(
+        fcp["serviceType"][0]["text"],
+        "First Contact Practitioner assessment"
+    );
+    let fcp_id = fcp["id"].as_str().ok_or("no appointment id")?.to_owned();
+    let (status, _) = app.get_json(&format!("Encounter/{id}")).await?;
+    assert_eq!(status, 404, "no Encounter before the assessment");
 
     // 3. Assessed: ESCAPE-pain chosen; the patient joins the rehab list.
     assessment
@@ -86,11 +102,19 @@ async fn referral_to_fcp_assessment_to_a_completed_escape_pain_course() -> TestR
             decision_aid: Some("knee-osteoarthritis".to_owned()),
             work_discussed: true,
             psychological_distress: "negative".to_owned(),
-            outcomes: vec![apb::Outcome {
-                outcome: "group-programme".to_owned(),
-                programme: Some("escape-pain".to_owned()),
-                ..apb::Outcome::default()
-            }],
+            outcomes: vec![
+                apb::Outcome {
+                    outcome: "group-programme".to_owned(),
+                    programme: Some("escape-pain".to_owned()),
+                    ..apb::Outcome::default()
+                },
+                apb::Outcome {
+                    outcome: "onward-referral".to_owned(),
+                    destination: Some("imaging".to_owned()),
+                    reason: Some("Persistent effusion: ultrasound".to_owned()),
+                    ..apb::Outcome::default()
+                },
+            ],
             ..apb::CompleteAssessmentRequest::default()
         })
         .await?;
@@ -101,6 +125,34 @@ async fn referral_to_fcp_assessment_to_a_completed_escape_pain_course() -> TestR
     assert_eq!(task["status"], "in-progress");
     let outputs = task["output"].to_string();
     assert!(outputs.contains("group-programme-escape-pain"), "{outputs}");
+    // The FCP appointment happened; the Encounter records it; the onward
+    // referral is a ServiceRequest of its own.
+    let (_, fcp) = app.get_json(&format!("Appointment/{fcp_id}")).await?;
+    assert_eq!(fcp["status"], "fulfilled");
+    let (status, encounter) = app.get_json(&format!("Encounter/{id}")).await?;
+    assert_eq!(status, 200);
+    assert_eq!(encounter["status"], "finished");
+    assert_eq!(encounter["class"]["code"], "AMB");
+    assert_eq!(
+        encounter["appointment"][0]["reference"],
+        format!("Appointment/{fcp_id}")
+    );
+    let onward = task["output"]
+        .as_array()
+        .ok_or("no outputs")?
+        .iter()
+        .find(|o| o["type"]["coding"][0]["code"] == "onward-referral")
+        .and_then(|o| o["valueReference"]["reference"].as_str())
+        .ok_or("no onward referral on the Task")?
+        .to_owned();
+    let (status, outbound) = app.get_json(&onward).await?;
+    assert_eq!(status, 200, "{onward}");
+    assert_eq!(outbound["resourceType"], "ServiceRequest");
+    assert_eq!(outbound["intent"], "order");
+    assert!(
+        outbound.to_string().contains("9434765919"),
+        "the outbound referral names the patient"
+    );
     let waiting = scheduling
         .list_waiting_list(spb::ListWaitingListRequest {
             programme: Some("escape-pain".to_owned()),

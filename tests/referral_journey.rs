@@ -384,7 +384,16 @@ async fn the_capability_statement_lists_what_is_served() -> TestResult {
         .iter()
         .filter_map(|r| r["type"].as_str())
         .collect();
-    assert_eq!(types, vec!["ServiceRequest", "Task", "MessageDefinition"]);
+    assert_eq!(
+        types,
+        vec![
+            "ServiceRequest",
+            "Task",
+            "Appointment",
+            "Encounter",
+            "MessageDefinition"
+        ]
+    );
     let unknown = uuid::Uuid::new_v4();
     for r in resources {
         let t = r["type"].as_str().ok_or("no type")?;

@@ -89,6 +89,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .default_service(web::to(not_allowed)),
             )
             .service(
+                web::resource("/Appointment")
+                    .route(web::get().to(search_appointments))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/Appointment/{id}")
+                    .route(web::get().to(read_appointment))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(web::resource("/Encounter").default_service(web::to(not_allowed)))
+            .service(
+                web::resource("/Encounter/{id}")
+                    .route(web::get().to(read_encounter))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
                 web::resource("/MessageDefinition")
                     .route(web::get().to(message_definitions))
                     .default_service(web::to(not_allowed)),
@@ -675,6 +691,10 @@ async fn read_service_request(
         .read(|v| {
             v.referral(&id)
                 .map(|r| read_response(&render::service_request(r), r.version))
+                .or_else(|| {
+                    v.onward_referral(&id)
+                        .map(|(r, o)| read_response(&render::onward_service_request(r, o), 1))
+                })
         })
         .ok_or_else(|| ApiError::not_found(format!("ServiceRequest/{id} is not known")))
 }
@@ -855,6 +875,67 @@ async fn vread(
         .find(|(v, _)| *v == version)
         .map(|(v, view)| read_response(&render_one(&view), v))
         .ok_or_else(|| ApiError::not_found(format!("{resource}/{id} has no version {version}")))
+}
+
+async fn read_appointment(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path, "Appointment")?;
+    state
+        .views
+        .read(|v| {
+            v.appointment(&id)
+                .map(|(r, a)| fhir_ok(StatusCode::OK, &render::appointment(r, a)))
+        })
+        .ok_or_else(|| ApiError::not_found(format!("Appointment/{id} is not known")))
+}
+
+async fn search_appointments(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let pairs = query_pairs(&req)?;
+    let search = search::AppointmentSearch::parse(&pairs)
+        .map_err(|e| ApiError::bad_request(IssueType::NotSupported, e.0))?;
+    let base = base_url(&state, &req);
+    let (total, page) = state.views.read(|views| {
+        // Earliest first.
+        let mut matched: Vec<(&crate::views::ReferralView, &crate::views::AppointmentView)> = views
+            .referrals()
+            .flat_map(|r| {
+                r.appointments
+                    .iter()
+                    .filter(|a| search.matches(r, a))
+                    .map(move |a| (r, a))
+            })
+            .collect();
+        matched.sort_by_key(|(_, a)| (a.start, a.id));
+        let total = matched.len();
+        let page: Vec<Value> = matched
+            .into_iter()
+            .skip(search.offset)
+            .take(search.count)
+            .map(|(r, a)| render::appointment(r, a))
+            .collect();
+        (total, page)
+    });
+    let link =
+        |offset: usize| format!("{base}/Appointment?{}", search::with_offset(&pairs, offset));
+    let mut links = vec![("self", link(search.offset)), ("first", link(0))];
+    if search.count > 0 && search.offset + search.count < total {
+        links.push(("next", link(search.offset + search.count)));
+    }
+    Ok(fhir_ok(
+        StatusCode::OK,
+        &render::searchset(&base, &links, page, total),
+    ))
+}
+
+async fn read_encounter(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path, "Encounter")?;
+    state
+        .views
+        .read(|v| {
+            v.referral(&id)
+                .and_then(render::encounter)
+                .map(|e| fhir_ok(StatusCode::OK, &e))
+        })
+        .ok_or_else(|| ApiError::not_found(format!("Encounter/{id} is not known")))
 }
 
 async fn message_definitions(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {

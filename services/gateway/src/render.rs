@@ -9,8 +9,12 @@ use mskflow_events::intake::CancellationStatus;
 use crate::search::Resource;
 use mskflow_events::assessment::{DischargeReason, Outcome};
 
+use mskflow_events::scheduling::Programme;
+use mskflow_events::types::ContactMode;
+
 use crate::views::{
-    AssessmentStage, AssessmentView, Decision, ReferralStatus, ReferralView, RehabStage,
+    AppointmentKind, AppointmentView, AssessmentStage, AssessmentView, Decision, OnwardView,
+    ReferralStatus, ReferralView, RehabStage,
 };
 
 /// Code system of our referral business statuses (`Task.businessStatus`).
@@ -328,6 +332,100 @@ fn extract_service_request(value: Value) -> Option<Value> {
     }
 }
 
+/// An `Appointment`: the FCP assessment or one rehab session.
+pub fn appointment(view: &ReferralView, a: &AppointmentView) -> Value {
+    let (service, description, practitioner) = match &a.kind {
+        AppointmentKind::FcpAssessment { clinician_id, .. } => (
+            "First Contact Practitioner assessment".to_owned(),
+            "First Contact Practitioner assessment".to_owned(),
+            Some(clinician_id.clone()),
+        ),
+        AppointmentKind::RehabSession {
+            programme,
+            session_no,
+            of,
+        } => {
+            let name = match programme {
+                Programme::OneToOne => "Community physiotherapy (1:1)",
+                Programme::EscapePain => "ESCAPE-pain group programme",
+                Programme::StrengthAndBalance => "Strength and balance group",
+            };
+            (
+                name.to_owned(),
+                format!("{name}: session {session_no} of {of}"),
+                None,
+            )
+        }
+    };
+    let mut participants = vec![json!({
+        "actor": {"identifier": {"system": NHS_NUMBER_SYSTEM, "value": view.details.patient.nhs_number.as_str()}},
+        "status": "accepted"
+    })];
+    if let Some(p) = practitioner {
+        participants.push(json!({"actor": {"display": format!("FCP {p}")}, "status": "accepted"}));
+    }
+    if let Some(l) = &a.location {
+        participants.push(json!({"actor": {"display": l}, "status": "accepted"}));
+    }
+    let mut out = json!({
+        "resourceType": "Appointment",
+        "id": a.id.to_string(),
+        "meta": {"lastUpdated": instant(&a.last_updated)},
+        "status": a.status.code(),
+        "serviceType": [{"text": service}],
+        "appointmentType": {"text": a.mode.code()},
+        "description": description,
+        "start": instant(&a.start),
+        "basedOn": [{"reference": format!("ServiceRequest/{}", view.referral_id)}],
+        "participant": participants,
+    });
+    if let Some(end) = a.end {
+        out["end"] = json!(instant(&end));
+    }
+    out
+}
+
+/// The FCP assessment as an `Encounter`, once it took place.
+pub fn encounter(view: &ReferralView) -> Option<Value> {
+    let assessed = view.assessed.as_ref()?;
+    let appointment = view
+        .appointments
+        .iter()
+        .find(|a| a.id == assessed.appointment_id);
+    let class = match appointment.map(|a| a.mode) {
+        Some(ContactMode::FaceToFace) | None => ("AMB", "ambulatory"),
+        Some(ContactMode::Telephone | ContactMode::Video) => ("VR", "virtual"),
+    };
+    let mut encounter = json!({
+        "resourceType": "Encounter",
+        "id": view.referral_id.to_string(),
+        "meta": {"lastUpdated": instant(&assessed.recorded)},
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": class.0, "display": class.1},
+        "serviceType": {"text": "First Contact Practitioner assessment"},
+        "subject": {"identifier": {"system": NHS_NUMBER_SYSTEM, "value": view.details.patient.nhs_number.as_str()}},
+        "basedOn": [{"reference": format!("ServiceRequest/{}", view.referral_id)}],
+        "appointment": [{"reference": format!("Appointment/{}", assessed.appointment_id)}],
+        "participant": [{"individual": {"display": format!("FCP {}", assessed.clinician_id)}}],
+    });
+    if let Some(a) = appointment {
+        encounter["period"] =
+            json!({"start": instant(&a.start), "end": instant(&a.end.unwrap_or(a.start))});
+    }
+    Some(encounter)
+}
+
+/// An outbound referral to another service, as the ServiceRequest to send.
+pub fn onward_service_request(view: &ReferralView, onward: &OnwardView) -> Value {
+    let mut sr = onward.service_request.clone();
+    sr["id"] = json!(onward.id.to_string());
+    sr["meta"] = json!({"versionId": "1", "lastUpdated": instant(&onward.recorded)});
+    if sr.get("basedOn").is_none() {
+        sr["basedOn"] = json!([{"reference": format!("ServiceRequest/{}", view.referral_id)}]);
+    }
+    sr
+}
+
 /// A `searchset` Bundle.
 pub fn searchset(
     base: &str,
@@ -449,6 +547,19 @@ pub fn capability_statement(base: &str) -> Value {
             "resource": [
                 resource_capability(Resource::ServiceRequest, &["read", "vread", "history-instance", "create", "search-type"]),
                 resource_capability(Resource::Task, &["read", "vread", "history-instance", "search-type"]),
+                {
+                    "type": "Appointment",
+                    "interaction": [{"code": "read"}, {"code": "search-type"}],
+                    "searchParam": crate::search::APPOINTMENT_PARAMETERS
+                        .iter()
+                        .map(|(name, kind)| json!({"name": name, "type": kind}))
+                        .collect::<Vec<_>>()
+                },
+                {
+                    "type": "Encounter",
+                    "interaction": [{"code": "read"}],
+                    "searchParam": []
+                },
                 {
                     "type": "MessageDefinition",
                     "interaction": [{"code": "read"}, {"code": "search-type"}],

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use mskflow_eventlog::Envelope;
 use mskflow_events::IntakeEvent;
 use mskflow_events::assessment::{
@@ -124,6 +124,81 @@ pub struct RehabView {
     pub last_updated: DateTime<Utc>,
 }
 
+/// Where an appointment stands (FHIR `Appointment.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppointmentStatus {
+    Booked,
+    Fulfilled,
+    Noshow,
+    Cancelled,
+}
+
+impl AppointmentStatus {
+    pub fn code(self) -> &'static str {
+        match self {
+            AppointmentStatus::Booked => "booked",
+            AppointmentStatus::Fulfilled => "fulfilled",
+            AppointmentStatus::Noshow => "noshow",
+            AppointmentStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What an appointment is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum AppointmentKind {
+    /// The First Contact Practitioner assessment.
+    FcpAssessment { slot_id: Uuid, clinician_id: String },
+    /// One session of a rehabilitation course.
+    RehabSession {
+        programme: Programme,
+        session_no: u32,
+        of: u32,
+    },
+}
+
+/// One appointment of a referral (FCP assessment or rehab session).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppointmentView {
+    pub id: Uuid,
+    pub kind: AppointmentKind,
+    pub status: AppointmentStatus,
+    pub start: DateTime<Utc>,
+    pub end: Option<DateTime<Utc>>,
+    pub mode: mskflow_events::types::ContactMode,
+    /// Site name or venue id.
+    pub location: Option<String>,
+    pub last_updated: DateTime<Utc>,
+}
+
+/// An outbound referral to another service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OnwardView {
+    pub id: Uuid,
+    pub destination: OnwardDestination,
+    pub service_request: serde_json::Value,
+    pub recorded: DateTime<Utc>,
+}
+
+/// Namespace of appointment ids (UUIDv5 of the referral and what was booked).
+const APPOINTMENT_NAMESPACE: Uuid = Uuid::from_u128(0x5d2c_7a19_3e4b_4f08_9c61_2b7e_0a8d_4f35);
+
+fn fcp_appointment_id(referral_id: Uuid, slot_id: Uuid) -> Uuid {
+    Uuid::new_v5(
+        &APPOINTMENT_NAMESPACE,
+        format!("fcp\u{1f}{referral_id}\u{1f}{slot_id}").as_bytes(),
+    )
+}
+
+fn rehab_appointment_id(referral_id: Uuid, place: &str, session_no: u32) -> Uuid {
+    Uuid::new_v5(
+        &APPOINTMENT_NAMESPACE,
+        format!("rehab\u{1f}{referral_id}\u{1f}{place}\u{1f}{session_no}").as_bytes(),
+    )
+}
+
 /// One referral's view.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReferralView {
@@ -142,6 +217,38 @@ pub struct ReferralView {
     pub cancellation: Option<Cancellation>,
     pub assessment: Option<AssessmentView>,
     pub rehab: Option<RehabView>,
+    /// Every appointment, in the order booked.
+    pub appointments: Vec<AppointmentView>,
+    /// Outbound referrals made at assessment.
+    pub onward: Vec<OnwardView>,
+    /// When the FCP assessment took place (for the Encounter view).
+    pub assessed: Option<AssessedView>,
+}
+
+/// The FCP assessment as it happened (the `Encounter`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AssessedView {
+    pub appointment_id: Uuid,
+    pub clinician_id: String,
+    pub recorded: DateTime<Utc>,
+    pub outcomes: Vec<Outcome>,
+}
+
+impl ReferralView {
+    fn set_appointment(&mut self, id: Uuid, status: AppointmentStatus, at: DateTime<Utc>) {
+        if let Some(a) = self.appointments.iter_mut().find(|a| a.id == id) {
+            a.status = status;
+            a.last_updated = at;
+        }
+    }
+
+    fn rehab_session(&self, session_no: u32) -> Option<Uuid> {
+        self.appointments
+            .iter()
+            .rev()
+            .find(|a| matches!(a.kind, AppointmentKind::RehabSession { session_no: n, .. } if n == session_no))
+            .map(|a| a.id)
+    }
 }
 
 impl ReferralView {
@@ -189,6 +296,10 @@ pub enum Error {
 #[derive(Debug, Default, Clone, PartialEq, Serialize)]
 pub struct Views {
     referrals: BTreeMap<Uuid, ReferralView>,
+    /// Appointment id -> referral id.
+    appointments: BTreeMap<Uuid, Uuid>,
+    /// Onward referral id -> referral id.
+    onward: BTreeMap<Uuid, Uuid>,
 }
 
 impl Views {
@@ -244,6 +355,9 @@ impl Views {
                         cancellation: None,
                         assessment: None,
                         rehab: None,
+                        appointments: Vec::new(),
+                        onward: Vec::new(),
+                        assessed: None,
                     },
                 );
             }
@@ -350,6 +464,76 @@ impl Views {
             });
             return Ok(true);
         }
+        // Appointments, the Encounter and outbound referrals.
+        let at = envelope.recorded_at;
+        let book = |view: &mut ReferralView, slot: &Slot| {
+            let id = fcp_appointment_id(referral_id, slot.slot_id);
+            view.appointments.push(AppointmentView {
+                id,
+                kind: AppointmentKind::FcpAssessment {
+                    slot_id: slot.slot_id,
+                    clinician_id: slot.clinician_id.clone(),
+                },
+                status: AppointmentStatus::Booked,
+                start: slot.start,
+                end: Some(slot.end),
+                mode: slot.mode,
+                location: slot.location.clone(),
+                last_updated: at,
+            });
+            id
+        };
+        match &event {
+            AssessmentEvent::AssessmentBooked(e) => {
+                let id = book(view, &e.slot);
+                self.appointments.insert(id, referral_id);
+            }
+            AssessmentEvent::AssessmentRescheduled(e) => {
+                view.set_appointment(
+                    fcp_appointment_id(referral_id, e.previous_slot_id),
+                    AppointmentStatus::Cancelled,
+                    at,
+                );
+                let id = book(view, &e.slot);
+                self.appointments.insert(id, referral_id);
+            }
+            AssessmentEvent::AssessmentCancelled(e) => {
+                if let Some(slot_id) = e.slot_id {
+                    view.set_appointment(
+                        fcp_appointment_id(referral_id, slot_id),
+                        AppointmentStatus::Cancelled,
+                        at,
+                    );
+                }
+            }
+            AssessmentEvent::AppointmentMissed(e) => {
+                view.set_appointment(
+                    fcp_appointment_id(referral_id, e.slot_id),
+                    AppointmentStatus::Noshow,
+                    at,
+                );
+            }
+            AssessmentEvent::AssessmentCompleted(e) => {
+                let id = fcp_appointment_id(referral_id, e.slot_id);
+                view.set_appointment(id, AppointmentStatus::Fulfilled, at);
+                view.assessed = Some(AssessedView {
+                    appointment_id: id,
+                    clinician_id: e.clinician_id.clone(),
+                    recorded: at,
+                    outcomes: e.outcomes.clone(),
+                });
+            }
+            AssessmentEvent::OnwardReferralRequested(e) => {
+                view.onward.push(OnwardView {
+                    id: e.onward_referral_id,
+                    destination: e.destination,
+                    service_request: e.service_request.clone(),
+                    recorded: at,
+                });
+                self.onward.insert(e.onward_referral_id, referral_id);
+            }
+            _ => {}
+        }
         let a = view
             .assessment
             .as_mut()
@@ -442,6 +626,61 @@ impl Views {
             });
             return Ok(true);
         }
+        let at = envelope.recorded_at;
+        match &event {
+            SchedulingEvent::PlaceBooked(e) => {
+                // A re-booking supersedes sessions still booked.
+                for a in &mut view.appointments {
+                    if matches!(a.kind, AppointmentKind::RehabSession { .. })
+                        && a.status == AppointmentStatus::Booked
+                    {
+                        a.status = AppointmentStatus::Cancelled;
+                        a.last_updated = at;
+                    }
+                }
+                let place = serde_json::to_string(&e.place).unwrap_or_default();
+                let programme = view
+                    .rehab
+                    .as_ref()
+                    .map_or(Programme::OneToOne, |r| r.programme);
+                let of = e.sessions.len() as u32;
+                for session in &e.sessions {
+                    let id = rehab_appointment_id(referral_id, &place, session.session_no);
+                    view.appointments.push(AppointmentView {
+                        id,
+                        kind: AppointmentKind::RehabSession {
+                            programme,
+                            session_no: session.session_no,
+                            of,
+                        },
+                        status: AppointmentStatus::Booked,
+                        // Clinic times are recorded as local times; shown as UTC.
+                        start: Utc.from_utc_datetime(&session.starts_at),
+                        end: None,
+                        mode: session.mode,
+                        location: Some(session.venue_id.clone()),
+                        last_updated: at,
+                    });
+                    self.appointments.insert(id, referral_id);
+                }
+            }
+            SchedulingEvent::SessionAttended(e) => {
+                if let Some(id) = view.rehab_session(e.session_no) {
+                    view.set_appointment(id, AppointmentStatus::Fulfilled, at);
+                }
+            }
+            SchedulingEvent::SessionMissed(e) => {
+                if let Some(id) = view.rehab_session(e.session_no) {
+                    view.set_appointment(id, AppointmentStatus::Noshow, at);
+                }
+            }
+            SchedulingEvent::SessionCancelled(e) => {
+                if let Some(id) = view.rehab_session(e.session_no) {
+                    view.set_appointment(id, AppointmentStatus::Cancelled, at);
+                }
+            }
+            _ => {}
+        }
         let r = view.rehab.as_mut().ok_or_else(unknown)?;
         r.version = envelope.sequence;
         r.last_updated = envelope.recorded_at;
@@ -469,6 +708,26 @@ impl Views {
             _ => {}
         }
         Ok(true)
+    }
+
+    /// An appointment and its referral.
+    pub fn appointment(&self, id: &Uuid) -> Option<(&ReferralView, &AppointmentView)> {
+        let referral = self.referrals.get(self.appointments.get(id)?)?;
+        referral
+            .appointments
+            .iter()
+            .find(|a| a.id == *id)
+            .map(|a| (referral, a))
+    }
+
+    /// An outbound referral and the referral it came from.
+    pub fn onward_referral(&self, id: &Uuid) -> Option<(&ReferralView, &OnwardView)> {
+        let referral = self.referrals.get(self.onward.get(id)?)?;
+        referral
+            .onward
+            .iter()
+            .find(|o| o.id == *id)
+            .map(|o| (referral, o))
     }
 
     pub fn referral(&self, id: &Uuid) -> Option<&ReferralView> {
