@@ -188,6 +188,29 @@ async fn referral_to_fcp_assessment_to_a_completed_escape_pain_course() -> TestR
         .await?
         .into_inner();
     assert_eq!(class.session_dates.len(), 12);
+    // The class is a Schedule with 12 free session Slots.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let schedule = loop {
+        let (status, schedule) = app
+            .get_json(&format!("Schedule/{}", class.class_id))
+            .await?;
+        if status == 200 || tokio::time::Instant::now() > deadline {
+            break schedule;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        schedule["serviceType"][0]["text"],
+        "ESCAPE-pain group programme"
+    );
+    assert_eq!(schedule["actor"][0]["display"], "Riverside Health Centre");
+    let (_, slots) = app
+        .get_json(&format!(
+            "Slot?schedule=Schedule/{}&status=free",
+            class.class_id
+        ))
+        .await?;
+    assert_eq!(slots["total"], 12);
     scheduling
         .book_class(spb::BookClassRequest {
             referral_id: id.clone(),

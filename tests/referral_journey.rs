@@ -390,6 +390,8 @@ async fn the_capability_statement_lists_what_is_served() -> TestResult {
             "ServiceRequest",
             "Task",
             "Appointment",
+            "Schedule",
+            "Slot",
             "Encounter",
             "MessageDefinition"
         ]

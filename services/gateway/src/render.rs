@@ -13,8 +13,8 @@ use mskflow_events::scheduling::Programme;
 use mskflow_events::types::ContactMode;
 
 use crate::views::{
-    AppointmentKind, AppointmentView, AssessmentStage, AssessmentView, Decision, OnwardView,
-    ReferralStatus, ReferralView, RehabStage,
+    AppointmentKind, AppointmentView, AssessmentStage, AssessmentView, Capacity, ClassView,
+    Decision, OnwardView, ReferralStatus, ReferralView, RehabSlotView, RehabStage,
 };
 
 /// Code system of our referral business statuses (`Task.businessStatus`).
@@ -426,6 +426,114 @@ pub fn onward_service_request(view: &ReferralView, onward: &OnwardView) -> Value
     sr
 }
 
+const SLOT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x7c3e_91a2_4d5f_4b60_8e17_3a9c_2f04_b6d1);
+
+fn local(date: chrono::NaiveDate, time: chrono::NaiveTime) -> String {
+    // Clinic times are local times; rendered as UTC.
+    instant(&chrono::TimeZone::from_utc_datetime(
+        &chrono::Utc,
+        &date.and_time(time),
+    ))
+}
+
+fn programme_name(p: Programme) -> &'static str {
+    match p {
+        Programme::OneToOne => "Community physiotherapy (1:1)",
+        Programme::EscapePain => "ESCAPE-pain group programme",
+        Programme::StrengthAndBalance => "Strength and balance group",
+    }
+}
+
+/// The Schedule id of a 1:1 clinician.
+pub fn clinician_schedule_id(clinician: &str) -> uuid::Uuid {
+    uuid::Uuid::new_v5(
+        &SLOT_NAMESPACE,
+        format!("clinician\u{1f}{clinician}").as_bytes(),
+    )
+}
+
+/// The Slot id of one session of a class.
+pub fn class_session_slot_id(class_id: uuid::Uuid, session: usize) -> uuid::Uuid {
+    uuid::Uuid::new_v5(
+        &SLOT_NAMESPACE,
+        format!("class\u{1f}{class_id}\u{1f}{session}").as_bytes(),
+    )
+}
+
+/// A group class as a `Schedule`.
+pub fn class_schedule(capacity: &Capacity, c: &ClassView) -> Value {
+    let s = &c.scheduled;
+    let venue = capacity
+        .venues
+        .get(&s.venue_id)
+        .cloned()
+        .unwrap_or_else(|| s.venue_id.clone());
+    let mut out = json!({
+        "resourceType": "Schedule",
+        "id": s.class_id.to_string(),
+        "meta": {"versionId": c.version.to_string(), "lastUpdated": instant(&c.last_updated)},
+        "active": true,
+        "serviceType": [{"text": programme_name(s.programme)}],
+        "actor": [{"display": venue}],
+        "comment": format!("{} places, {} enrolled, {} sessions", s.capacity, c.enrolled.len(), s.session_dates.len()),
+    });
+    if let (Some(first), Some(last)) = (s.session_dates.first(), s.session_dates.last()) {
+        out["planningHorizon"] =
+            json!({"start": local(*first, s.start_time), "end": local(*last, s.start_time)});
+    }
+    out
+}
+
+/// A clinician's 1:1 slots as a `Schedule`.
+pub fn clinician_schedule(clinician: &str, venue: &str) -> Value {
+    json!({
+        "resourceType": "Schedule",
+        "id": clinician_schedule_id(clinician).to_string(),
+        "active": true,
+        "serviceType": [{"text": programme_name(Programme::OneToOne)}],
+        "actor": [{"display": format!("Clinician {clinician}")}, {"display": venue}],
+    })
+}
+
+/// The sessions of a class as `Slot`s: busy once the class is full.
+pub fn class_slots(c: &ClassView) -> Vec<Value> {
+    let s = &c.scheduled;
+    let full = c.enrolled.len() as u32 >= s.capacity;
+    s.session_dates
+        .iter()
+        .enumerate()
+        .map(|(i, date)| {
+            let end = s.start_time + chrono::Duration::minutes(i64::from(s.duration_minutes));
+            json!({
+                "resourceType": "Slot",
+                "id": class_session_slot_id(s.class_id, i + 1).to_string(),
+                "serviceType": [{"text": programme_name(s.programme)}],
+                "schedule": {"reference": format!("Schedule/{}", s.class_id)},
+                "status": if full { "busy" } else { "free" },
+                "start": local(*date, s.start_time),
+                "end": local(*date, end),
+                "comment": format!("session {} of {}; {} of {} places left", i + 1, s.session_dates.len(), s.capacity.saturating_sub(c.enrolled.len() as u32), s.capacity),
+            })
+        })
+        .collect()
+}
+
+/// A 1:1 rehab slot as a `Slot`.
+pub fn rehab_slot(slot: &RehabSlotView) -> Value {
+    let p = &slot.published;
+    json!({
+        "resourceType": "Slot",
+        "id": p.slot_id.to_string(),
+        "meta": {"versionId": slot.version.to_string(), "lastUpdated": instant(&slot.last_updated)},
+        "serviceType": [{"text": programme_name(Programme::OneToOne)}],
+        "appointmentType": {"text": p.mode.code()},
+        "schedule": {"reference": format!("Schedule/{}", clinician_schedule_id(&p.clinician))},
+        "status": if slot.booked_by.is_some() { "busy" } else { "free" },
+        "start": local(p.starts_at.date(), p.starts_at.time()),
+        "end": local(p.ends_at.date(), p.ends_at.time()),
+    })
+}
+
 /// A `searchset` Bundle.
 pub fn searchset(
     base: &str,
@@ -554,6 +662,20 @@ pub fn capability_statement(base: &str) -> Value {
                         .iter()
                         .map(|(name, kind)| json!({"name": name, "type": kind}))
                         .collect::<Vec<_>>()
+                },
+                {
+                    "type": "Schedule",
+                    "interaction": [{"code": "read"}, {"code": "search-type"}],
+                    "searchParam": [{"name": "_id", "type": "token"}]
+                },
+                {
+                    "type": "Slot",
+                    "interaction": [{"code": "read"}, {"code": "search-type"}],
+                    "searchParam": [
+                        {"name": "schedule", "type": "reference"},
+                        {"name": "status", "type": "token"},
+                        {"name": "start", "type": "date"}
+                    ]
                 },
                 {
                     "type": "Encounter",

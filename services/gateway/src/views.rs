@@ -14,7 +14,8 @@ use mskflow_events::assessment::{
 };
 use mskflow_events::intake::{ReferralDetails, StartBackScore};
 use mskflow_events::scheduling::{
-    BookedSession, DischargeReason as RehabDischargeReason, Programme, SchedulingEvent,
+    BookedSession, ClassScheduled, DischargeReason as RehabDischargeReason, Programme,
+    SchedulingEvent, SlotPublished,
 };
 use mskflow_events::types::{FcpPriority, Pathway, RedFlag, RedirectDestination, Urgency};
 use serde::Serialize;
@@ -199,6 +200,110 @@ fn rehab_appointment_id(referral_id: Uuid, place: &str, session_no: u32) -> Uuid
     )
 }
 
+/// A group class and who is enrolled (from the `class-{id}` stream).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassView {
+    pub version: u64,
+    pub scheduled: ClassScheduled,
+    pub enrolled: std::collections::BTreeSet<Uuid>,
+    pub last_updated: DateTime<Utc>,
+}
+
+/// A 1:1 rehab slot and who holds it (from the `rehab-slot-{id}` stream).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RehabSlotView {
+    pub version: u64,
+    pub published: SlotPublished,
+    pub booked_by: Option<Uuid>,
+    pub last_updated: DateTime<Utc>,
+}
+
+/// Rehab capacity: venues, classes and 1:1 slots.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Capacity {
+    pub venues: BTreeMap<String, String>,
+    pub classes: BTreeMap<Uuid, ClassView>,
+    pub slots: BTreeMap<Uuid, RehabSlotView>,
+}
+
+impl Capacity {
+    fn apply(&mut self, envelope: &Envelope, event: SchedulingEvent) -> bool {
+        let at = envelope.recorded_at;
+        let seq = envelope.sequence;
+        match event {
+            SchedulingEvent::VenueRegistered(e) => {
+                self.venues.insert(e.venue_id, e.name);
+            }
+            SchedulingEvent::ClassScheduled(e) => {
+                if self
+                    .classes
+                    .get(&e.class_id)
+                    .is_some_and(|c| seq <= c.version)
+                {
+                    return false;
+                }
+                self.classes.insert(
+                    e.class_id,
+                    ClassView {
+                        version: seq,
+                        scheduled: e,
+                        enrolled: Default::default(),
+                        last_updated: at,
+                    },
+                );
+            }
+            SchedulingEvent::ClassEnrolled(e) => match self.classes.get_mut(&e.class_id) {
+                Some(c) if seq > c.version => {
+                    c.version = seq;
+                    c.last_updated = at;
+                    c.enrolled.insert(e.referral_id);
+                }
+                _ => return false,
+            },
+            SchedulingEvent::ClassPlaceReleased(e) => match self.classes.get_mut(&e.class_id) {
+                Some(c) if seq > c.version => {
+                    c.version = seq;
+                    c.last_updated = at;
+                    c.enrolled.remove(&e.referral_id);
+                }
+                _ => return false,
+            },
+            SchedulingEvent::SlotPublished(e) => {
+                if self.slots.get(&e.slot_id).is_some_and(|s| seq <= s.version) {
+                    return false;
+                }
+                self.slots.insert(
+                    e.slot_id,
+                    RehabSlotView {
+                        version: seq,
+                        published: e,
+                        booked_by: None,
+                        last_updated: at,
+                    },
+                );
+            }
+            SchedulingEvent::SlotBooked(e) => match self.slots.get_mut(&e.slot_id) {
+                Some(s) if seq > s.version => {
+                    s.version = seq;
+                    s.last_updated = at;
+                    s.booked_by = Some(e.referral_id);
+                }
+                _ => return false,
+            },
+            SchedulingEvent::SlotReleased(e) => match self.slots.get_mut(&e.slot_id) {
+                Some(s) if seq > s.version => {
+                    s.version = seq;
+                    s.last_updated = at;
+                    s.booked_by = None;
+                }
+                _ => return false,
+            },
+            _ => return false,
+        }
+        true
+    }
+}
+
 /// One referral's view.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReferralView {
@@ -300,6 +405,7 @@ pub struct Views {
     appointments: BTreeMap<Uuid, Uuid>,
     /// Onward referral id -> referral id.
     onward: BTreeMap<Uuid, Uuid>,
+    capacity: Capacity,
 }
 
 impl Views {
@@ -309,11 +415,19 @@ impl Views {
         if AssessmentEvent::TYPES.contains(&envelope.event_type.as_str()) {
             return self.apply_assessment(envelope);
         }
-        if envelope.stream_id.starts_with("rehab-")
-            && !envelope.stream_id.starts_with("rehab-slot-")
-            && SchedulingEvent::TYPES.contains(&envelope.event_type.as_str())
-        {
-            return self.apply_rehab(envelope);
+        if SchedulingEvent::TYPES.contains(&envelope.event_type.as_str()) {
+            if envelope.stream_id.starts_with("rehab-")
+                && !envelope.stream_id.starts_with("rehab-slot-")
+            {
+                return self.apply_rehab(envelope);
+            }
+            let event: SchedulingEvent =
+                mskflow_eventlog::decode(envelope).map_err(|source| Error::Decode {
+                    event_id: envelope.event_id,
+                    event_type: envelope.event_type.clone(),
+                    source,
+                })?;
+            return Ok(self.capacity.apply(envelope, event));
         }
         if !IntakeEvent::TYPES.contains(&envelope.event_type.as_str()) {
             return Ok(false);
@@ -708,6 +822,11 @@ impl Views {
             _ => {}
         }
         Ok(true)
+    }
+
+    /// Rehab capacity: venues, classes, 1:1 slots.
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
     }
 
     /// An appointment and its referral.
