@@ -35,6 +35,21 @@ pub struct Gateway {
     /// Public base URL of the FHIR API; derived from requests when unset.
     pub base_url: Option<String>,
     pub workers: usize,
+    /// Outbound delivery of onward referrals.
+    pub outbound: Outbound,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outbound {
+    /// FHIR base URL of the receiving system per onward destination
+    /// (`orthopaedics`, `rheumatology`, `pain-service`, `imaging`,
+    /// `talking-therapies`, `social-prescribing`, `weight-management`).
+    pub endpoints: std::collections::BTreeMap<String, String>,
+    /// Attempts before a message is given up (dead letter).
+    pub max_attempts: u32,
+    /// Delay before the second attempt, doubled for each further one.
+    pub initial_backoff_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +106,11 @@ impl Default for Config {
                 body_limit: 1024 * 1024,
                 base_url: None,
                 workers: 2,
+                outbound: Outbound {
+                    endpoints: Default::default(),
+                    max_attempts: 6,
+                    initial_backoff_ms: 500,
+                },
             },
             intake: Intake {
                 grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),

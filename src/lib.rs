@@ -113,6 +113,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             body_limit: config.gateway.body_limit,
             base_url: config.gateway.base_url.clone(),
             workers: config.gateway.workers,
+            outbound: mskflow_gateway::delivery::Options {
+                endpoints: config.gateway.outbound.endpoints.clone(),
+                max_attempts: config.gateway.outbound.max_attempts,
+                initial_backoff: std::time::Duration::from_millis(
+                    config.gateway.outbound.initial_backoff_ms,
+                ),
+                ..Default::default()
+            },
         },
         log.clone(),
     )

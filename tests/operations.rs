@@ -35,6 +35,8 @@ async fn metrics_describe_requests_appends_lag_and_referrals() -> TestResult {
         "mskflow_events_appended_total{stream_kind=\"referral\"}",
         "mskflow_consumer_lag{consumer=\"gateway-views\",partition=\"0\"}",
         "mskflow_referrals{status=\"triaged\"}",
+        "mskflow_waiting_list{list=\"fcp-assessment\"}",
+        "mskflow_waiting_list{list=\"rehabilitation\"}",
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }

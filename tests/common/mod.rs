@@ -27,6 +27,24 @@ pub async fn spawn_app() -> TestResult<App> {
     Ok(app)
 }
 
+/// Start the all-in-one system on a fresh store, with `adjust` applied to the
+/// configuration.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut mskflow::Config)) -> TestResult<App> {
+    let tmp = tempfile::tempdir()?;
+    let mut config = mskflow::Config::ephemeral(tmp.path());
+    adjust(&mut config);
+    let running = mskflow::start(&config)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let base = format!("http://{}/fhir", running.gateway_addr);
+    Ok(App {
+        running: Some(running),
+        base,
+        dir: tmp.path().to_path_buf(),
+        _tmp: Some(tmp),
+    })
+}
+
 /// Start the all-in-one system on an existing data directory.
 pub async fn spawn_app_in(dir: &Path) -> TestResult<App> {
     let running = mskflow::start(&mskflow::Config::ephemeral(dir))

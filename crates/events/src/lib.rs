@@ -8,6 +8,7 @@
 //! and checked against real emitted events in the tests.
 
 pub mod assessment;
+pub mod delivery;
 pub mod intake;
 pub mod outcomes;
 pub mod scheduling;
@@ -32,6 +33,7 @@ pub const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
 pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
     let mut all = intake::schemas();
     all.extend(assessment::schemas());
+    all.extend(delivery::schemas());
     all.extend(scheduling::schemas());
     all.extend(outcomes::schemas());
     all

@@ -808,6 +808,16 @@ async fn versions(
     if resource == "Task" {
         events.extend(read(format!("assessment-{id}")).await?);
         events.extend(read(format!("rehab-{id}")).await?);
+        let onward: Vec<Uuid> = state
+            .views
+            .read(|v| {
+                v.referral(&id)
+                    .map(|r| r.onward.iter().map(|o| o.id).collect())
+            })
+            .unwrap_or_default();
+        for o in onward {
+            events.extend(read(format!("delivery-{o}")).await?);
+        }
         events.sort_by_key(|e| e.position);
     }
     let mut views = crate::views::Views::default();

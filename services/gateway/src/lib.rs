@@ -4,6 +4,7 @@
 //! in one process, so the split deployment runs the same code), and serves
 //! `Task` and `ServiceRequest` views built only from events.
 
+pub mod delivery;
 pub mod error;
 pub mod http;
 pub mod projection;
@@ -36,6 +37,8 @@ pub struct Options {
     pub base_url: Option<String>,
     /// HTTP worker threads.
     pub workers: usize,
+    /// Outbound delivery of onward referrals.
+    pub outbound: delivery::Options,
 }
 
 impl Default for Options {
@@ -46,6 +49,7 @@ impl Default for Options {
             body_limit: 1024 * 1024,
             base_url: None,
             workers: 2,
+            outbound: delivery::Options::default(),
         }
     }
 }
@@ -160,6 +164,11 @@ impl Service {
                 let _ = stop_rx.await;
             },
         ));
+        let (deliver_stop_tx, mut deliver_stop_rx) = tokio::sync::watch::channel(false);
+        let worker = delivery::Worker::new(self.log.clone(), self.options.outbound.clone());
+        let delivering = tokio::spawn(worker.run(async move {
+            let _ = deliver_stop_rx.wait_for(|s| *s).await;
+        }));
         let stopper = tokio::spawn(async move {
             shutdown.await;
             tracing::info!("gateway stopping: finishing in-flight requests");
@@ -167,7 +176,9 @@ impl Service {
         });
         let result = server.await.map_err(Error::Server);
         let _ = stop_tx.send(());
+        let _ = deliver_stop_tx.send(true);
         let _ = follower.await;
+        let _ = delivering.await;
         stopper.abort();
         result
     }

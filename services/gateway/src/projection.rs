@@ -67,6 +67,9 @@ impl ViewStore {
             for (status, count) in views.count_by_status() {
                 metrics::gauge!("mskflow_referrals", "status" => status.code()).set(count as f64);
             }
+            let (fcp, rehab) = views.waiting_lists();
+            metrics::gauge!("mskflow_waiting_list", "list" => "fcp-assessment").set(fcp as f64);
+            metrics::gauge!("mskflow_waiting_list", "list" => "rehabilitation").set(rehab as f64);
         }
         self.applied.send_modify(|n| *n += batch.len() as u64);
     }

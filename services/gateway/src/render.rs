@@ -150,12 +150,7 @@ fn assessment_outputs(a: &AssessmentView, outputs: &mut Vec<Value>) {
             &outcome_code(o),
         ));
     }
-    for (id, destination) in &a.onward {
-        outputs.push(json!({
-            "type": {"coding": [{"system": TRIAGE_OUTPUT_SYSTEM, "code": "onward-referral", "display": "Onward referral"}]},
-            "valueReference": {"reference": format!("ServiceRequest/{id}"), "display": destination.display()},
-        }));
-    }
+
     if let Some(reason) = a.discharge {
         let code = match reason {
             DischargeReason::AssessmentOutcome => "assessment-outcome",
@@ -254,6 +249,12 @@ pub fn task(view: &ReferralView) -> Value {
     }
     if let Some(a) = &view.assessment {
         assessment_outputs(a, &mut outputs);
+    }
+    for o in &view.onward {
+        outputs.push(json!({
+            "type": {"coding": [{"system": TRIAGE_OUTPUT_SYSTEM, "code": "onward-referral", "display": "Onward referral"}]},
+            "valueReference": {"reference": format!("ServiceRequest/{}", o.id), "display": format!("{} ({})", o.destination.display(), o.delivery)},
+        }));
     }
     if let Some(r) = &view.rehab {
         outputs.push(output(

@@ -12,6 +12,7 @@ use mskflow_events::IntakeEvent;
 use mskflow_events::assessment::{
     AssessmentEvent, DischargeReason, OnwardDestination, Outcome, Slot,
 };
+use mskflow_events::delivery::DeliveryEvent;
 use mskflow_events::intake::{ReferralDetails, StartBackScore};
 use mskflow_events::scheduling::{
     BookedSession, ClassScheduled, DischargeReason as RehabDischargeReason, Programme,
@@ -181,6 +182,10 @@ pub struct OnwardView {
     pub destination: OnwardDestination,
     pub service_request: serde_json::Value,
     pub recorded: DateTime<Utc>,
+    /// `pending`, `retrying`, `delivered` or `failed` (given up).
+    pub delivery: &'static str,
+    pub attempts: u32,
+    pub delivery_reason: Option<String>,
 }
 
 /// Namespace of appointment ids (UUIDv5 of the referral and what was booked).
@@ -328,6 +333,8 @@ pub struct ReferralView {
     pub onward: Vec<OnwardView>,
     /// When the FCP assessment took place (for the Encounter view).
     pub assessed: Option<AssessedView>,
+    /// Delivery events applied (they change the Task's outputs).
+    pub deliveries: u64,
 }
 
 /// The FCP assessment as it happened (the `Encounter`).
@@ -363,6 +370,7 @@ impl ReferralView {
         self.version
             + self.assessment.as_ref().map_or(0, |a| a.version)
             + self.rehab.as_ref().map_or(0, |r| r.version)
+            + self.deliveries
     }
 
     /// When the Task last changed.
@@ -414,6 +422,9 @@ impl Views {
     pub fn apply(&mut self, envelope: &Envelope) -> Result<bool, Error> {
         if AssessmentEvent::TYPES.contains(&envelope.event_type.as_str()) {
             return self.apply_assessment(envelope);
+        }
+        if DeliveryEvent::TYPES.contains(&envelope.event_type.as_str()) {
+            return self.apply_delivery(envelope);
         }
         if SchedulingEvent::TYPES.contains(&envelope.event_type.as_str()) {
             if envelope.stream_id.starts_with("rehab-")
@@ -472,6 +483,7 @@ impl Views {
                         appointments: Vec::new(),
                         onward: Vec::new(),
                         assessed: None,
+                        deliveries: 0,
                     },
                 );
             }
@@ -643,6 +655,9 @@ impl Views {
                     destination: e.destination,
                     service_request: e.service_request.clone(),
                     recorded: at,
+                    delivery: "pending",
+                    attempts: 0,
+                    delivery_reason: None,
                 });
                 self.onward.insert(e.onward_referral_id, referral_id);
             }
@@ -824,6 +839,45 @@ impl Views {
         Ok(true)
     }
 
+    fn apply_delivery(&mut self, envelope: &Envelope) -> Result<bool, Error> {
+        let event: DeliveryEvent =
+            mskflow_eventlog::decode(envelope).map_err(|source| Error::Decode {
+                event_id: envelope.event_id,
+                event_type: envelope.event_type.clone(),
+                source,
+            })?;
+        let (message_id, referral_id) = match &event {
+            DeliveryEvent::OutboundDelivered(e) => (e.message_id, e.referral_id),
+            DeliveryEvent::OutboundDeliveryFailed(e) => (e.message_id, e.referral_id),
+        };
+        let unknown = || Error::UnknownReferral {
+            event_id: envelope.event_id,
+            event_type: envelope.event_type.clone(),
+            referral_id,
+        };
+        let referral = self.referrals.get_mut(&referral_id).ok_or_else(unknown)?;
+        let index = referral
+            .onward
+            .iter()
+            .position(|o| o.id == message_id)
+            .ok_or_else(unknown)?;
+        referral.deliveries += 1;
+        let onward = &mut referral.onward[index];
+        match event {
+            DeliveryEvent::OutboundDelivered(e) => {
+                onward.delivery = "delivered";
+                onward.attempts = e.attempts;
+                onward.delivery_reason = None;
+            }
+            DeliveryEvent::OutboundDeliveryFailed(e) => {
+                onward.delivery = if e.will_retry { "retrying" } else { "failed" };
+                onward.attempts = e.attempt;
+                onward.delivery_reason = Some(e.reason);
+            }
+        }
+        Ok(true)
+    }
+
     /// Rehab capacity: venues, classes, 1:1 slots.
     pub fn capacity(&self) -> &Capacity {
         &self.capacity
@@ -862,6 +916,32 @@ impl Views {
                 .then(a.referral_id.cmp(&b.referral_id))
         });
         all.into_iter()
+    }
+
+    /// Patients waiting for an FCP appointment, and for rehabilitation.
+    pub fn waiting_lists(&self) -> (usize, usize) {
+        let active = |r: &&ReferralView| r.status == ReferralStatus::Triaged;
+        let fcp = self
+            .referrals
+            .values()
+            .filter(active)
+            .filter(|r| {
+                r.assessment
+                    .as_ref()
+                    .is_some_and(|a| a.stage == AssessmentStage::AwaitingAppointment)
+            })
+            .count();
+        let rehab = self
+            .referrals
+            .values()
+            .filter(active)
+            .filter(|r| {
+                r.rehab
+                    .as_ref()
+                    .is_some_and(|x| matches!(x.stage, RehabStage::Waiting | RehabStage::Offered))
+            })
+            .count();
+        (fcp, rehab)
     }
 
     /// How many referrals are in each status (every status listed).

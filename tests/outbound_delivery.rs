@@ -1,0 +1,224 @@
+//! Onward referrals reach the receiving system: retried with backoff on
+//! 503, the same request id on every attempt, the state visible on the Task,
+//! and given up (dead letter) when the receiver keeps failing.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{App as ActixApp, HttpRequest, HttpResponse, HttpServer, web};
+use common::*;
+use mskflow_proto::assessment::v1 as apb;
+use mskflow_proto::assessment::v1::assessment_service_client::AssessmentServiceClient;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// What the receiving system saw.
+#[derive(Default)]
+struct Received {
+    /// (X-Request-Id, body) of every request.
+    requests: Vec<(String, Value)>,
+    /// Answer 503 to this many requests first.
+    fail_first: usize,
+}
+
+/// A real HTTP receiver on 127.0.0.1:0; returns its FHIR base URL.
+fn receiver(state: Arc<Mutex<Received>>) -> TestResult<(String, actix_web::dev::ServerHandle)> {
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        ActixApp::new().app_data(data.clone()).route(
+            "/fhir/ServiceRequest",
+            web::post().to(|req: HttpRequest, body: web::Bytes, state: web::Data<Arc<Mutex<Received>>>| async move {
+                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                s.requests.push((id, json));
+                if s.requests.len() <= s.fail_first {
+                    HttpResponse::ServiceUnavailable().finish()
+                } else {
+                    HttpResponse::Created().finish()
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))?;
+    let addr = server.addrs().first().copied().ok_or("no address")?;
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    Ok((format!("http://{addr}/fhir"), handle))
+}
+
+/// Refer a patient on to `destination` through a full FCP assessment.
+async fn refer_on(app: &App, destination: &str) -> TestResult<String> {
+    let running = app.running.as_ref().ok_or("not running")?;
+    let mut assessment =
+        AssessmentServiceClient::connect(format!("http://{}", running.assessment_addr)).await?;
+    let answer: Value = app
+        .post_message(&new_referral_message()?)
+        .await?
+        .json()
+        .await?;
+    let id = entries_of(&answer, "Task")[0]["id"]
+        .as_str()
+        .ok_or("no id")?
+        .to_owned();
+    task_when(app, &id, "awaiting assessment", |t| {
+        business(t) == "awaiting-assessment"
+    })
+    .await?;
+    let slot_id = Uuid::new_v4();
+    let start = chrono::Utc::now() + chrono::Duration::days(2);
+    assessment
+        .publish_slots(apb::PublishSlotsRequest {
+            slots: vec![apb::Slot {
+                slot_id: slot_id.to_string(),
+                clinician_id: "fcp-004".to_owned(),
+                start: start.to_rfc3339(),
+                end: (start + chrono::Duration::minutes(30)).to_rfc3339(),
+                mode: "video".to_owned(),
+                location: None,
+            }],
+        })
+        .await?;
+    assessment
+        .book_assessment(apb::BookAssessmentRequest {
+            referral_id: id.clone(),
+            slot_id: slot_id.to_string(),
+        })
+        .await?;
+    assessment
+        .complete_assessment(apb::CompleteAssessmentRequest {
+            referral_id: id.clone(),
+            findings_summary: "Advanced knee osteoarthritis; surgical opinion wanted".to_owned(),
+            shared_decision_made: true,
+            psychological_distress: "negative".to_owned(),
+            bmi: Some(41.0),
+            smoking_status: Some("current".to_owned()),
+            outcomes: vec![apb::Outcome {
+                outcome: "onward-referral".to_owned(),
+                destination: Some(destination.to_owned()),
+                reason: Some("Consider knee replacement".to_owned()),
+                ..apb::Outcome::default()
+            }],
+            ..apb::CompleteAssessmentRequest::default()
+        })
+        .await?;
+    Ok(id)
+}
+
+fn onward_output(task: &Value) -> Option<String> {
+    task["output"]
+        .as_array()?
+        .iter()
+        .find(|o| o["type"]["coding"][0]["code"] == "onward-referral")
+        .and_then(|o| o["valueReference"]["display"].as_str())
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_onward_referral_is_delivered_after_retries() -> TestResult {
+    let received = Arc::new(Mutex::new(Received {
+        fail_first: 2,
+        ..Received::default()
+    }));
+    let (url, server) = receiver(received.clone())?;
+    let app = spawn_app_with(|c| {
+        c.gateway
+            .outbound
+            .endpoints
+            .insert("orthopaedics".to_owned(), url.clone());
+        c.gateway.outbound.initial_backoff_ms = 20;
+    })
+    .await?;
+    let id = refer_on(&app, "orthopaedics").await?;
+    let task = task_when(&app, &id, "delivered", |t| {
+        onward_output(t).is_some_and(|d| d.ends_with("(delivered)"))
+    })
+    .await?;
+    assert_eq!(
+        onward_output(&task).as_deref(),
+        Some("Orthopaedic service (delivered)")
+    );
+
+    let seen = received.lock().map_err(|_| "poisoned")?.requests.clone();
+    assert_eq!(seen.len(), 3, "two 503s, then accepted");
+    assert!(
+        seen.iter().all(|(rid, _)| *rid == seen[0].0),
+        "the same X-Request-Id on every attempt"
+    );
+    let body = &seen[2].1;
+    assert_eq!(body["resourceType"], "ServiceRequest");
+    assert!(
+        body.to_string().contains("9434765919"),
+        "the receiver gets the patient"
+    );
+
+    // Every attempt is on record.
+    let attempts: Vec<(String, Value)> = app
+        .all_events()
+        .await?
+        .into_iter()
+        .filter(|e| e.stream_id.starts_with("delivery-"))
+        .map(|e| (e.event_type, e.payload))
+        .collect();
+    let types: Vec<&str> = attempts.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        vec![
+            "OutboundDeliveryFailed",
+            "OutboundDeliveryFailed",
+            "OutboundDelivered"
+        ]
+    );
+    assert_eq!(attempts[0].1["http_status"], 503);
+    assert_eq!(attempts[2].1["attempts"], 3);
+    check_event_schemas(&app).await?;
+    server.stop(true).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_keeps_failing_leaves_a_dead_letter() -> TestResult {
+    let received = Arc::new(Mutex::new(Received {
+        fail_first: usize::MAX,
+        ..Received::default()
+    }));
+    let (url, server) = receiver(received.clone())?;
+    let app = spawn_app_with(|c| {
+        c.gateway
+            .outbound
+            .endpoints
+            .insert("imaging".to_owned(), url.clone());
+        c.gateway.outbound.max_attempts = 3;
+        c.gateway.outbound.initial_backoff_ms = 10;
+    })
+    .await?;
+    let id = refer_on(&app, "imaging").await?;
+    let task = task_when(&app, &id, "failed", |t| {
+        onward_output(t).is_some_and(|d| d.ends_with("(failed)"))
+    })
+    .await?;
+    assert_eq!(
+        onward_output(&task).as_deref(),
+        Some("Diagnostic imaging (failed)")
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        received.lock().map_err(|_| "poisoned")?.requests.len(),
+        3,
+        "no attempt after giving up"
+    );
+
+    // A destination with no endpoint is recorded as failed at once.
+    let id = refer_on(&app, "rheumatology").await?;
+    task_when(&app, &id, "failed", |t| {
+        onward_output(t).is_some_and(|d| d == "Rheumatology service (failed)")
+    })
+    .await?;
+    server.stop(true).await;
+    Ok(())
+}
