@@ -37,6 +37,10 @@ pub struct Gateway {
     pub workers: usize,
     /// Outbound delivery of onward referrals.
     pub outbound: Outbound,
+    /// Registered referrer endpoints (URL prefixes): a referral whose
+    /// `MessageHeader.source.endpoint` starts with one is sent a status
+    /// message at every change. None by default.
+    pub referrer_endpoints: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +115,7 @@ impl Default for Config {
                     max_attempts: 6,
                     initial_backoff_ms: 500,
                 },
+                referrer_endpoints: Vec::new(),
             },
             intake: Intake {
                 grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),

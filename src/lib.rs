@@ -121,6 +121,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 ),
                 ..Default::default()
             },
+            referrer_endpoints: config.gateway.referrer_endpoints.clone(),
         },
         log.clone(),
     )

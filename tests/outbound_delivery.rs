@@ -222,3 +222,91 @@ async fn a_receiver_that_keeps_failing_leaves_a_dead_letter() -> TestResult {
     server.stop(true).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_referrer_hears_of_every_change_in_order_after_a_failed_delivery() -> TestResult {
+    let received = Arc::new(Mutex::new(Received {
+        fail_first: 1,
+        ..Received::default()
+    }));
+    let (url, server) = receiver(received.clone())?;
+    let endpoint = format!("{url}/ServiceRequest");
+    let app = spawn_app_with(|c| {
+        c.gateway.referrer_endpoints.push(url.clone());
+        c.gateway.outbound.initial_backoff_ms = 20;
+    })
+    .await?;
+    let mut bundle = new_referral_message()?;
+    with_resource(&mut bundle, "MessageHeader", |h| {
+        h["source"]["endpoint"] = serde_json::json!(endpoint)
+    })?;
+    let answer: Value = app.post_message(&bundle).await?.json().await?;
+    let id = entries_of(&answer, "Task")[0]["id"]
+        .as_str()
+        .ok_or("no id")?
+        .to_owned();
+    task_when(&app, &id, "awaiting assessment", |t| {
+        business(t) == "awaiting-assessment"
+    })
+    .await?;
+
+    // Book the FCP appointment: a second change to tell.
+    let running = app.running.as_ref().ok_or("not running")?;
+    let mut assessment =
+        AssessmentServiceClient::connect(format!("http://{}", running.assessment_addr)).await?;
+    let slot_id = Uuid::new_v4();
+    let start = chrono::Utc::now() + chrono::Duration::days(1);
+    assessment
+        .publish_slots(apb::PublishSlotsRequest {
+            slots: vec![apb::Slot {
+                slot_id: slot_id.to_string(),
+                clinician_id: "fcp-009".to_owned(),
+                start: start.to_rfc3339(),
+                end: (start + chrono::Duration::minutes(30)).to_rfc3339(),
+                mode: "telephone".to_owned(),
+                location: None,
+            }],
+        })
+        .await?;
+    assessment
+        .book_assessment(apb::BookAssessmentRequest {
+            referral_id: id.clone(),
+            slot_id: slot_id.to_string(),
+        })
+        .await?;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let seen = loop {
+        let seen = received.lock().map_err(|_| "poisoned")?.requests.clone();
+        if seen.len() >= 3 || tokio::time::Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        seen.len(),
+        3,
+        "one failed attempt, its retry, then the booking"
+    );
+    assert_eq!(
+        seen[0].0, seen[1].0,
+        "a retry carries the same X-Request-Id"
+    );
+    assert_ne!(seen[1].0, seen[2].0);
+    let statuses: Vec<String> = seen
+        .iter()
+        .map(|(_, b)| {
+            let task = entries_of(b, "Task")
+                .first()
+                .map(|t| business(t).to_owned())
+                .unwrap_or_default();
+            let header = &entries_of(b, "MessageHeader")[0];
+            assert_eq!(header["eventCoding"]["code"], "servicerequest-response");
+            task
+        })
+        .collect();
+    assert_eq!(statuses, vec!["triaged", "triaged", "assessment-booked"]);
+    check_event_schemas(&app).await?;
+    server.stop(true).await;
+    Ok(())
+}

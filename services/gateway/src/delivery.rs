@@ -57,41 +57,54 @@ enum Attempt {
     Permanent { status: Option<u16>, reason: String },
 }
 
-/// The delivery worker.
-#[derive(Debug)]
-pub struct Worker {
-    log: Arc<dyn EventLog>,
-    options: Options,
-    client: reqwest::Client,
+/// One message to send.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Stream recording its attempts (`delivery-{id}`, `notify-{id}`).
+    pub stream: String,
+    pub message_id: Uuid,
+    pub referral_id: Uuid,
+    pub url: String,
+    pub body: String,
+    /// Bounded metric label (destination, or `referrer`).
+    pub label: String,
 }
 
-impl Worker {
-    pub fn new(log: Arc<dyn EventLog>, options: Options) -> Self {
+/// Sends messages with retries and records every attempt as an event.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    log: Arc<dyn EventLog>,
+    client: reqwest::Client,
+    max_attempts: u32,
+    initial_backoff: Duration,
+}
+
+impl Outbox {
+    pub fn new(log: Arc<dyn EventLog>, options: &Options) -> Self {
         let client = reqwest::Client::builder()
             .timeout(options.timeout)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         Self {
             log,
-            options,
             client,
+            max_attempts: options.max_attempts.max(1),
+            initial_backoff: options.initial_backoff,
         }
     }
 
-    async fn attempt(
-        &self,
-        url: &str,
-        body: &str,
-        message_id: Uuid,
-        envelope: &Envelope,
-    ) -> Attempt {
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.log
+    }
+
+    async fn attempt(&self, msg: &Message, envelope: &Envelope) -> Attempt {
         let mut request = self
             .client
-            .post(url)
+            .post(&msg.url)
             .header("Content-Type", "application/fhir+json")
-            .header("X-Request-Id", message_id.to_string())
+            .header("X-Request-Id", msg.message_id.to_string())
             .header("X-Correlation-Id", envelope.correlation_id.to_string())
-            .body(body.to_owned());
+            .body(msg.body.clone());
         if let (Some(tp), _) = mskflow_telemetry::current_trace_context() {
             request = request.header("traceparent", tp);
         }
@@ -99,6 +112,7 @@ impl Worker {
             Ok(res) => {
                 let status = res.status().as_u16();
                 match status {
+                    // 409: the receiver already has it (never resend after a duplicate).
                     200..=299 | 409 => Attempt::Delivered(status),
                     408 | 425 | 429 | 500..=599 => Attempt::Retry {
                         status: Some(status),
@@ -117,16 +131,17 @@ impl Worker {
         }
     }
 
-    async fn record(
+    /// Record a delivery event on `stream` (one writer per stream: us).
+    pub async fn record(
         &self,
-        message_id: Uuid,
+        stream: &str,
         event: DeliveryEvent,
         envelope: &Envelope,
     ) -> Result<(), mskflow_eventlog::Error> {
         let new =
             new_event(&event, mskflow_events::SCHEMA_VERSION, chrono::Utc::now()).map_err(|e| {
                 mskflow_eventlog::Error::InvalidAppend {
-                    stream_id: format!("delivery-{message_id}"),
+                    stream_id: stream.to_owned(),
                     reason: e.to_string(),
                 }
             })?;
@@ -137,24 +152,15 @@ impl Worker {
             traceparent: traceparent.or_else(|| envelope.traceparent.clone()),
             tracestate: tracestate.or_else(|| envelope.tracestate.clone()),
         };
-        // One writer per delivery stream: this worker.
         self.log
-            .append(
-                &format!("delivery-{message_id}"),
-                ExpectedVersion::Any,
-                vec![new],
-                &metadata,
-            )
+            .append(stream, ExpectedVersion::Any, vec![new], &metadata)
             .await
             .map(|_| ())
     }
 
-    /// Whether a message was already delivered or given up.
-    async fn settled(&self, message_id: Uuid) -> Result<bool, mskflow_eventlog::Error> {
-        let events = self
-            .log
-            .read_stream(&format!("delivery-{message_id}"), 1)
-            .await?;
+    /// Whether the message on `stream` was already delivered or given up.
+    pub async fn settled(&self, stream: &str) -> Result<bool, mskflow_eventlog::Error> {
+        let events = self.log.read_stream(stream, 1).await?;
         Ok(events.iter().any(|e| match decode::<DeliveryEvent>(e) {
             Ok(DeliveryEvent::OutboundDelivered(_)) => true,
             Ok(DeliveryEvent::OutboundDeliveryFailed(f)) => !f.will_retry,
@@ -162,8 +168,168 @@ impl Worker {
         }))
     }
 
+    /// Send with retries and backoff until delivered or given up; every
+    /// attempt is recorded.
+    pub async fn send(
+        &self,
+        msg: Message,
+        envelope: &Envelope,
+    ) -> Result<(), mskflow_eventlog::Error> {
+        let mut backoff = self.initial_backoff;
+        for attempt in 1..=self.max_attempts {
+            let (status, reason, retryable) = match self.attempt(&msg, envelope).await {
+                Attempt::Delivered(status) => {
+                    tracing::info!(message_id = %msg.message_id, referral_id = %msg.referral_id, target = %msg.label, attempt, "message delivered");
+                    metrics::counter!("mskflow_outbound_delivered_total", "target" => msg.label.clone()).increment(1);
+                    let delivered = OutboundDelivered {
+                        message_id: msg.message_id,
+                        referral_id: msg.referral_id,
+                        endpoint: msg.url.clone(),
+                        http_status: status,
+                        attempts: attempt,
+                    };
+                    return self
+                        .record(
+                            &msg.stream,
+                            DeliveryEvent::OutboundDelivered(delivered),
+                            envelope,
+                        )
+                        .await;
+                }
+                Attempt::Retry { status, reason } => (status, reason, true),
+                Attempt::Permanent { status, reason } => (status, reason, false),
+            };
+            let will_retry = retryable && attempt < self.max_attempts;
+            tracing::warn!(message_id = %msg.message_id, target = %msg.label, attempt, will_retry, reason = %reason, "delivery failed");
+            if will_retry {
+                metrics::counter!("mskflow_outbound_retries_total", "target" => msg.label.clone())
+                    .increment(1);
+            } else {
+                metrics::counter!("mskflow_outbound_dead_letters_total", "target" => msg.label.clone()).increment(1);
+            }
+            let failed = OutboundDeliveryFailed {
+                message_id: msg.message_id,
+                referral_id: msg.referral_id,
+                endpoint: Some(msg.url.clone()),
+                http_status: status,
+                reason,
+                attempt,
+                will_retry,
+            };
+            self.record(
+                &msg.stream,
+                DeliveryEvent::OutboundDeliveryFailed(failed),
+                envelope,
+            )
+            .await?;
+            if !will_retry {
+                return Ok(());
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+        Ok(())
+    }
+}
+
+/// A consumer of the log that handles one event at a time, in order.
+#[async_trait::async_trait]
+pub trait Consume: Send {
+    fn name(&self) -> &'static str;
+    async fn handle(&mut self, envelope: &Envelope) -> Result<(), mskflow_eventlog::Error>;
+}
+
+/// Run a consumer from `start` until `shutdown`, committing after each
+/// batch. A store failure while handling an event is retried (the event is
+/// settled before the next one), so order per referral is kept.
+pub async fn run(
+    log: Arc<dyn EventLog>,
+    start: StartFrom,
+    mut consumer: impl Consume,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let name = consumer.name();
+    let mut sub = loop {
+        match log.subscribe(name, start).await {
+            Ok(sub) => break sub,
+            Err(e) => {
+                tracing::error!(consumer = name, error = %e, "cannot subscribe; retrying");
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    loop {
+        let batch = tokio::select! {
+            () = &mut shutdown => return,
+            batch = sub.next_batch(64) => batch,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(mskflow_eventlog::Error::Closed) => return,
+            Err(e) => {
+                tracing::warn!(consumer = name, error = %e, "cannot read the log; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        for envelope in &batch {
+            let span = tracing::info_span!(
+                "consume",
+                otel.name = %format!("{name} {}", envelope.event_type),
+                otel.kind = "consumer",
+                consumer = name,
+                position = envelope.position,
+            );
+            mskflow_telemetry::set_remote_parent(
+                &span,
+                envelope.traceparent.as_deref(),
+                envelope.tracestate.as_deref(),
+            );
+            loop {
+                let handled = tokio::select! {
+                    () = &mut shutdown => return,
+                    r = tracing::Instrument::instrument(consumer.handle(envelope), span.clone()) => r,
+                };
+                match handled {
+                    Ok(()) => break,
+                    Err(mskflow_eventlog::Error::Closed) => return,
+                    Err(e) => {
+                        tracing::error!(consumer = name, error = %e, position = envelope.position, "event could not be settled; retrying");
+                        tokio::select! {
+                            () = &mut shutdown => return,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = sub.commit().await {
+            tracing::warn!(consumer = name, error = %e, "could not commit; events will be checked again");
+        }
+    }
+}
+
+/// The onward-referral delivery worker.
+#[derive(Debug)]
+pub struct Worker {
+    outbox: Outbox,
+    endpoints: BTreeMap<String, String>,
+}
+
+impl Worker {
+    pub fn new(log: Arc<dyn EventLog>, options: Options) -> Self {
+        Self {
+            outbox: Outbox::new(log, &options),
+            endpoints: options.endpoints,
+        }
+    }
+
     /// Deliver the message an envelope asks for, if it is an onward referral.
-    pub async fn handle(&self, envelope: &Envelope) -> Result<(), mskflow_eventlog::Error> {
+    pub async fn deliver(&self, envelope: &Envelope) -> Result<(), mskflow_eventlog::Error> {
         if envelope.event_type != "OnwardReferralRequested" {
             return Ok(());
         }
@@ -177,18 +343,18 @@ impl Worker {
             return Ok(());
         };
         let message_id = onward.onward_referral_id;
-        let referral_id = onward.referral_id;
-        if self.settled(message_id).await? {
+        let stream = format!("delivery-{message_id}");
+        if self.outbox.settled(&stream).await? {
             return Ok(());
         }
         let destination = onward.destination.code();
-        let Some(base) = self.options.endpoints.get(destination) else {
+        let Some(base) = self.endpoints.get(destination) else {
             tracing::warn!(%message_id, destination, "no endpoint configured for onward referrals");
-            metrics::counter!("mskflow_outbound_dead_letters_total", "destination" => destination)
+            metrics::counter!("mskflow_outbound_dead_letters_total", "target" => destination)
                 .increment(1);
             let failed = OutboundDeliveryFailed {
                 message_id,
-                referral_id,
+                referral_id: onward.referral_id,
                 endpoint: None,
                 http_status: None,
                 reason: format!("no endpoint configured for destination {destination}"),
@@ -196,138 +362,33 @@ impl Worker {
                 will_retry: false,
             };
             return self
+                .outbox
                 .record(
-                    message_id,
+                    &stream,
                     DeliveryEvent::OutboundDeliveryFailed(failed),
                     envelope,
                 )
                 .await;
         };
-        let url = format!("{}/ServiceRequest", base.trim_end_matches('/'));
-        let body = onward.service_request.to_string();
-        let mut backoff = self.options.initial_backoff;
-        let max = self.options.max_attempts.max(1);
-        for attempt in 1..=max {
-            let outcome = self.attempt(&url, &body, message_id, envelope).await;
-            let (status, reason, retryable) = match outcome {
-                Attempt::Delivered(status) => {
-                    tracing::info!(%message_id, %referral_id, destination, attempt, "onward referral delivered");
-                    metrics::counter!("mskflow_outbound_delivered_total", "destination" => destination).increment(1);
-                    let delivered = OutboundDelivered {
-                        message_id,
-                        referral_id,
-                        endpoint: url.clone(),
-                        http_status: status,
-                        attempts: attempt,
-                    };
-                    return self
-                        .record(
-                            message_id,
-                            DeliveryEvent::OutboundDelivered(delivered),
-                            envelope,
-                        )
-                        .await;
-                }
-                Attempt::Retry { status, reason } => (status, reason, true),
-                Attempt::Permanent { status, reason } => (status, reason, false),
-            };
-            let will_retry = retryable && attempt < max;
-            tracing::warn!(%message_id, destination, attempt, will_retry, reason = %reason, "onward referral delivery failed");
-            if will_retry {
-                metrics::counter!("mskflow_outbound_retries_total", "destination" => destination)
-                    .increment(1);
-            } else {
-                metrics::counter!("mskflow_outbound_dead_letters_total", "destination" => destination).increment(1);
-            }
-            let failed = OutboundDeliveryFailed {
-                message_id,
-                referral_id,
-                endpoint: Some(url.clone()),
-                http_status: status,
-                reason,
-                attempt,
-                will_retry,
-            };
-            self.record(
-                message_id,
-                DeliveryEvent::OutboundDeliveryFailed(failed),
-                envelope,
-            )
-            .await?;
-            if !will_retry {
-                return Ok(());
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(60));
-        }
-        Ok(())
+        let msg = Message {
+            stream,
+            message_id,
+            referral_id: onward.referral_id,
+            url: format!("{}/ServiceRequest", base.trim_end_matches('/')),
+            body: onward.service_request.to_string(),
+            label: destination.to_owned(),
+        };
+        self.outbox.send(msg, envelope).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Consume for Worker {
+    fn name(&self) -> &'static str {
+        CONSUMER
     }
 
-    /// Deliver until `shutdown` resolves, committing after each batch.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let mut sub = loop {
-            match self.log.subscribe(CONSUMER, StartFrom::Checkpoint).await {
-                Ok(sub) => break sub,
-                Err(e) => {
-                    tracing::error!(error = %e, "delivery worker cannot subscribe; retrying");
-                    tokio::select! {
-                        () = &mut shutdown => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
-        };
-        loop {
-            let batch = tokio::select! {
-                () = &mut shutdown => return,
-                batch = sub.next_batch(64) => batch,
-            };
-            let batch = match batch {
-                Ok(b) => b,
-                Err(mskflow_eventlog::Error::Closed) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "delivery worker cannot read the log; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    continue;
-                }
-            };
-            for envelope in &batch {
-                let span = tracing::info_span!(
-                    "consume",
-                    otel.name = %format!("{CONSUMER} {}", envelope.event_type),
-                    otel.kind = "consumer",
-                    consumer = CONSUMER,
-                    position = envelope.position,
-                );
-                mskflow_telemetry::set_remote_parent(
-                    &span,
-                    envelope.traceparent.as_deref(),
-                    envelope.tracestate.as_deref(),
-                );
-                // A message is settled before the next: retry recording
-                // failures (the store) until they pass or we stop.
-                loop {
-                    let handled = tokio::select! {
-                        () = &mut shutdown => return,
-                        r = tracing::Instrument::instrument(self.handle(envelope), span.clone()) => r,
-                    };
-                    match handled {
-                        Ok(()) => break,
-                        Err(mskflow_eventlog::Error::Closed) => return,
-                        Err(e) => {
-                            tracing::error!(error = %e, position = envelope.position, "delivery could not be recorded; retrying");
-                            tokio::select! {
-                                () = &mut shutdown => return,
-                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            }
-                        }
-                    }
-                }
-            }
-            if let Err(e) = sub.commit().await {
-                tracing::warn!(error = %e, "delivery worker could not commit; messages will be checked again");
-            }
-        }
+    async fn handle(&mut self, envelope: &Envelope) -> Result<(), mskflow_eventlog::Error> {
+        self.deliver(envelope).await
     }
 }

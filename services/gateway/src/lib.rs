@@ -7,6 +7,7 @@
 pub mod delivery;
 pub mod error;
 pub mod http;
+pub mod notify;
 pub mod projection;
 pub mod render;
 pub mod search;
@@ -39,6 +40,9 @@ pub struct Options {
     pub workers: usize,
     /// Outbound delivery of onward referrals.
     pub outbound: delivery::Options,
+    /// Registered referrer endpoints (URL prefixes) that receive status
+    /// messages; none when empty.
+    pub referrer_endpoints: Vec<String>,
 }
 
 impl Default for Options {
@@ -50,6 +54,7 @@ impl Default for Options {
             base_url: None,
             workers: 2,
             outbound: delivery::Options::default(),
+            referrer_endpoints: Vec::new(),
         }
     }
 }
@@ -134,6 +139,11 @@ impl Service {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
+        let public_base = match (&self.options.base_url, self.listener.local_addr()) {
+            (Some(b), _) => b.clone(),
+            (None, Ok(addr)) => format!("http://{addr}/fhir"),
+            (None, Err(_)) => "http://localhost/fhir".to_owned(),
+        };
         let state = web::Data::new(http::AppState {
             views: self.views.clone(),
             log: self.log.clone(),
@@ -166,9 +176,29 @@ impl Service {
         ));
         let (deliver_stop_tx, mut deliver_stop_rx) = tokio::sync::watch::channel(false);
         let worker = delivery::Worker::new(self.log.clone(), self.options.outbound.clone());
-        let delivering = tokio::spawn(worker.run(async move {
-            let _ = deliver_stop_rx.wait_for(|s| *s).await;
-        }));
+        let delivering = tokio::spawn(delivery::run(
+            self.log.clone(),
+            mskflow_eventlog::StartFrom::Checkpoint,
+            worker,
+            async move {
+                let _ = deliver_stop_rx.wait_for(|s| *s).await;
+            },
+        ));
+        let notifier = notify::Worker::new(
+            self.log.clone(),
+            &self.options.outbound,
+            self.options.referrer_endpoints.clone(),
+            public_base,
+        );
+        let mut notify_stop_rx = deliver_stop_tx.subscribe();
+        let notifying = tokio::spawn(delivery::run(
+            self.log.clone(),
+            mskflow_eventlog::StartFrom::Beginning,
+            notifier,
+            async move {
+                let _ = notify_stop_rx.wait_for(|s| *s).await;
+            },
+        ));
         let stopper = tokio::spawn(async move {
             shutdown.await;
             tracing::info!("gateway stopping: finishing in-flight requests");
@@ -179,6 +209,7 @@ impl Service {
         let _ = deliver_stop_tx.send(true);
         let _ = follower.await;
         let _ = delivering.await;
+        let _ = notifying.await;
         stopper.abort();
         result
     }

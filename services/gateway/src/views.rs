@@ -840,6 +840,10 @@ impl Views {
     }
 
     fn apply_delivery(&mut self, envelope: &Envelope) -> Result<bool, Error> {
+        // Status messages to referrers (`notify-…`) do not change the views.
+        if !envelope.stream_id.starts_with("delivery-") {
+            return Ok(false);
+        }
         let event: DeliveryEvent =
             mskflow_eventlog::decode(envelope).map_err(|source| Error::Decode {
                 event_id: envelope.event_id,

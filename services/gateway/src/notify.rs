@@ -1,0 +1,130 @@
+//! Closing the loop: the referrer is sent a `servicerequest-response`
+//! message Bundle (Booking and Referral Standard) with the referral's Task at
+//! every status change, posted to the endpoint its referral message gave
+//! (`MessageHeader.source.endpoint`), when that endpoint is registered.
+//!
+//! Messages go out in log order, so per referral in order of the changes;
+//! each is retried on 408/429/5xx with backoff, never resent after a 409
+//! duplicate answer, and given up (dead letter) after the last attempt. Every
+//! attempt is an event on `notify-{message id}`; the message id is derived
+//! from the event that caused it, so a redelivered event sends nothing new.
+
+use std::sync::Arc;
+
+use mskflow_eventlog::{Envelope, EventLog};
+use uuid::Uuid;
+
+use crate::delivery::{Consume, Message, Options, Outbox};
+use crate::render;
+use crate::views::Views;
+
+/// The worker's consumer name.
+pub const CONSUMER: &str = "gateway-notifications";
+
+/// Namespace of notification message ids (UUIDv5 of the causing event).
+const NOTIFY_NAMESPACE: Uuid = Uuid::from_u128(0x2f6b_0d41_8a3c_4e97_b512_6c0e_9d7a_31f8);
+
+/// Events that change what the referrer sees on its Task.
+pub const NOTIFYING: &[&str] = &[
+    "ReferralTriaged",
+    "ReferralRedirected",
+    "ReferralRejected",
+    "ReferralCancelled",
+    "AssessmentBooked",
+    "AssessmentRescheduled",
+    "AssessmentCompleted",
+    "EpisodeDischarged",
+    "PlaceBooked",
+    "CourseCompleted",
+    "RehabDischarged",
+];
+
+/// The notification worker: keeps its own views (replayed from the start of
+/// the log) so each message shows the Task as it was at that change.
+#[derive(Debug)]
+pub struct Worker {
+    outbox: Outbox,
+    /// Registered referrer endpoints (prefixes); nothing else is called.
+    registered: Vec<String>,
+    base_url: String,
+    views: Views,
+}
+
+impl Worker {
+    pub fn new(
+        log: Arc<dyn EventLog>,
+        options: &Options,
+        registered: Vec<String>,
+        base_url: String,
+    ) -> Self {
+        Self {
+            outbox: Outbox::new(log, options),
+            registered,
+            base_url,
+            views: Views::default(),
+        }
+    }
+
+    fn registered(&self, endpoint: &str) -> bool {
+        self.registered
+            .iter()
+            .any(|r| endpoint.starts_with(r.as_str()))
+    }
+}
+
+/// The referral an event belongs to (every pathway event carries it).
+fn referral_of(envelope: &Envelope) -> Option<Uuid> {
+    envelope
+        .payload
+        .get("referral_id")
+        .and_then(|v| v.as_str())
+        .and_then(|v| Uuid::parse_str(v).ok())
+}
+
+#[async_trait::async_trait]
+impl Consume for Worker {
+    fn name(&self) -> &'static str {
+        CONSUMER
+    }
+
+    async fn handle(&mut self, envelope: &Envelope) -> Result<(), mskflow_eventlog::Error> {
+        if let Err(e) = self.views.apply(envelope) {
+            tracing::debug!(error = %e, "notification views skipped an event");
+        }
+        if !NOTIFYING.contains(&envelope.event_type.as_str()) || self.registered.is_empty() {
+            return Ok(());
+        }
+        let Some(referral_id) = referral_of(envelope) else {
+            return Ok(());
+        };
+        let Some(view) = self.views.referral(&referral_id) else {
+            return Ok(());
+        };
+        let Some(endpoint) = view
+            .details
+            .sender
+            .endpoint
+            .clone()
+            .filter(|e| self.registered(e))
+        else {
+            return Ok(());
+        };
+        let message_id = Uuid::new_v5(&NOTIFY_NAMESPACE, envelope.event_id.as_bytes());
+        let stream = format!("notify-{message_id}");
+        if self.outbox.settled(&stream).await? {
+            return Ok(());
+        }
+        let request_message = view.details.sender.message_id.clone().unwrap_or_default();
+        let mut bundle = render::response_message(&self.base_url, &request_message, view);
+        bundle["id"] = serde_json::json!(message_id.to_string());
+        let msg = Message {
+            stream,
+            message_id,
+            referral_id,
+            url: endpoint,
+            body: bundle.to_string(),
+            label: "referrer".to_owned(),
+        };
+        self.outbox.send(msg, envelope).await
+    }
+}
