@@ -237,6 +237,17 @@ fn split_tagged(
     }
 }
 
+/// A JSON error's category and place, without its message (which may quote
+/// stored data, patient data included): safe to log and to return.
+pub fn json_error_reason(e: &serde_json::Error) -> String {
+    format!(
+        "{:?} error at line {} column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
+}
+
 /// Decode an envelope's payload back into an adjacently tagged enum `T`.
 pub fn decode<T: serde::de::DeserializeOwned>(envelope: &Envelope) -> Result<T, serde_json::Error> {
     let mut map = serde_json::Map::with_capacity(2);

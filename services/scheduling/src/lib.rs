@@ -81,16 +81,7 @@ impl Error {
     }
 }
 
-/// A JSON error's category and place, without its message (which may quote
-/// stored data).
-pub(crate) fn json_error_reason(e: &serde_json::Error) -> String {
-    format!(
-        "{:?} error at line {} column {}",
-        e.classify(),
-        e.line(),
-        e.column()
-    )
-}
+pub(crate) use mskflow_eventlog::json_error_reason;
 
 /// Start-up options.
 #[derive(Debug, Clone)]
@@ -151,18 +142,11 @@ impl Service {
     }
 
     fn router(&self) -> Result<Router, Error> {
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(mskflow_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(mskflow_proto::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
-        Ok(tonic::transport::Server::builder()
-            .add_service(SchedulingServiceServer::new(grpc::SchedulingGrpc::new(
-                self.scheduling(),
-            )))
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha))
+        Ok(
+            mskflow_proto::server_with_reflection()?.add_service(SchedulingServiceServer::new(
+                grpc::SchedulingGrpc::new(self.scheduling()),
+            )),
+        )
     }
 
     /// Serve until `shutdown` completes, then finish in-flight requests and
