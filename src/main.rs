@@ -49,11 +49,56 @@ enum Command {
         #[arg(long)]
         reset_consumer: Option<String>,
     },
+    /// Events a consumer could not handle: list, retry or discard them.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
     /// Check the configuration and print it as resolved.
     Config {
         #[command(subcommand)]
         action: ConfigAction,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// The open dead letters (neither resolved nor discarded).
+    List {
+        /// Only this consumer's (assessment, scheduling, outcomes).
+        #[arg(long)]
+        consumer: Option<String>,
+    },
+    /// Ask the consumer to handle the event again (when it runs).
+    Retry {
+        /// The id of the dead-lettered event.
+        event_id: uuid::Uuid,
+        #[arg(long)]
+        consumer: String,
+        /// Who asks (default: the USER environment variable).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Give up on the event for good.
+    Discard {
+        /// The id of the dead-lettered event.
+        event_id: uuid::Uuid,
+        #[arg(long)]
+        consumer: String,
+        /// Why (recorded; must not quote patient data).
+        #[arg(long)]
+        reason: String,
+        /// Who discards (default: the USER environment variable).
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+/// The operator: `--by`, else the `USER` environment variable.
+fn operator(by: Option<String>) -> anyhow::Result<String> {
+    by.or_else(|| std::env::var("USER").ok())
+        .filter(|s| !s.trim().is_empty())
+        .context("who is acting is recorded: pass --by NAME (USER is not set)")
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +125,38 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Replay { reset_consumer } => {
             print!("{}", mskflow::ops::replay(&config, reset_consumer).await?);
+            Ok(())
+        }
+        Command::DeadLetters { action } => {
+            let out = match action {
+                DeadLetterAction::List { consumer } => {
+                    mskflow::ops::dead_letters_list(&config, consumer.as_deref()).await?
+                }
+                DeadLetterAction::Retry {
+                    event_id,
+                    consumer,
+                    by,
+                } => {
+                    mskflow::ops::dead_letters_retry(&config, &consumer, event_id, &operator(by)?)
+                        .await?
+                }
+                DeadLetterAction::Discard {
+                    event_id,
+                    consumer,
+                    reason,
+                    by,
+                } => {
+                    mskflow::ops::dead_letters_discard(
+                        &config,
+                        &consumer,
+                        event_id,
+                        &reason,
+                        &operator(by)?,
+                    )
+                    .await?
+                }
+            };
+            print!("{out}");
             Ok(())
         }
         Command::Config {

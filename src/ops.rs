@@ -1,4 +1,4 @@
-//! Operator commands: `status` and `replay`.
+//! Operator commands: `status`, `replay` and `dead-letters`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -116,6 +116,16 @@ pub async fn status(config: &Config, gateway_url: Option<String>) -> anyhow::Res
             head.saturating_sub(position)
         )?;
     }
+    let dead_letters = mskflow_consumer::load_all(&store, CONSUMERS).await?;
+    let open: Vec<String> = CONSUMERS
+        .iter()
+        .map(|c| format!("{c} {}", dead_letters.open_count(c)))
+        .collect();
+    writeln!(
+        out,
+        "dead letters  {} open (see `mskflow dead-letters list`)",
+        open.join(", ")
+    )?;
     store.close().await;
 
     let url = gateway_url.unwrap_or_else(|| format!("http://{}", config.gateway.addr));
@@ -183,4 +193,102 @@ pub async fn replay(config: &Config, reset: Option<String>) -> anyhow::Result<St
     }
     store.close().await;
     Ok(out)
+}
+
+/// The durable consumers, each with its dead-letter stream
+/// `deadletter-{consumer}`.
+pub const CONSUMERS: &[&str] = &[
+    mskflow_assessment::consumer::CONSUMER,
+    mskflow_scheduling::consumer::CONSUMER,
+    mskflow_outcomes::consumer::CONSUMER,
+];
+
+fn known_consumer(consumer: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        CONSUMERS.contains(&consumer),
+        "unknown consumer '{consumer}' (one of: {})",
+        CONSUMERS.join(", ")
+    );
+    Ok(())
+}
+
+/// `mskflow dead-letters list`: the open dead letters (set aside and
+/// neither resolved nor discarded), of one consumer or all.
+pub async fn dead_letters_list(config: &Config, consumer: Option<&str>) -> anyhow::Result<String> {
+    let consumers: Vec<&str> = match consumer {
+        Some(c) => {
+            known_consumer(c)?;
+            vec![c]
+        }
+        None => CONSUMERS.to_vec(),
+    };
+    let store = open_store(config)?;
+    let letters = mskflow_consumer::load_all(&store, &consumers).await;
+    store.close().await;
+    let letters = letters?;
+    let mut out = String::new();
+    let mut open = 0usize;
+    for d in letters.open() {
+        open += 1;
+        let l = &d.last;
+        let retry = if d.status == mskflow_consumer::DeadLetterStatus::RetryRequested {
+            " (retry requested)"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "{}  {}  {}  {}#{}  position {}  attempts {}{retry}  reason: {}",
+            l.consumer,
+            l.event_id,
+            l.event_type,
+            l.stream_id,
+            l.sequence,
+            l.position,
+            l.attempts,
+            l.reason
+        )?;
+    }
+    if open == 0 {
+        writeln!(out, "no open dead letters")?;
+    }
+    Ok(out)
+}
+
+/// `mskflow dead-letters retry`: ask the consumer to handle an open dead
+/// letter again. The running consumer carries it out and records the result.
+pub async fn dead_letters_retry(
+    config: &Config,
+    consumer: &str,
+    event_id: uuid::Uuid,
+    by: &str,
+) -> anyhow::Result<String> {
+    known_consumer(consumer)?;
+    let store = open_store(config)?;
+    let result = mskflow_consumer::request_retry(&store, consumer, event_id, by).await;
+    store.close().await;
+    result?.with_context(|| format!("retry of {event_id} for consumer '{consumer}'"))?;
+    Ok(format!(
+        "retry of {event_id} requested from consumer '{consumer}': it is tried again when the consumer runs\n"
+    ))
+}
+
+/// `mskflow dead-letters discard`: give up on an open dead letter, with a
+/// reason.
+pub async fn dead_letters_discard(
+    config: &Config,
+    consumer: &str,
+    event_id: uuid::Uuid,
+    reason: &str,
+    by: &str,
+) -> anyhow::Result<String> {
+    known_consumer(consumer)?;
+    anyhow::ensure!(!reason.trim().is_empty(), "a reason is required");
+    let store = open_store(config)?;
+    let result = mskflow_consumer::discard(&store, consumer, event_id, reason, by).await;
+    store.close().await;
+    result?.with_context(|| format!("discard of {event_id} for consumer '{consumer}'"))?;
+    Ok(format!(
+        "dead letter {event_id} of consumer '{consumer}' discarded\n"
+    ))
 }

@@ -10,6 +10,7 @@
 pub mod assessment;
 pub mod delivery;
 pub mod intake;
+pub mod operations;
 pub mod outcomes;
 pub mod scheduling;
 pub mod types;
@@ -36,6 +37,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
     all.extend(delivery::schemas());
     all.extend(scheduling::schemas());
     all.extend(outcomes::schemas());
+    all.extend(operations::schemas());
     all
 }
 

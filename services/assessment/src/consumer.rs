@@ -6,13 +6,20 @@
 //! episode already there and is skipped: exactly one episode per referral.
 //! The checkpoint is committed only after every event of the batch has been
 //! handled durably.
+//!
+//! Each event is handled in a `consume` span continuing the trace of its
+//! envelope. An event that can never be handled is set aside on
+//! `deadletter-assessment` (see `mskflow-consumer`), and operators' retry
+//! requests on that stream are carried out here.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mskflow_eventlog::{Envelope, ExpectedVersion, Metadata, StartFrom, Subscription, decode};
+use mskflow_consumer::DeadLetterQueue;
+use mskflow_eventlog::{Envelope, ExpectedVersion, StartFrom, Subscription, decode};
 use mskflow_events::intake::IntakeEvent;
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use crate::Error;
@@ -42,6 +49,7 @@ pub enum Handled {
 pub struct Consumer {
     assessment: Arc<Assessment>,
     sub: Box<dyn Subscription>,
+    dead_letters: DeadLetterQueue,
 }
 
 impl Consumer {
@@ -51,10 +59,16 @@ impl Consumer {
             .log()
             .subscribe(CONSUMER, StartFrom::Checkpoint)
             .await?;
-        Ok(Self { assessment, sub })
+        let dead_letters = DeadLetterQueue::new(assessment.log().clone(), CONSUMER);
+        Ok(Self {
+            assessment,
+            sub,
+            dead_letters,
+        })
     }
 
-    /// Handle one event.
+    /// Handle one event. Appended events carry the current span's trace
+    /// context (the envelope's if the span is not traced).
     pub async fn handle(&self, envelope: &Envelope) -> Result<Handled, Error> {
         if envelope.event_type != "ReferralTriaged" {
             return Ok(Handled::Ignored);
@@ -92,12 +106,7 @@ impl Consumer {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let metadata = Metadata {
-            causation_id: Some(envelope.event_id),
-            correlation_id: envelope.correlation_id,
-            traceparent: envelope.traceparent.clone(),
-            tracestate: envelope.tracestate.clone(),
-        };
+        let metadata = mskflow_consumer::metadata_for(&Span::current(), envelope);
         match self
             .assessment
             .log()
@@ -125,12 +134,12 @@ impl Consumer {
     }
 
     /// Handle one event, retrying store failures until they pass. An event
-    /// that can never be handled (it does not decode) is logged and skipped
-    /// so it cannot stop every referral behind it.
-    async fn handle_retrying(&self, envelope: &Envelope) -> Result<Handled, Error> {
+    /// that can never be handled (it does not decode) comes back as
+    /// `Ok(Err(reason))`; the reason names no payload content.
+    async fn handle_retrying(&self, envelope: &Envelope) -> Result<Result<Handled, String>, Error> {
         loop {
             match self.handle(envelope).await {
-                Ok(h) => return Ok(h),
+                Ok(h) => return Ok(Ok(h)),
                 Err(Error::Store(mskflow_eventlog::Error::Closed)) => {
                     return Err(Error::Store(mskflow_eventlog::Error::Closed));
                 }
@@ -138,12 +147,38 @@ impl Consumer {
                     tracing::warn!(position = envelope.position, error = %e, "store failure; retrying");
                     tokio::time::sleep(RETRY).await;
                 }
-                Err(e) => {
-                    tracing::error!(position = envelope.position, stream_id = %envelope.stream_id, error = %e, "event cannot be handled; skipped");
-                    return Ok(Handled::Ignored);
+                Err(e) => return Ok(Err(e.to_string())),
+            }
+        }
+    }
+
+    /// Handle one event in its `consume` span: carry out a retry request
+    /// for this consumer, or handle the event and dead-letter it if it can
+    /// never be handled, so it cannot stop every referral behind it.
+    async fn consume(&self, envelope: &Envelope) -> Result<Handled, Error> {
+        let span = mskflow_consumer::consume_span(CONSUMER, envelope);
+        async {
+            let metadata = mskflow_consumer::metadata_for(&Span::current(), envelope);
+            if let Some(request) = self.dead_letters.retry_request(envelope) {
+                self.dead_letters
+                    .retry(&request, &metadata, async |original: &Envelope| {
+                        Ok::<_, Error>(self.handle_retrying(original).await?.map(|_| ()))
+                    })
+                    .await?;
+                return Ok(Handled::Ignored);
+            }
+            match self.handle_retrying(envelope).await? {
+                Ok(h) => Ok(h),
+                Err(reason) => {
+                    self.dead_letters
+                        .record(envelope, &reason, &metadata)
+                        .await?;
+                    Ok(Handled::Ignored)
                 }
             }
         }
+        .instrument(span)
+        .await
     }
 
     /// Handle a batch, then wait until the read model has seen what it
@@ -152,7 +187,7 @@ impl Consumer {
         let mut handled = Vec::with_capacity(batch.len());
         let mut position = 0;
         for envelope in batch {
-            let h = self.handle_retrying(envelope).await?;
+            let h = self.consume(envelope).await?;
             if let Handled::Requested { position: p, .. } = h {
                 position = position.max(p);
             }

@@ -8,12 +8,20 @@
 //! id is recorded with the schedule it caused and appends check the stream
 //! version, so an event delivered twice schedules once. The checkpoint is
 //! committed only after every event of the batch is durable.
+//!
+//! Each event is handled in a `consume` span continuing the trace of its
+//! envelope; the questionnaires it schedules carry that span's trace
+//! context. An event that can never be handled is set aside on
+//! `deadletter-outcomes` (see `mskflow-consumer`), and operators' retry
+//! requests on that stream are carried out here.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mskflow_consumer::DeadLetterQueue;
 use mskflow_eventlog::{Envelope, StartFrom, Subscription};
+use tracing::{Instrument, Span};
 
 use crate::Error;
 use crate::service::{Handled, Outcomes};
@@ -30,6 +38,7 @@ const RETRY: Duration = Duration::from_millis(250);
 pub struct Consumer {
     outcomes: Arc<Outcomes>,
     sub: Box<dyn Subscription>,
+    dead_letters: DeadLetterQueue,
 }
 
 impl Consumer {
@@ -39,16 +48,23 @@ impl Consumer {
             .log()
             .subscribe(CONSUMER, StartFrom::Checkpoint)
             .await?;
-        Ok(Self { outcomes, sub })
+        let dead_letters = DeadLetterQueue::new(outcomes.log().clone(), CONSUMER);
+        Ok(Self {
+            outcomes,
+            sub,
+            dead_letters,
+        })
     }
 
     /// Handle one event, retrying store failures until they pass. An event
-    /// that can never be handled is logged and skipped so it cannot stop
-    /// every referral behind it.
-    async fn handle_retrying(&self, envelope: &Envelope) -> Result<Handled, Error> {
+    /// that can never be handled comes back as `Ok(Err(reason))`; the reason
+    /// names no payload content. The events it causes carry the current
+    /// span's trace context (the envelope's if the span is not traced).
+    async fn handle_retrying(&self, envelope: &Envelope) -> Result<Result<Handled, String>, Error> {
+        let envelope = &mskflow_consumer::with_trace_of(&Span::current(), envelope);
         loop {
             match self.outcomes.handle_event(envelope).await {
-                Ok(h) => return Ok(h),
+                Ok(h) => return Ok(Ok(h)),
                 Err(Error::Store(mskflow_eventlog::Error::Closed)) => {
                     return Err(Error::Store(mskflow_eventlog::Error::Closed));
                 }
@@ -56,19 +72,45 @@ impl Consumer {
                     tracing::warn!(position = envelope.position, error = %e, "store failure; retrying");
                     tokio::time::sleep(RETRY).await;
                 }
-                Err(e) => {
-                    tracing::error!(position = envelope.position, stream_id = %envelope.stream_id, event_type = %envelope.event_type, error = %e, "event cannot be handled; skipped");
-                    return Ok(Handled::Ignored);
+                Err(e) => return Ok(Err(e.to_string())),
+            }
+        }
+    }
+
+    /// Handle one event in its `consume` span: carry out a retry request
+    /// for this consumer, or handle the event and dead-letter it if it can
+    /// never be handled, so it cannot stop every referral behind it.
+    async fn consume(&self, envelope: &Envelope) -> Result<Handled, Error> {
+        let span = mskflow_consumer::consume_span(CONSUMER, envelope);
+        async {
+            let metadata = mskflow_consumer::metadata_for(&Span::current(), envelope);
+            if let Some(request) = self.dead_letters.retry_request(envelope) {
+                self.dead_letters
+                    .retry(&request, &metadata, async |original: &Envelope| {
+                        Ok::<_, Error>(self.handle_retrying(original).await?.map(|_| ()))
+                    })
+                    .await?;
+                return Ok(Handled::Ignored);
+            }
+            match self.handle_retrying(envelope).await? {
+                Ok(h) => Ok(h),
+                Err(reason) => {
+                    self.dead_letters
+                        .record(envelope, &reason, &metadata)
+                        .await?;
+                    Ok(Handled::Ignored)
                 }
             }
         }
+        .instrument(span)
+        .await
     }
 
     /// Handle a batch (durably); does not commit.
     async fn handle_batch(&self, batch: &[Envelope]) -> Result<Vec<Handled>, Error> {
         let mut handled = Vec::with_capacity(batch.len());
         for envelope in batch {
-            handled.push(self.handle_retrying(envelope).await?);
+            handled.push(self.consume(envelope).await?);
         }
         Ok(handled)
     }

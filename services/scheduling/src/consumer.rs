@@ -5,14 +5,21 @@
 //! Delivery is at-least-once. A redelivered `AssessmentCompleted` finds the
 //! episode already there (`AlreadyExists`) and is skipped: one episode per
 //! referral. The checkpoint is committed only after a batch is handled.
+//!
+//! Each event is handled in a `consume` span continuing the trace of its
+//! envelope. An event that can never be handled is set aside on
+//! `deadletter-scheduling` (see `mskflow-consumer`), and operators' retry
+//! requests on that stream are carried out here.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mskflow_consumer::DeadLetterQueue;
 use mskflow_eventlog::{Envelope, StartFrom, Subscription, decode};
 use mskflow_events::assessment::{AssessmentEvent, GroupProgramme, Outcome};
 use mskflow_events::scheduling::{PatientChoices, PatientWaitlisted, Programme};
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use crate::Error;
@@ -56,6 +63,7 @@ pub fn programme_for(outcome: &Outcome, one_to_one_sessions: u32) -> Option<(Pro
 pub struct Consumer {
     scheduling: Arc<Scheduling>,
     sub: Box<dyn Subscription>,
+    dead_letters: DeadLetterQueue,
 }
 
 impl Consumer {
@@ -65,7 +73,12 @@ impl Consumer {
             .log()
             .subscribe(CONSUMER, StartFrom::Checkpoint)
             .await?;
-        Ok(Self { scheduling, sub })
+        let dead_letters = DeadLetterQueue::new(scheduling.log().clone(), CONSUMER);
+        Ok(Self {
+            scheduling,
+            sub,
+            dead_letters,
+        })
     }
 
     /// The priority and pathway the assessment episode was opened with.
@@ -145,10 +158,13 @@ impl Consumer {
         }
     }
 
-    async fn handle_retrying(&self, envelope: &Envelope) -> Result<Handled, Error> {
+    /// Handle one event, retrying store failures until they pass. An event
+    /// that can never be handled (it does not decode) comes back as
+    /// `Ok(Err(reason))`; the reason names no payload content.
+    async fn handle_retrying(&self, envelope: &Envelope) -> Result<Result<Handled, String>, Error> {
         loop {
             match self.handle(envelope).await {
-                Ok(h) => return Ok(h),
+                Ok(h) => return Ok(Ok(h)),
                 Err(Error::Store(mskflow_eventlog::Error::Closed)) => {
                     return Err(Error::Store(mskflow_eventlog::Error::Closed));
                 }
@@ -156,12 +172,39 @@ impl Consumer {
                     tracing::warn!(position = envelope.position, error = %e, "store failure; retrying");
                     tokio::time::sleep(RETRY).await;
                 }
-                Err(e) => {
-                    tracing::error!(position = envelope.position, error = %e, "event cannot be handled; skipped");
-                    return Ok(Handled::Ignored);
+                Err(e) => return Ok(Err(e.to_string())),
+            }
+        }
+    }
+
+    /// Handle one event in its `consume` span: carry out a retry request
+    /// for this consumer, or handle the event and dead-letter it if it can
+    /// never be handled, so it cannot stop every patient behind it. The
+    /// events appended carry the span's trace context.
+    async fn consume(&self, envelope: &Envelope) -> Result<Handled, Error> {
+        let span = mskflow_consumer::consume_span(CONSUMER, envelope);
+        async {
+            let metadata = mskflow_consumer::metadata_for(&Span::current(), envelope);
+            if let Some(request) = self.dead_letters.retry_request(envelope) {
+                self.dead_letters
+                    .retry(&request, &metadata, async |original: &Envelope| {
+                        Ok::<_, Error>(self.handle_retrying(original).await?.map(|_| ()))
+                    })
+                    .await?;
+                return Ok(Handled::Ignored);
+            }
+            match self.handle_retrying(envelope).await? {
+                Ok(h) => Ok(h),
+                Err(reason) => {
+                    self.dead_letters
+                        .record(envelope, &reason, &metadata)
+                        .await?;
+                    Ok(Handled::Ignored)
                 }
             }
         }
+        .instrument(span)
+        .await
     }
 
     /// Handle every event available now, without committing.
@@ -173,7 +216,7 @@ impl Consumer {
                 return Ok(all);
             }
             for e in &batch {
-                all.push(self.handle_retrying(e).await?);
+                all.push(self.consume(e).await?);
             }
         }
     }
@@ -201,7 +244,7 @@ impl Consumer {
                 }
             };
             for e in &batch {
-                match self.handle_retrying(e).await {
+                match self.consume(e).await {
                     Ok(_) => {}
                     Err(Error::Store(mskflow_eventlog::Error::Closed)) => return Ok(()),
                     Err(err) => return Err(err),
