@@ -63,3 +63,34 @@ async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
             .json(serde_json::json!({"status": "fail", "reason": reason})),
     }
 }
+
+/// Readiness of a service whose only dependency is the event store.
+pub fn store_readiness(log: Arc<dyn mskflow_eventlog::EventLog>) -> Readiness {
+    Arc::new(move || {
+        let log = log.clone();
+        Box::pin(async move { log.ping().await.map_err(|e| e.to_string()) })
+    })
+}
+
+/// Run `service` with the operations endpoint beside it on `addr`; the
+/// endpoint stops when the service returns.
+pub async fn alongside<T>(
+    addr: SocketAddr,
+    readiness: Readiness,
+    service: impl Future<Output = T>,
+) -> std::io::Result<T> {
+    let listener = bind(addr)?;
+    tracing::info!(addr = %listener.local_addr()?, "operations endpoint (/metrics, /health) listening");
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(serve(listener, readiness, async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    let out = service.await;
+    let _ = stop.send(true);
+    match task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "operations endpoint failed"),
+        Err(e) => tracing::warn!(error = %e, "operations endpoint panicked"),
+    }
+    Ok(out)
+}

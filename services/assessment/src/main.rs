@@ -27,18 +27,29 @@ struct Args {
     /// A policy file (TOML, e.g. `max_missed = 2`); defaults otherwise.
     #[arg(long, env = "MSKFLOW_ASSESSMENT_POLICY")]
     policy: Option<PathBuf>,
+    /// Address of the operations endpoint (/metrics, /health/live, /health/ready).
+    #[arg(
+        long,
+        env = "MSKFLOW_ASSESSMENT_OPS_ADDR",
+        default_value = "127.0.0.1:9465"
+    )]
+    ops_addr: SocketAddr,
+    /// OTLP/gRPC endpoint for traces (e.g. http://127.0.0.1:4317); off when unset.
+    #[arg(long, env = "MSKFLOW_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Log format: json or pretty.
+    #[arg(long, env = "MSKFLOW_LOG_FORMAT", default_value = "json")]
+    log_format: mskflow_telemetry::LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
-
+    let telemetry = mskflow_telemetry::init(&mskflow_telemetry::Settings {
+        service: "mskflow-assessment".to_owned(),
+        log_format: args.log_format,
+        otlp_endpoint: args.otlp_endpoint.clone(),
+    })?;
     let policy = match &args.policy {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -53,59 +64,29 @@ async fn main() -> anyhow::Result<()> {
         ..mskflow_eventlog_sqlite::Options::default()
     })
     .with_context(|| format!("opening event store {}", args.db.display()))?;
-    let log: Arc<dyn mskflow_eventlog::EventLog> = Arc::new(store.clone());
+    let log: Arc<dyn mskflow_eventlog::EventLog> =
+        Arc::new(mskflow_eventlog::Instrumented::new(Arc::new(store.clone())));
 
     let service = Service::build(
         Options {
             grpc_addr: args.grpc_addr,
             policy,
         },
-        log,
+        log.clone(),
     )
     .await
     .context("starting assessment")?;
     tracing::info!(addr = %service.local_addr(), "mskflow-assessment listening");
 
-    let result = service.run(shutdown_signal()).await;
+    let result = mskflow_telemetry::ops::alongside(
+        args.ops_addr,
+        mskflow_telemetry::ops::store_readiness(log),
+        service.run(mskflow_telemetry::shutdown_signal()),
+    )
+    .await
+    .context("binding the operations endpoint")?;
     // In-flight work has finished: let the store commit what is queued.
     store.close().await;
+    telemetry.shutdown();
     result.context("serving assessment")
-}
-
-/// Completes on Ctrl-C or SIGTERM. A second signal exits at once.
-async fn shutdown_signal() {
-    wait_for_signal().await;
-    tracing::info!("shutting down: finishing in-flight requests");
-    tokio::spawn(async {
-        wait_for_signal().await;
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    () = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await;
 }

@@ -103,22 +103,13 @@ async fn main() -> anyhow::Result<()> {
         .context("starting outcomes")?;
     tracing::info!(addr = %service.local_addr(), "mskflow-outcomes listening");
 
-    let ops =
-        mskflow_telemetry::ops::bind(args.ops_addr).context("binding the operations endpoint")?;
-    tracing::info!(addr = %ops.local_addr()?, "operations endpoint (/metrics, /health) listening");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let readiness: mskflow_telemetry::ops::Readiness = Arc::new(move || {
-        let log = log.clone();
-        Box::pin(async move { log.ping().await.map_err(|e| e.to_string()) })
-    });
-    let mut ops_stop = stop_rx.clone();
-    let ops_task = tokio::spawn(mskflow_telemetry::ops::serve(ops, readiness, async move {
-        let _ = ops_stop.wait_for(|s| *s).await;
-    }));
-
-    let result = service.run(mskflow_telemetry::shutdown_signal()).await;
-    let _ = stop_tx.send(true);
-    let _ = ops_task.await;
+    let result = mskflow_telemetry::ops::alongside(
+        args.ops_addr,
+        mskflow_telemetry::ops::store_readiness(log.clone()),
+        service.run(mskflow_telemetry::shutdown_signal()),
+    )
+    .await
+    .context("binding the operations endpoint")?;
     store.close().await;
     telemetry.shutdown();
     result.context("serving outcomes")
