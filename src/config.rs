@@ -41,6 +41,8 @@ pub struct Gateway {
     /// `MessageHeader.source.endpoint` starts with one is sent a status
     /// message at every change. None by default.
     pub referrer_endpoints: Vec<String>,
+    /// `/health/ready` fails when the FHIR views lag the log by more events.
+    pub max_view_lag: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +118,7 @@ impl Default for Config {
                     initial_backoff_ms: 500,
                 },
                 referrer_endpoints: Vec::new(),
+                max_view_lag: 10_000,
             },
             intake: Intake {
                 grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),

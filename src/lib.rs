@@ -122,6 +122,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 ..Default::default()
             },
             referrer_endpoints: config.gateway.referrer_endpoints.clone(),
+            max_view_lag: config.gateway.max_view_lag,
         },
         log.clone(),
     )

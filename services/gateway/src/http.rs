@@ -37,6 +37,8 @@ pub struct AppState {
     pub body_limit: usize,
     pub wait_timeout: Duration,
     pub intake_timeout: Duration,
+    /// Readiness fails when the views are further behind the log than this.
+    pub max_view_lag: u64,
 }
 
 type State = web::Data<AppState>;
@@ -1143,15 +1145,26 @@ async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "pass"}))
 }
 
+/// Readiness: the event store answers, the views have replayed the log, and
+/// they are no further behind it than `max_view_lag` events.
 async fn ready(state: State) -> HttpResponse {
     let store = state.log.ping().await;
-    let caught_up = state.views.is_ready();
+    let replayed = state.views.is_ready();
+    let lag = state.views.lag();
+    let caught_up = replayed && lag <= state.max_view_lag;
     let body = serde_json::json!({
         "status": if store.is_ok() && caught_up { "pass" } else { "fail" },
         "checks": {
             "event-store": match &store { Ok(()) => "pass".to_owned(), Err(e) => format!("fail: {e}") },
-            "views": if caught_up { "pass" } else { "fail: replaying" },
-        }
+            "views": if !replayed {
+                "fail: replaying".to_owned()
+            } else if lag > state.max_view_lag {
+                format!("fail: {lag} events behind (threshold {})", state.max_view_lag)
+            } else {
+                "pass".to_owned()
+            },
+        },
+        "lag": lag,
     });
     if store.is_ok() && caught_up {
         HttpResponse::Ok().json(body)

@@ -43,6 +43,8 @@ pub struct Options {
     /// Registered referrer endpoints (URL prefixes) that receive status
     /// messages; none when empty.
     pub referrer_endpoints: Vec<String>,
+    /// Readiness fails when the views lag the log by more events than this.
+    pub max_view_lag: u64,
 }
 
 impl Default for Options {
@@ -55,6 +57,7 @@ impl Default for Options {
             workers: 2,
             outbound: delivery::Options::default(),
             referrer_endpoints: Vec::new(),
+            max_view_lag: 10_000,
         }
     }
 }
@@ -152,6 +155,7 @@ impl Service {
             body_limit: self.options.body_limit,
             wait_timeout: Duration::from_secs(10),
             intake_timeout: Duration::from_secs(30),
+            max_view_lag: self.options.max_view_lag,
         });
         let server = HttpServer::new(move || {
             App::new()

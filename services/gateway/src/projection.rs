@@ -21,6 +21,8 @@ pub struct ViewStore {
     applied: watch::Sender<u64>,
     ready: AtomicBool,
     skipped: AtomicU64,
+    /// Events stored but not yet applied, as of the last batch.
+    lag: AtomicU64,
 }
 
 impl Default for ViewStore {
@@ -30,6 +32,7 @@ impl Default for ViewStore {
             applied: watch::channel(0).0,
             ready: AtomicBool::new(false),
             skipped: AtomicU64::new(0),
+            lag: AtomicU64::new(0),
         }
     }
 }
@@ -109,6 +112,11 @@ impl ViewStore {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// Events stored but not yet applied to the views.
+    pub fn lag(&self) -> u64 {
+        self.lag.load(Ordering::Relaxed)
+    }
+
     /// Events that could not be applied (logged as errors).
     pub fn skipped(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
@@ -150,6 +158,9 @@ pub async fn follow(
                     backoff = Duration::from_millis(100);
                     store.ready.store(true, Ordering::Release);
                     store.apply_batch(&batch);
+                    if let Ok(lag) = sub.lag().await {
+                        store.lag.store(lag, Ordering::Relaxed);
+                    }
                 }
                 Err(e) => {
                     store.ready.store(false, Ordering::Release);
