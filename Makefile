@@ -30,9 +30,10 @@ bench:
 	$(CARGO) bench -p mskflow-eventlog-sqlite
 	$(CARGO) run --release --example load -- $(ARGS)
 
-## Regenerate schemas/events/ from the event types.
+## Regenerate schemas/events/ and schemas/analytics/ from the Rust types.
 schemas:
 	$(CARGO) run -p mskflow-events --bin schemas
+	$(CARGO) run -p mskflow-analytics --bin analytics-schema
 
 ## Remove the embedded store of `make run`.
 clean-data:

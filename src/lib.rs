@@ -3,6 +3,7 @@
 //! over gRPC on loopback).
 
 pub mod config;
+pub mod export;
 pub mod ops;
 
 use std::net::SocketAddr;

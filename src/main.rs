@@ -54,6 +54,21 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Write the analysts' stream (pseudonymised, no patient identifiers)
+    /// to files: analyst-events.jsonl and analyst-events.csv.
+    Export {
+        /// Directory to write the files to.
+        #[arg(long)]
+        out: PathBuf,
+        /// File holding the pseudonymisation secret (otherwise the
+        /// MSKFLOW_ANALYTICS_SECRET environment variable). Required.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// Postcode to IMD decile lookup, CSV `postcode,decile` (default: the
+        /// illustrative file shipped with mskflow).
+        #[arg(long)]
+        imd_lookup: Option<PathBuf>,
+    },
     /// Check the configuration and print it as resolved.
     Config {
         #[command(subcommand)]
@@ -157,6 +172,19 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             print!("{out}");
+            Ok(())
+        }
+        Command::Export {
+            out,
+            secret_file,
+            imd_lookup,
+        } => {
+            let options = mskflow::export::ExportOptions {
+                out,
+                secret_file,
+                imd_lookup,
+            };
+            print!("{}", mskflow::export::export(&config, &options).await?);
             Ok(())
         }
         Command::Config {

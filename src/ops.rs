@@ -13,7 +13,7 @@ use crate::Config;
 const BATCH: usize = 1000;
 
 /// Open the configured store (the services may be running: WAL allows it).
-fn open_store(config: &Config) -> anyhow::Result<SqliteEventLog> {
+pub(crate) fn open_store(config: &Config) -> anyhow::Result<SqliteEventLog> {
     let path = config.event_store_path();
     anyhow::ensure!(
         path.exists(),

@@ -1,0 +1,151 @@
+//! `mskflow export`: the analysts' stream, written to files.
+//!
+//! Reads the whole embedded log and writes every pathway event as a
+//! pseudonymised [`AnalystEvent`](mskflow_analytics::AnalystEvent) to
+//! `analyst-events.jsonl` (one per line) and `analyst-events.csv` (flat
+//! columns, `data` as a JSON string). See `mskflow-analytics` for what is
+//! kept and what is dropped.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use mskflow_analytics::{Context, ImdLookup, PatientIndex, Pseudonymiser};
+use mskflow_eventlog::{EventLog as _, StartFrom};
+
+use crate::Config;
+use crate::ops::open_store;
+
+/// Environment variable holding the pseudonymisation secret (when no
+/// `--secret-file` is given).
+pub const SECRET_ENV: &str = "MSKFLOW_ANALYTICS_SECRET";
+
+/// The JSON Lines output file.
+pub const JSONL_FILE: &str = "analyst-events.jsonl";
+/// The CSV output file.
+pub const CSV_FILE: &str = "analyst-events.csv";
+
+const BATCH: usize = 1000;
+
+/// What to export and how.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Directory to write the files to (created if missing).
+    pub out: PathBuf,
+    /// File holding the pseudonymisation secret; otherwise [`SECRET_ENV`].
+    pub secret_file: Option<PathBuf>,
+    /// Postcode to IMD decile lookup (CSV); otherwise the illustrative file.
+    pub imd_lookup: Option<PathBuf>,
+}
+
+/// The secret: the file's content (a trailing newline is not part of it), or
+/// the environment variable. Refuses to go on without one.
+fn secret(options: &ExportOptions) -> anyhow::Result<Vec<u8>> {
+    let raw = match &options.secret_file {
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("reading the secret file {}", path.display()))?,
+        None => std::env::var(SECRET_ENV)
+            .map(String::into_bytes)
+            .unwrap_or_default(),
+    };
+    let trimmed = raw.trim_ascii_end().to_vec();
+    anyhow::ensure!(
+        !trimmed.is_empty(),
+        "a pseudonymisation secret is required: pass --secret-file PATH or set {SECRET_ENV} \
+         (keep it secret and the same between exports, so pseudonyms stay stable)"
+    );
+    Ok(trimmed)
+}
+
+fn imd_lookup(path: Option<&Path>) -> anyhow::Result<ImdLookup> {
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the IMD lookup {}", p.display()))?;
+            ImdLookup::from_csv(&text).with_context(|| format!("IMD lookup {}", p.display()))
+        }
+        None => {
+            eprintln!(
+                "warning: no --imd-lookup given: using the ILLUSTRATIVE postcode to IMD decile \
+                 file shipped with mskflow (made-up deciles). Load the official English Indices \
+                 of Deprivation lookup for real analysis."
+            );
+            Ok(ImdLookup::example()?)
+        }
+    }
+}
+
+/// Write the analysts' stream to `options.out`; returns the report to print.
+pub async fn export(config: &Config, options: &ExportOptions) -> anyhow::Result<String> {
+    let pseudonymiser = Pseudonymiser::new(&secret(options)?)?;
+    let ctx = Context {
+        pseudonymiser,
+        imd: imd_lookup(options.imd_lookup.as_deref())?,
+    };
+    let store = open_store(config)?;
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("creating {}", options.out.display()))?;
+    let jsonl_path = options.out.join(JSONL_FILE);
+    let csv_path = options.out.join(CSV_FILE);
+    let mut jsonl = std::io::BufWriter::new(
+        std::fs::File::create(&jsonl_path)
+            .with_context(|| format!("creating {}", jsonl_path.display()))?,
+    );
+    let mut csv = std::io::BufWriter::new(
+        std::fs::File::create(&csv_path)
+            .with_context(|| format!("creating {}", csv_path.display()))?,
+    );
+    csv.write_all(mskflow_analytics::csv_header().as_bytes())?;
+
+    let head = store.head().await?;
+    let bar = indicatif::ProgressBar::new(head);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} exporting [{bar:40}] {pos}/{len} events ({per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    let mut sub = store
+        .subscribe("mskflow-analytics-export", StartFrom::Beginning)
+        .await
+        .context("opening an export subscription")?;
+    let mut patients = PatientIndex::new();
+    let (mut read, mut written) = (0u64, 0u64);
+    loop {
+        let batch = sub.poll_batch(BATCH).await?;
+        if batch.is_empty() {
+            break;
+        }
+        for envelope in &batch {
+            read += 1;
+            patients.observe(envelope, &ctx);
+            let Some(event) = mskflow_analytics::to_analyst_event(envelope, &patients, &ctx) else {
+                continue;
+            };
+            serde_json::to_writer(&mut jsonl, &event)?;
+            jsonl.write_all(b"\n")?;
+            csv.write_all(event.to_csv_line().as_bytes())?;
+            written += 1;
+        }
+        bar.set_position(batch.last().map_or(0, |e| e.position));
+    }
+    jsonl.flush()?;
+    csv.flush()?;
+    bar.finish_and_clear();
+    tracing::info!(read, written, "analysts' stream exported");
+
+    let mut out = String::new();
+    writeln!(
+        out,
+        "exported {written} analyst events ({} not for analysts) from {read} events of {} referrals in {:.2}s",
+        read - written,
+        patients.len(),
+        started.elapsed().as_secs_f64()
+    )?;
+    writeln!(out, "  {}", jsonl_path.display())?;
+    writeln!(out, "  {}", csv_path.display())?;
+    Ok(out)
+}
