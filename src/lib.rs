@@ -111,6 +111,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         mskflow_gateway::Options {
             http_addr: config.gateway.addr,
             intake_url: format!("http://{intake_addr}"),
+            outcomes_url: format!("http://{outcomes_addr}"),
             body_limit: config.gateway.body_limit,
             base_url: config.gateway.base_url.clone(),
             workers: config.gateway.workers,

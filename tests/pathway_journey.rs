@@ -12,6 +12,10 @@ use mskflow_proto::scheduling::v1::scheduling_service_client::SchedulingServiceC
 use serde_json::Value;
 use uuid::Uuid;
 
+fn mskflow_fhir_timepoints() -> &'static str {
+    "https://fhir.mskflow.org/CodeSystem/prom-timepoint"
+}
+
 fn output_int(task: &Value, code: &str) -> Option<i64> {
     task["output"]
         .as_array()?
@@ -265,6 +269,50 @@ async fn referral_to_fcp_assessment_to_a_completed_escape_pain_course() -> TestR
         );
     }
     assert_eq!(history["entry"][0]["resource"], task);
+
+    // The patient answers MSK-HQ at first contact through the gateway; the
+    // response is scored.
+    let (status, q) = app.get_json("Questionnaire/msk-hq").await?;
+    assert_eq!(status, 200);
+    assert_eq!(q["resourceType"], "Questionnaire");
+    let items: Vec<String> = q["item"]
+        .as_array()
+        .ok_or("no items")?
+        .iter()
+        .filter_map(|i| i["linkId"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(items.len(), 14);
+    let response = |answers: &[(String, i64)]| {
+        serde_json::json!({
+            "resourceType": "QuestionnaireResponse",
+            "status": "completed",
+            "meta": {"tag": [{"system": mskflow_fhir_timepoints(), "code": "first-contact"}]},
+            "questionnaire": "https://fhir.mskflow.org/Questionnaire/msk-hq",
+            "basedOn": [{"reference": format!("ServiceRequest/{id}")}],
+            "item": answers.iter().map(|(l, v)| serde_json::json!({"linkId": l, "answer": [{"valueInteger": v}]})).collect::<Vec<_>>()
+        })
+    };
+    let mut answers: Vec<(String, i64)> = items.iter().map(|l| (l.clone(), 2)).collect();
+    answers[6].1 = 7; // out of range
+    let r = app
+        .post("QuestionnaireResponse", &response(&answers), Uuid::new_v4())
+        .await?;
+    assert_eq!(r.status().as_u16(), 422);
+    let outcome: Value = r.json().await?;
+    assert!(
+        outcome.to_string().contains("item.where(linkId='7')"),
+        "{outcome}"
+    );
+    answers[6].1 = 2;
+    let r = app
+        .post("QuestionnaireResponse", &response(&answers), Uuid::new_v4())
+        .await?;
+    assert_eq!(r.status().as_u16(), 201);
+    let scored: Value = r.json().await?;
+    assert_eq!(
+        scored["extension"][0]["valueDecimal"], 28.0,
+        "14 items scored 2 = 28"
+    );
 
     // Outcome measures were scheduled at first contact, discharge and
     // follow-up (6 months after the course ended).

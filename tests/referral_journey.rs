@@ -392,6 +392,8 @@ async fn the_capability_statement_lists_what_is_served() -> TestResult {
             "Appointment",
             "Schedule",
             "Slot",
+            "Questionnaire",
+            "QuestionnaireResponse",
             "Encounter",
             "MessageDefinition"
         ]

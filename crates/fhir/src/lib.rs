@@ -75,10 +75,14 @@
 
 mod outcome;
 mod referral;
+mod response;
 mod structure;
 
 pub use outcome::{Error, FhirError, Issue, IssueType, Severity, operation_outcome};
 pub use referral::{
     ETHNIC_CATEGORY_EXTENSION, MESSAGE_EVENT_SYSTEMS, ParsedMessage, SERVICE_REQUEST_EVENT,
     parse_process_message, parse_service_request,
+};
+pub use response::{
+    ParsedResponse, QUESTIONNAIRE_BASE, TIMEPOINT_SYSTEM, parse_questionnaire_response,
 };

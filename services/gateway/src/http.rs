@@ -33,6 +33,8 @@ pub struct AppState {
     pub views: Arc<ViewStore>,
     pub log: Arc<dyn EventLog>,
     pub intake: IntakeServiceClient<Channel>,
+    pub outcomes:
+        mskflow_proto::outcomes::v1::outcomes_service_client::OutcomesServiceClient<Channel>,
     pub base_url: Option<String>,
     pub body_limit: usize,
     pub wait_timeout: Duration,
@@ -101,6 +103,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .default_service(web::to(not_allowed)),
             )
             .service(web::resource("/Encounter").default_service(web::to(not_allowed)))
+            .service(
+                web::resource("/QuestionnaireResponse")
+                    .route(web::post().to(submit_questionnaire_response))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/Questionnaire")
+                    .route(web::get().to(search_questionnaires))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/Questionnaire/{id}")
+                    .route(web::get().to(read_questionnaire))
+                    .default_service(web::to(not_allowed)),
+            )
             .service(
                 web::resource("/Schedule")
                     .route(web::get().to(search_schedules))
@@ -1084,6 +1101,147 @@ async fn search_slots(state: State, req: HttpRequest) -> Result<HttpResponse, Ap
         StatusCode::OK,
         &render::searchset(&base, &links, page, total),
     ))
+}
+
+/// The measures whose Questionnaires the outcomes service serves.
+const MEASURES: &[&str] = &["msk-hq", "start-back", "eq-5d-5l", "psfs"];
+
+async fn questionnaire(state: &AppState, measure: &str) -> Result<Value, ApiError> {
+    use mskflow_proto::outcomes::v1 as opb;
+    let mut client = state.outcomes.clone();
+    let mut request = tonic::Request::new(opb::GetQuestionnaireRequest {
+        measure: measure.to_owned(),
+    });
+    request.set_timeout(state.intake_timeout);
+    let answer = client
+        .get_questionnaire(request)
+        .await
+        .map_err(|s| from_grpc(&s))?
+        .into_inner();
+    serde_json::from_str(&answer.questionnaire_json).map_err(|_| {
+        ApiError::internal("the outcomes service answered with an invalid Questionnaire")
+    })
+}
+
+/// `GET /Questionnaire/{measure}`: the measure's Questionnaire (item codes
+/// and answer scores; licensed wording only when a licence is configured).
+async fn read_questionnaire(
+    state: State,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if !MEASURES.contains(&path.as_str()) {
+        return Err(ApiError::not_found(format!(
+            "Questionnaire/{path} is not known (known: {})",
+            MEASURES.join(", ")
+        )));
+    }
+    Ok(fhir_ok(
+        StatusCode::OK,
+        &questionnaire(&state, &path).await?,
+    ))
+}
+
+async fn search_questionnaires(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if let Some((k, _)) = query_pairs(&req)?
+        .iter()
+        .find(|(k, _)| !matches!(k.as_str(), "_count" | "_format"))
+    {
+        return Err(ApiError::bad_request(
+            IssueType::NotSupported,
+            format!("search parameter '{k}' is not supported on Questionnaire"),
+        ));
+    }
+    let mut all = Vec::new();
+    for m in MEASURES {
+        all.push(questionnaire(&state, m).await?);
+    }
+    let base = base_url(&state, &req);
+    let total = all.len();
+    let links = [("self", format!("{base}/Questionnaire"))];
+    Ok(fhir_ok(
+        StatusCode::OK,
+        &render::searchset(&base, &links, all, total),
+    ))
+}
+
+/// `POST /QuestionnaireResponse`: score the answers (outcomes service) and
+/// answer the response with its score as an extension.
+async fn submit_questionnaire_response(
+    state: State,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    use mskflow_proto::outcomes::v1 as opb;
+    let (request_id, correlation_id) = request_ids(&req)?;
+    check_content_type(&req)?;
+    let body = read_body(&state, &req, payload).await?;
+    let parsed = mskflow_fhir::parse_questionnaire_response(&body)?;
+    let mut request = tonic::Request::new(opb::SubmitResponseRequest {
+        referral_id: parsed.referral_id.to_string(),
+        measure: parsed.measure.clone(),
+        timepoint: parsed.timepoint.clone(),
+        answers: parsed
+            .answers
+            .iter()
+            .map(|(link_id, value)| opb::ItemAnswer {
+                link_id: link_id.clone(),
+                value: *value,
+            })
+            .collect(),
+        response_id: request_id.to_string(),
+        correlation_id: correlation_id.to_string(),
+    });
+    request.set_timeout(state.intake_timeout);
+    let (traceparent, _) = mskflow_telemetry::current_trace_context();
+    if let Some(v) = traceparent.and_then(|v| v.parse().ok()) {
+        request.metadata_mut().insert("traceparent", v);
+    }
+    let mut client = state.outcomes.clone();
+    let scored = client
+        .submit_response(request)
+        .await
+        .map_err(|s| {
+            let mut e = from_grpc(&s);
+            // Item problems point at the item in FHIR terms.
+            for issue in &mut e.issues {
+                if let Some(x) = issue.expression.as_mut()
+                    && let Some(link) = x
+                        .strip_prefix("answers[link_id=")
+                        .and_then(|r| r.strip_suffix(']'))
+                {
+                    *x = format!("QuestionnaireResponse.item.where(linkId='{link}')");
+                }
+            }
+            e
+        })?
+        .into_inner();
+    let mut resource: Value = serde_json::from_slice(&body).unwrap_or_default();
+    resource["id"] = serde_json::json!(scored.response_id);
+    if let Some(score) = scored.score {
+        let mut ext = vec![serde_json::json!({
+            "url": "https://fhir.mskflow.org/StructureDefinition/prom-score",
+            "valueDecimal": score.value,
+        })];
+        for change in &scored.changes {
+            ext.push(serde_json::json!({
+                "url": "https://fhir.mskflow.org/StructureDefinition/prom-change",
+                "extension": [
+                    {"url": "from", "valueCode": change.from},
+                    {"url": "change", "valueDecimal": change.change},
+                    {"url": "reachedMinimalImportantChange", "valueBoolean": change.reached_minimal_important_change}
+                ]
+            }));
+        }
+        resource["extension"] = Value::Array(ext);
+    }
+    let base = base_url(&state, &req);
+    Ok(HttpResponse::Created()
+        .content_type(FHIR_JSON)
+        .insert_header((
+            header::LOCATION,
+            format!("{base}/QuestionnaireResponse/{}", scored.response_id),
+        ))
+        .body(resource.to_string()))
 }
 
 async fn read_encounter(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {

@@ -31,6 +31,8 @@ pub struct Options {
     pub http_addr: SocketAddr,
     /// The intake service's gRPC endpoint, e.g. `http://127.0.0.1:50051`.
     pub intake_url: String,
+    /// The outcomes service's gRPC endpoint (QuestionnaireResponse, Questionnaire).
+    pub outcomes_url: String,
     /// Largest accepted request body in bytes (default 1 MiB).
     pub body_limit: usize,
     /// Public base URL of the FHIR API (`https://host/fhir`); derived from the
@@ -52,6 +54,7 @@ impl Default for Options {
         Self {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             intake_url: "http://127.0.0.1:50051".to_owned(),
+            outcomes_url: "http://127.0.0.1:50054".to_owned(),
             body_limit: 1024 * 1024,
             base_url: None,
             workers: 2,
@@ -93,6 +96,9 @@ pub struct Service {
     views: Arc<ViewStore>,
     subscription: Box<dyn mskflow_eventlog::Subscription>,
     intake: IntakeServiceClient<tonic::transport::Channel>,
+    outcomes: mskflow_proto::outcomes::v1::outcomes_service_client::OutcomesServiceClient<
+        tonic::transport::Channel,
+    >,
 }
 
 impl Service {
@@ -111,6 +117,13 @@ impl Service {
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
         mskflow_telemetry::install_metrics();
+        let outcomes = tonic::transport::Endpoint::from_shared(options.outcomes_url.clone())
+            .map_err(|source| Error::IntakeEndpoint {
+                url: options.outcomes_url.clone(),
+                source,
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy();
         let views = Arc::new(ViewStore::default());
         let subscription = projection::catch_up(&log, &views).await?;
         tracing::info!(
@@ -124,6 +137,10 @@ impl Service {
             views,
             subscription,
             intake: IntakeServiceClient::new(channel),
+            outcomes:
+                mskflow_proto::outcomes::v1::outcomes_service_client::OutcomesServiceClient::new(
+                    outcomes,
+                ),
         })
     }
 
@@ -151,6 +168,7 @@ impl Service {
             views: self.views.clone(),
             log: self.log.clone(),
             intake: self.intake,
+            outcomes: self.outcomes,
             base_url: self.options.base_url.clone(),
             body_limit: self.options.body_limit,
             wait_timeout: Duration::from_secs(10),

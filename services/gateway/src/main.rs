@@ -21,6 +21,13 @@ struct Args {
         default_value = "http://127.0.0.1:50051"
     )]
     intake_url: String,
+    /// Outcomes gRPC endpoint (QuestionnaireResponse scoring, Questionnaires).
+    #[arg(
+        long,
+        env = "MSKFLOW_OUTCOMES_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    outcomes_url: String,
     /// Embedded event store file (shared with intake on one machine).
     #[arg(long, env = "MSKFLOW_DB", default_value = "mskflow.db")]
     db: PathBuf,
@@ -55,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
         mskflow_gateway::Options {
             http_addr: args.http_addr,
             intake_url: args.intake_url,
+            outcomes_url: args.outcomes_url,
             body_limit: args.body_limit,
             base_url: args.base_url,
             ..Default::default()

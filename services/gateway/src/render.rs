@@ -679,6 +679,16 @@ pub fn capability_statement(base: &str) -> Value {
                     ]
                 },
                 {
+                    "type": "Questionnaire",
+                    "interaction": [{"code": "read"}, {"code": "search-type"}],
+                    "searchParam": []
+                },
+                {
+                    "type": "QuestionnaireResponse",
+                    "interaction": [{"code": "create"}],
+                    "searchParam": []
+                },
+                {
                     "type": "Encounter",
                     "interaction": [{"code": "read"}],
                     "searchParam": []
