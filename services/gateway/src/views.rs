@@ -95,7 +95,6 @@ pub struct AssessmentView {
     pub appointment: Option<Slot>,
     pub missed: u32,
     pub outcomes: Vec<Outcome>,
-    pub onward: Vec<(Uuid, OnwardDestination)>,
     pub discharge: Option<DischargeReason>,
     pub last_updated: DateTime<Utc>,
 }
@@ -584,7 +583,6 @@ impl Views {
                 appointment: None,
                 missed: 0,
                 outcomes: Vec::new(),
-                onward: Vec::new(),
                 discharge: None,
                 last_updated: envelope.recorded_at,
             });
@@ -695,9 +693,8 @@ impl Views {
                 a.stage = AssessmentStage::Assessed;
                 a.outcomes = e.outcomes;
             }
-            AssessmentEvent::OnwardReferralRequested(e) => {
-                a.onward.push((e.onward_referral_id, e.destination));
-            }
+            // Kept on the referral (`ReferralView::onward`), above.
+            AssessmentEvent::OnwardReferralRequested(_) => {}
             AssessmentEvent::EpisodeDischarged(e) => {
                 a.stage = AssessmentStage::Discharged;
                 a.discharge = Some(e.reason);
