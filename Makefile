@@ -4,16 +4,21 @@ CARGO   ?= cargo
 PROFILE ?= dev
 ARGS    ?=
 
-.PHONY: run test build lint fmt bench schemas clean-data
+.PHONY: run test build lint fmt bench schemas clean-data broker
 
 ## Build and start every service in one process on the embedded event store.
 run:
 	$(CARGO) run --profile $(PROFILE) --bin mskflow -- run $(ARGS)
 
-## Run every test (formatting and lints first).
-test: lint
+## Run every test (formatting and lints first). Installs the Kafka-protocol
+## broker the Kafka tests start (once, into ~/.cache/mskflow).
+test: lint broker
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
+
+## The Kafka-protocol broker used by the tests (nisshi, built from crates.io).
+broker:
+	scripts/kafka-broker.sh install
 
 build:
 	$(CARGO) build --workspace --all-targets

@@ -43,6 +43,59 @@ pub struct Gateway {
     pub referrer_endpoints: Vec<String>,
     /// `/health/ready` fails when the FHIR views lag the log by more events.
     pub max_view_lag: u64,
+    /// Bearer-token authentication of the FHIR API.
+    pub auth: Auth,
+}
+
+/// `[gateway.auth]`: how the FHIR API checks bearer tokens. There is no mode
+/// without authentication.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// `dev` (default: a random HS256 key made at start-up and a development
+    /// token printed on stderr) or `jwt` (the keys below).
+    pub mode: mskflow_gateway::auth::Mode,
+    /// JSON Web Key Set of the token issuer (RS256, ES256, ...).
+    pub jwks_file: Option<PathBuf>,
+    /// File holding a shared HS256 secret (at least 32 bytes).
+    pub hs256_secret_file: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    pub audience: Option<String>,
+    /// ODS codes whose tokens may read every referral (the MSK service).
+    pub provider_ods: Vec<String>,
+    /// Token endpoint advertised in the CapabilityStatement.
+    pub token_url: Option<String>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            mode: mskflow_gateway::auth::Mode::Dev,
+            jwks_file: None,
+            hs256_secret_file: None,
+            issuer: None,
+            audience: None,
+            provider_ods: Vec::new(),
+            token_url: None,
+        }
+    }
+}
+
+impl Auth {
+    /// The gateway's options.
+    pub fn options(&self) -> mskflow_gateway::auth::Options {
+        mskflow_gateway::auth::Options {
+            mode: self.mode,
+            jwks_file: self.jwks_file.clone(),
+            hs256_secret_file: self.hs256_secret_file.clone(),
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            provider_ods: self.provider_ods.clone(),
+            token_url: self.token_url.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,6 +172,7 @@ impl Default for Config {
                 },
                 referrer_endpoints: Vec::new(),
                 max_view_lag: 10_000,
+                auth: Auth::default(),
             },
             intake: Intake {
                 grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
@@ -203,6 +257,29 @@ mod tests {
             assert_eq!(c.scheduling, Config::default().scheduling);
             Ok(())
         });
+        Ok(())
+    }
+
+    #[test]
+    fn auth_defaults_to_dev_and_cannot_be_switched_off() -> Result<(), Box<dyn std::error::Error>> {
+        assert_eq!(
+            Config::default().gateway.auth.mode,
+            mskflow_gateway::auth::Mode::Dev
+        );
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("mskflow.toml");
+        std::fs::write(
+            &file,
+            "[gateway.auth]\nmode = \"jwt\"\nhs256_secret_file = \"/etc/mskflow/secret\"\nprovider_ods = [\"RR8\"]\n",
+        )?;
+        let c = Config::load(Some(&file)).map_err(|e| e.to_string())?;
+        assert_eq!(c.gateway.auth.mode, mskflow_gateway::auth::Mode::Jwt);
+        assert_eq!(c.gateway.auth.provider_ods, vec!["RR8".to_owned()]);
+        std::fs::write(&file, "[gateway.auth]\nmode = \"none\"\n")?;
+        assert!(
+            Config::load(Some(&file)).is_err(),
+            "mode none must not load"
+        );
         Ok(())
     }
 

@@ -5,12 +5,17 @@
 //! `analyst-events.jsonl` (one per line) and `analyst-events.csv` (flat
 //! columns, `data` as a JSON string). See `mskflow-analytics` for what is
 //! kept and what is dropped.
+//!
+//! Next to them, `views/` holds every built-in aggregate view
+//! (`mskflow_analytics::views`) as CSV, without a split (`waits.csv`) and
+//! with each split (`waits-by-imd_decile.csv`, ...).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use mskflow_analytics::views::{Split, View, ViewOptions, Views};
 use mskflow_analytics::{Context, ImdLookup, PatientIndex, Pseudonymiser};
 use mskflow_eventlog::{EventLog as _, StartFrom};
 
@@ -25,6 +30,32 @@ pub const SECRET_ENV: &str = "MSKFLOW_ANALYTICS_SECRET";
 pub const JSONL_FILE: &str = "analyst-events.jsonl";
 /// The CSV output file.
 pub const CSV_FILE: &str = "analyst-events.csv";
+/// The directory of the aggregate views' CSV files.
+pub const VIEWS_DIR: &str = "views";
+
+/// The file name of a view's CSV: `waits.csv`, `waits-by-imd_decile.csv`.
+pub fn view_file_name(view: View, split: Split) -> String {
+    match split {
+        Split::None => format!("{}.csv", view.code()),
+        _ => format!("{}-by-{}.csv", view.code(), split.code()),
+    }
+}
+
+/// Write every view, unsplit and with each split, to `dir`; returns how
+/// many files were written.
+fn write_views(views: &Views, dir: &Path) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = 0;
+    for view in View::ALL {
+        for split in Split::ALL {
+            let path = dir.join(view_file_name(*view, *split));
+            std::fs::write(&path, views.table(*view, *split).to_csv())
+                .with_context(|| format!("writing {}", path.display()))?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
 
 const BATCH: usize = 1000;
 
@@ -113,6 +144,7 @@ pub async fn export(config: &Config, options: &ExportOptions) -> anyhow::Result<
         .await
         .context("opening an export subscription")?;
     let mut patients = PatientIndex::new();
+    let mut views = Views::new(ViewOptions::default());
     let (mut read, mut written) = (0u64, 0u64);
     loop {
         let batch = sub.poll_batch(BATCH).await?;
@@ -122,6 +154,7 @@ pub async fn export(config: &Config, options: &ExportOptions) -> anyhow::Result<
         for envelope in &batch {
             read += 1;
             patients.observe(envelope, &ctx);
+            views.observe(envelope, &ctx);
             let Some(event) = mskflow_analytics::to_analyst_event(envelope, &patients, &ctx) else {
                 continue;
             };
@@ -135,6 +168,8 @@ pub async fn export(config: &Config, options: &ExportOptions) -> anyhow::Result<
     jsonl.flush()?;
     csv.flush()?;
     bar.finish_and_clear();
+    let views_dir = options.out.join(VIEWS_DIR);
+    let view_files = write_views(&views, &views_dir)?;
     tracing::info!(read, written, "analysts' stream exported");
 
     let mut out = String::new();
@@ -147,5 +182,6 @@ pub async fn export(config: &Config, options: &ExportOptions) -> anyhow::Result<
     )?;
     writeln!(out, "  {}", jsonl_path.display())?;
     writeln!(out, "  {}", csv_path.display())?;
+    writeln!(out, "  {} ({view_files} view files)", views_dir.display())?;
     Ok(out)
 }

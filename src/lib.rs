@@ -4,7 +4,9 @@
 
 pub mod config;
 pub mod export;
+pub mod load;
 pub mod ops;
+pub mod topics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +22,8 @@ pub use config::Config;
 #[derive(Debug)]
 pub struct Running {
     pub gateway_addr: SocketAddr,
+    /// The gateway's development bearer token (`gateway.auth.mode = "dev"`).
+    pub dev_token: Option<String>,
     pub intake_addr: SocketAddr,
     pub assessment_addr: SocketAddr,
     pub scheduling_addr: SocketAddr,
@@ -125,17 +129,20 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             },
             referrer_endpoints: config.gateway.referrer_endpoints.clone(),
             max_view_lag: config.gateway.max_view_lag,
+            auth: config.gateway.auth.options(),
         },
         log.clone(),
     )
     .await
     .context("starting the gateway")?;
     let gateway_addr = gateway.local_addr().context("gateway address")?;
+    let dev_token = gateway.dev_token().map(str::to_owned);
     let shutdown = stopped(rx.clone());
     tasks.spawn(async move { gateway.run(shutdown).await.context("gateway") });
 
     Ok(Running {
         gateway_addr,
+        dev_token,
         intake_addr,
         assessment_addr,
         scheduling_addr,

@@ -69,11 +69,33 @@ enum Command {
         #[arg(long)]
         imd_lookup: Option<PathBuf>,
     },
+    /// Post generated referral messages over HTTP (in-process system by
+    /// default) and report throughput and latency percentiles.
+    Load(mskflow::load::LoadArgs),
+    /// The Kafka topic set: create what is missing, or check it.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+        #[command(flatten)]
+        store: mskflow_store::StoreArgs,
+    },
     /// Check the configuration and print it as resolved.
     Config {
         #[command(subcommand)]
         action: ConfigAction,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsAction {
+    /// Create every topic of the set that does not exist (partitions,
+    /// replication, retention as code); existing topics are left alone.
+    Create,
+    /// Compare the brokers' topics with the set; exits non-zero on a
+    /// difference.
+    Check,
+    /// Print the topic set without contacting a broker.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +209,19 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", mskflow::export::export(&config, &options).await?);
             Ok(())
         }
+        Command::Topics { action, store } => {
+            let action = match action {
+                TopicsAction::Create => mskflow::topics::Action::Create,
+                TopicsAction::Check => mskflow::topics::Action::Check,
+                TopicsAction::List => mskflow::topics::Action::List,
+            };
+            print!("{}", mskflow::topics::run(action, &store).await?);
+            Ok(())
+        }
+        Command::Load(args) => {
+            print!("{}", mskflow::load::command(&args).await?);
+            Ok(())
+        }
         Command::Config {
             action: ConfigAction::Check,
         } => {
@@ -225,9 +260,10 @@ async fn main() -> anyhow::Result<()> {
             println!("  assessment gRPC:   {}", running.assessment_addr);
             println!("  scheduling gRPC:   {}", running.scheduling_addr);
             println!("  outcomes gRPC:     {}", running.outcomes_addr);
-            println!("Post a referral:");
+            println!("Post a referral (TOKEN: the bearer token printed on stderr in dev mode):");
             println!(
                 "  curl -s -X POST {url}/\\$process-message -H 'Content-Type: application/fhir+json' \
+                 -H \"Authorization: Bearer $TOKEN\" \
                  -H \"X-Request-Id: $(cat /proc/sys/kernel/random/uuid)\" \
                  -H \"X-Correlation-Id: $(cat /proc/sys/kernel/random/uuid)\" \
                  --data @crates/fhir/tests/fixtures/referral-message.json"

@@ -27,6 +27,7 @@ async fn start_binary(dir: &std::path::Path) -> TestResult<(Child, String)> {
             "--data-dir",
         ])
         .arg(dir)
+        .envs(test_auth_env(dir)?)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

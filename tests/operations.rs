@@ -106,6 +106,7 @@ async fn a_full_journey_logs_no_patient_identifiers_and_sigterm_stops_cleanly() 
     let mut child = Command::new(env!("CARGO_BIN_EXE_mskflow"))
         .args(["run", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--data-dir"])
         .arg(tmp.path())
+        .envs(test_auth_env(tmp.path())?)
         .env("RUST_LOG", "trace,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,actix_server=info,actix_http=info,mio=info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -254,17 +255,18 @@ async fn status_and_replay_commands_report_the_store_and_the_services() -> TestR
     }
 
     // Every consumer (assessment, scheduling, outcomes) settles at the head:
-    // intake's 4 events, the FCP worklist entry and two first-contact
-    // questionnaires.
+    // intake's 4 events, the FCP worklist entry, two first-contact
+    // questionnaires and the audit records of the two referral messages.
     let needles = [
-        "head position 7",
+        "head position 9",
         "ReferralReceived 2",
         "ReferralRedirected 1",
         "AssessmentRequested 1",
         "QuestionnaireScheduled 2",
-        "assessment: checkpoint 7, lag 0",
-        "outcomes: checkpoint 7, lag 0",
-        "scheduling: checkpoint 7, lag 0",
+        "AuditRecorded 2",
+        "assessment: checkpoint 9, lag 0",
+        "outcomes: checkpoint 9, lag 0",
+        "scheduling: checkpoint 9, lag 0",
         "triaged 1, redirected 1",
         "(total 2)",
         "ready (event-store pass, views pass)",
@@ -300,7 +302,7 @@ async fn status_and_replay_commands_report_the_store_and_the_services() -> TestR
         .await?;
     let text = String::from_utf8(out.stdout)?;
     assert!(out.status.success(), "replay failed: {text}");
-    assert!(text.contains("replayed 7 events"), "{text}");
+    assert!(text.contains("replayed 9 events"), "{text}");
     assert!(text.contains("2 referrals, 0 events skipped"), "{text}");
     assert!(
         text.contains("checkpoint of consumer 'assessment' reset to 0"),

@@ -389,13 +389,15 @@ async fn the_capability_statement_lists_what_is_served() -> TestResult {
         vec![
             "ServiceRequest",
             "Task",
+            "Patient",
             "Appointment",
             "Schedule",
             "Slot",
             "Questionnaire",
             "QuestionnaireResponse",
             "Encounter",
-            "MessageDefinition"
+            "MessageDefinition",
+            "AuditEvent"
         ]
     );
     let unknown = uuid::Uuid::new_v4();
@@ -624,10 +626,40 @@ async fn search_filters_sorts_and_pages() -> TestResult {
             .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
             .collect()
     };
-    assert_eq!(order(&asc), ids);
-    let mut reversed = ids.clone();
-    reversed.reverse();
-    assert_eq!(order(&desc), reversed);
+    // Consumers update Tasks asynchronously (lastUpdated moves), so compare
+    // with the times the entries carry rather than the posting order.
+    let updated = |b: &Value| -> Vec<String> {
+        b["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                e["resource"]["meta"]["lastUpdated"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    let mut all = ids.clone();
+    all.sort();
+    for (bundle, ascending) in [(&asc, true), (&desc, false)] {
+        let mut found = order(bundle);
+        found.sort();
+        assert_eq!(found, all, "every Task once");
+        let times: Vec<chrono::DateTime<chrono::FixedOffset>> = updated(bundle)
+            .iter()
+            .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .collect();
+        assert_eq!(times.len(), 5);
+        assert!(
+            times.windows(2).all(|w| if ascending {
+                w[0] <= w[1]
+            } else {
+                w[0] >= w[1]
+            }),
+            "not sorted (ascending {ascending}): {times:?}"
+        );
+    }
 
     // Date ranges.
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();

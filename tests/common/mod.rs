@@ -27,11 +27,68 @@ pub async fn spawn_app() -> TestResult<App> {
     Ok(app)
 }
 
+/// The HS256 secret every test system accepts tokens from.
+pub const TEST_SECRET: &[u8] = b"mskflow-test-secret-0123456789abcdef";
+/// ODS code of the test token (the sender in the referral fixtures).
+pub const TEST_ODS: &str = "A81001";
+/// Client id of the test token.
+pub const TEST_CLIENT: &str = "mskflow-tests";
+
+/// Write the test secret into `dir` and return its path.
+pub fn test_secret_file(dir: &Path) -> TestResult<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("test-hs256.secret");
+    std::fs::write(&path, TEST_SECRET)?;
+    Ok(path)
+}
+
+/// Point `config` at the test secret (JWT mode), so [`client`] is accepted.
+pub fn use_test_auth(config: &mut mskflow::Config) -> TestResult {
+    config.gateway.auth.mode = mskflow_gateway::auth::Mode::Jwt;
+    config.gateway.auth.hs256_secret_file = Some(test_secret_file(&config.data_dir)?);
+    Ok(())
+}
+
+/// The same, for a `mskflow run` child process (environment variables).
+pub fn test_auth_env(dir: &Path) -> TestResult<Vec<(String, String)>> {
+    Ok(vec![
+        ("MSKFLOW__GATEWAY__AUTH__MODE".to_owned(), "jwt".to_owned()),
+        (
+            "MSKFLOW__GATEWAY__AUTH__HS256_SECRET_FILE".to_owned(),
+            test_secret_file(dir)?.display().to_string(),
+        ),
+    ])
+}
+
+/// A token signed with the test secret.
+pub fn token_for(claims: &mskflow_gateway::auth::TokenClaims) -> TestResult<String> {
+    Ok(mskflow_gateway::auth::sign_hs256(TEST_SECRET, claims)?)
+}
+
+/// Claims of a token for `ods` with `scope`, valid for an hour.
+pub fn claims(client: &str, ods: &str, scope: &str) -> mskflow_gateway::auth::TokenClaims {
+    mskflow_gateway::auth::TokenClaims::new(client, ods, scope, 3600)
+}
+
+/// The token [`client`] sends: organisation [`TEST_ODS`], every system
+/// scope, provider role (may read every referral).
+pub fn test_token() -> String {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN
+        .get_or_init(|| {
+            let mut c = claims(TEST_CLIENT, TEST_ODS, "system/*.*");
+            c.role = Some("provider".to_owned());
+            token_for(&c).unwrap_or_default()
+        })
+        .clone()
+}
+
 /// Start the all-in-one system on a fresh store, with `adjust` applied to the
 /// configuration.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut mskflow::Config)) -> TestResult<App> {
     let tmp = tempfile::tempdir()?;
     let mut config = mskflow::Config::ephemeral(tmp.path());
+    use_test_auth(&mut config)?;
     adjust(&mut config);
     let running = mskflow::start(&config)
         .await
@@ -45,9 +102,24 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut mskflow::Config)) -> TestRe
     })
 }
 
+impl App {
+    /// A system running elsewhere (other processes), reached at `base`
+    /// (`http://host:port/fhir`).
+    pub fn remote(base: String) -> App {
+        App {
+            running: None,
+            base,
+            dir: PathBuf::new(),
+            _tmp: None,
+        }
+    }
+}
+
 /// Start the all-in-one system on an existing data directory.
 pub async fn spawn_app_in(dir: &Path) -> TestResult<App> {
-    let running = mskflow::start(&mskflow::Config::ephemeral(dir))
+    let mut config = mskflow::Config::ephemeral(dir);
+    use_test_auth(&mut config)?;
+    let running = mskflow::start(&config)
         .await
         .map_err(|e| format!("{e:#}"))?;
     let base = format!("http://{}/fhir", running.gateway_addr);
@@ -121,7 +193,25 @@ impl App {
     }
 }
 
+/// An HTTP client that sends the test bearer token on every request.
 pub fn client() -> reqwest::Client {
+    client_with_token(&test_token())
+}
+
+/// An HTTP client that sends `token` on every request.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap_or_default()
+}
+
+/// An HTTP client without a token.
+pub fn anonymous_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 

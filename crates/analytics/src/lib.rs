@@ -53,8 +53,10 @@ pub const EXAMPLE_IMD_CSV: &str = include_str!("../data/imd-deciles-example.csv"
 /// Shortest pseudonymisation secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
 
-/// Errors of the analytics stream. None crosses HTTP or gRPC: they stop the
-/// `mskflow export` command, which exits non-zero with the message.
+pub mod views;
+
+/// Errors of the analytics stream and views. Most stop the `mskflow export`
+/// command, which exits non-zero with the message; none crosses gRPC.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The pseudonymisation secret is too short (or empty). Not served over
@@ -65,6 +67,10 @@ pub enum Error {
     /// the export refuses to run.
     #[error("IMD lookup line {line}: {reason}")]
     ImdLookup { line: usize, reason: String },
+    /// A view was asked for with a split it does not know. HTTP 400 with
+    /// OperationOutcome `code-invalid` at the gateway's `/analytics` views.
+    #[error("unknown split {0:?}: expected one of none, imd_decile, ethnicity, sex, age_band")]
+    UnknownSplit(String),
 }
 
 type HmacSha256 = Hmac<Sha256>;

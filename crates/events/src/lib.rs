@@ -8,6 +8,7 @@
 //! and checked against real emitted events in the tests.
 
 pub mod assessment;
+pub mod audit;
 pub mod delivery;
 pub mod intake;
 pub mod operations;
@@ -38,6 +39,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
     all.extend(scheduling::schemas());
     all.extend(outcomes::schemas());
     all.extend(operations::schemas());
+    all.extend(audit::schemas());
     all
 }
 

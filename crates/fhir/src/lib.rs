@@ -29,6 +29,17 @@
 //!
 //! **400 Bad Request**: the input is not a valid FHIR referral:
 //! - body not UTF-8, malformed JSON, JSON that is not an object (`structure`);
+//! - JSON that FHIR forbids although JSON allows it (`structure`): the same
+//!   element twice in one object (JSON readers differ on which one wins, so
+//!   the stored body and the parsed referral could disagree), a string or
+//!   element name holding a control character other than tab, CR or LF;
+//! - a resource `id` that is not a FHIR id (`[A-Za-z0-9\-\.]{1,64}`)
+//!   (`value`), e.g. `../../etc/passwd`;
+//! - a JSON array of more than 10,000 items anywhere (`too-costly`),
+//!   refused while it is read;
+//! - more than [`MAX_RESOURCES`] Bundle entries, contained resources or
+//!   QuestionnaireResponse items (`too-costly`), refused before the models
+//!   read them;
 //! - wrong `resourceType` (`invalid`), a Bundle that is not of type
 //!   `message` (`invalid`);
 //! - what the models refuse: wrong JSON types (`structure`), codes outside a
@@ -50,6 +61,9 @@
 //! - `ServiceRequest.status` other than `active` (`value`);
 //! - an incomplete STarT Back questionnaire (`required`, naming each missing
 //!   item) or a red flag whose value is not a boolean (`value`).
+//!
+//! At most [`MAX_ISSUES`] issues are listed; a last `too-costly` issue
+//! counts the rest.
 //!
 //! Diagnostics never repeat patient-identifiable values (NHS number, names,
 //! free text), so issues may be logged.
@@ -80,8 +94,8 @@ mod structure;
 
 pub use outcome::{Error, FhirError, Issue, IssueType, Severity, operation_outcome};
 pub use referral::{
-    ETHNIC_CATEGORY_EXTENSION, MESSAGE_EVENT_SYSTEMS, ParsedMessage, SERVICE_REQUEST_EVENT,
-    parse_process_message, parse_service_request,
+    ETHNIC_CATEGORY_EXTENSION, MAX_ISSUES, MAX_RESOURCES, MESSAGE_EVENT_SYSTEMS, ParsedMessage,
+    SERVICE_REQUEST_EVENT, parse_process_message, parse_service_request,
 };
 pub use response::{
     ParsedResponse, QUESTIONNAIRE_BASE, TIMEPOINT_SYSTEM, parse_questionnaire_response,

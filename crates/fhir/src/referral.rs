@@ -33,6 +33,14 @@ pub const MESSAGE_EVENT_SYSTEMS: &[&str] = &[
     "https://fhir.nhs.uk/CodeSystem/message-events-bars",
 ];
 
+/// Most entries a referral message may carry, and most resources a
+/// ServiceRequest may contain. A referral carries a few dozen; more is
+/// refused before any resource is read (400 `too-costly`).
+pub const MAX_RESOURCES: usize = 1000;
+/// Most issues reported for one request; the rest are counted in a last
+/// issue, so a refusal stays small whatever arrives.
+pub const MAX_ISSUES: usize = 100;
+
 /// A referral message received on `POST /fhir/$process-message`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedMessage {
@@ -70,17 +78,31 @@ impl Issues {
         self.0.is_empty()
     }
 
-    /// 400 if any issue calls for it, else 422; every issue is reported.
+    /// 400 if any issue calls for it, else 422; the first [`MAX_ISSUES`]
+    /// issues are reported and the rest counted.
     fn into_error(self) -> FhirError {
         let status = if self.0.iter().any(|(s, _)| *s == 400) {
             400
         } else {
             422
         };
-        FhirError {
-            status,
-            issues: self.0.into_iter().map(|(_, i)| i).collect(),
+        let total = self.0.len();
+        let mut issues: Vec<Issue> = self
+            .0
+            .into_iter()
+            .take(MAX_ISSUES)
+            .map(|(_, i)| i)
+            .collect();
+        if total > MAX_ISSUES {
+            issues.push(Issue::error(
+                IssueType::TooCostly,
+                format!(
+                    "{} further issues were found and are not listed",
+                    total - MAX_ISSUES
+                ),
+            ));
         }
+        FhirError { status, issues }
     }
 
     fn finish<T>(self, value: Option<T>) -> Result<T, FhirError> {
@@ -125,6 +147,35 @@ struct Node<'a> {
     contained: Vec<Node<'a>>,
 }
 
+/// The FHIR `id` type: `[A-Za-z0-9\-\.]{1,64}`.
+fn is_fhir_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// Single-valued complex elements the mapping reads, by resource type.
+fn single_elements(resource_type: &str) -> &'static [&'static str] {
+    match resource_type {
+        "MessageHeader" => &["eventCoding", "sender", "source", "reason", "meta"],
+        "ServiceRequest" => &["subject", "requester", "code", "meta"],
+        "Observation" => &["code", "subject", "valueCodeableConcept", "meta"],
+        "QuestionnaireResponse" => &["subject", "meta"],
+        "PractitionerRole" => &["organization", "practitioner", "meta"],
+        _ => &["meta"],
+    }
+}
+
+/// Refusal of a list longer than [`MAX_RESOURCES`].
+fn too_many(len: usize, what: &str, at: String) -> Issue {
+    Issue::error(
+        IssueType::TooCostly,
+        format!("{len} {what}: a referral carries at most {MAX_RESOURCES}"),
+    )
+    .at(at)
+}
+
 /// Read one resource. Structure problems are recorded and give `None`.
 fn parse_node<'a>(
     raw: &'a Value,
@@ -146,7 +197,35 @@ fn parse_node<'a>(
         );
         return None;
     };
+    // The models take an array where a single complex element belongs (the
+    // items in order); FHIR does not, and neither do we for the elements the
+    // mapping reads.
+    if let Some(name) = single_elements(resource_type)
+        .iter()
+        .find(|name| object.get(**name).is_some_and(Value::is_array))
+    {
+        issues.bad(
+            Issue::error(
+                IssueType::Structure,
+                format!("'{name}' is a single element, not an array"),
+            )
+            .at(format!("{expr}.{name}")),
+        );
+        return None;
+    }
     let id = object.get("id").and_then(Value::as_str);
+    if let Some(id) = id
+        && !is_fhir_id(id)
+    {
+        issues.bad(
+            Issue::error(
+                IssueType::Value,
+                "a resource id is 1 to 64 letters, digits, '-' or '.' (FHIR id)",
+            )
+            .at(format!("{expr}.id")),
+        );
+        return None;
+    }
     let mut contained = Vec::new();
     let result = match resource_type {
         "ServiceRequest" => {
@@ -156,6 +235,11 @@ fn parse_node<'a>(
             own.remove("contained");
             if let Some(inner) = object.get("contained") {
                 match inner.as_array() {
+                    Some(list) if list.len() > MAX_RESOURCES => issues.bad(too_many(
+                        list.len(),
+                        "contained resources",
+                        format!("{expr}.contained"),
+                    )),
                     Some(list) => {
                         for (i, c) in list.iter().enumerate() {
                             if let Some(node) =
@@ -322,15 +406,41 @@ fn patient_details(node: &Node<'_>, patient: &Patient, issues: &mut Issues) -> O
             (ident.system.as_deref() == Some(NHS_NUMBER_SYSTEM)).then_some((i, ident))
         });
     let Some((i, ident)) = nhs else {
-        issues.bad(
-            Issue::error(
-                IssueType::Required,
-                format!(
-                    "the Patient has no NHS number (an identifier with system {NHS_NUMBER_SYSTEM})"
-                ),
-            )
-            .at(format!("{}.identifier", node.expr)),
-        );
+        // An NHS number under a mistyped or retired system URI (`http:`,
+        // `fhir.nhs.net`) is pointed at, rather than reported as missing.
+        let near_miss = patient
+            .identifier
+            .iter()
+            .enumerate()
+            .find_map(|(i, ident)| {
+                let system = ident.as_ref()?.system.as_deref()?;
+                system
+                    .trim_end_matches('/')
+                    .to_ascii_lowercase()
+                    .ends_with("/nhs-number")
+                    .then_some((i, system))
+            });
+        match near_miss {
+            Some((i, system)) => issues.unprocessable(
+                Issue::error(
+                    IssueType::Value,
+                    format!(
+                        "an NHS number identifier must have system {NHS_NUMBER_SYSTEM}, not '{}'",
+                        system.chars().take(64).collect::<String>()
+                    ),
+                )
+                .at(format!("{}.identifier[{i}].system", node.expr)),
+            ),
+            None => issues.bad(
+                Issue::error(
+                    IssueType::Required,
+                    format!(
+                        "the Patient has no NHS number (an identifier with system {NHS_NUMBER_SYSTEM})"
+                    ),
+                )
+                .at(format!("{}.identifier", node.expr)),
+            ),
+        }
         return None;
     };
     let Some(value) = ident.value.as_deref() else {
@@ -727,6 +837,19 @@ pub fn parse_process_message(body: &[u8]) -> Result<ParsedMessage, FhirError> {
     let (text, object) = read_resource(body, "Bundle")?;
     let mut issues = Issues::default();
 
+    // Counted before the models read anything.
+    let empty = Vec::new();
+    let raw_entries = object
+        .get("entry")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    if raw_entries.len() > MAX_RESOURCES {
+        return Err(FhirError::bad_request(vec![too_many(
+            raw_entries.len(),
+            "entries",
+            "Bundle.entry".to_owned(),
+        )]));
+    }
     let bundle: Option<Bundle> = match typed(&envelope(&object), "Bundle") {
         Ok(b) => Some(b),
         Err(issue) => {
@@ -734,11 +857,6 @@ pub fn parse_process_message(body: &[u8]) -> Result<ParsedMessage, FhirError> {
             None
         }
     };
-    let empty = Vec::new();
-    let raw_entries = object
-        .get("entry")
-        .and_then(Value::as_array)
-        .unwrap_or(&empty);
     let mut nodes: Vec<Node<'_>> = Vec::new();
     // Where in `nodes` the resource of `entry[0]` is, if it was read.
     let mut first_entry: Option<usize> = None;

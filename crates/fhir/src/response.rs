@@ -12,6 +12,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::outcome::{FhirError, Issue, IssueType};
+use crate::referral::{MAX_ISSUES, MAX_RESOURCES};
 use crate::structure::{read_resource, typed};
 
 /// Canonical URL prefix of the Questionnaires we serve.
@@ -113,6 +114,19 @@ pub fn parse_questionnaire_response(body: &[u8]) -> Result<ParsedResponse, FhirE
             "QuestionnaireResponse.meta.tag",
         );
     }
+    let item_count = raw
+        .get("item")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    if item_count > MAX_RESOURCES {
+        return Err(FhirError::bad_request(vec![
+            Issue::error(
+                IssueType::TooCostly,
+                format!("{item_count} items: a response carries at most {MAX_RESOURCES}"),
+            )
+            .at("QuestionnaireResponse.item"),
+        ]));
+    }
     let mut answers = Vec::new();
     for (i, item) in raw
         .get("item")
@@ -143,6 +157,14 @@ pub fn parse_questionnaire_response(body: &[u8]) -> Result<ParsedResponse, FhirE
                 &format!("QuestionnaireResponse.item[{i}].answer[0]"),
             ),
         }
+    }
+    if issues.len() > MAX_ISSUES {
+        let further = issues.len() - MAX_ISSUES;
+        issues.truncate(MAX_ISSUES);
+        issues.push(Issue::error(
+            IssueType::TooCostly,
+            format!("{further} further issues were found and are not listed"),
+        ));
     }
     match (measure, referral_id, timepoint) {
         (Some(measure), Some(referral_id), Some(timepoint)) if issues.is_empty() => {

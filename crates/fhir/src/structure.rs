@@ -107,16 +107,22 @@ fn read_object<'a>(
             ),
         ))
     })?;
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        Box::new(Issue::error(
-            IssueType::Structure,
-            format!(
+    let value: Value = strict_json(text).map_err(|e| {
+        let message = e.to_string();
+        // Our own messages quote no values, only element names.
+        if let Some(rest) = message.strip_prefix(TOO_COSTLY_MARK) {
+            return Box::new(Issue::error(IssueType::TooCostly, rest.to_owned()));
+        }
+        let diagnostics = match message.strip_prefix(STRICT_MARK) {
+            Some(rest) => format!("the body is not valid FHIR JSON: {rest}"),
+            None => format!(
                 "the body is not well-formed JSON ({:?} error at line {}, column {})",
                 e.classify(),
                 e.line(),
                 e.column()
             ),
-        ))
+        };
+        Box::new(Issue::error(IssueType::Structure, diagnostics))
     })?;
     let Value::Object(object) = value else {
         return Err(Box::new(Issue::error(
@@ -154,6 +160,124 @@ fn read_object<'a>(
             .at("resourceType"),
         )),
     }
+}
+
+/// Reads JSON into a [`Value`] as FHIR requires it: an object never names
+/// the same element twice, and no string (key or value) holds a control
+/// character other than tab, CR and LF (FHIR `string`). `serde_json` alone
+/// keeps the last of two equal keys, which would let the models and the
+/// stored raw JSON disagree about, say, which NHS number was sent.
+struct Strict;
+
+/// Marker at the start of the errors [`Strict`] raises.
+const STRICT_MARK: &str = "strict: ";
+/// Marker of the error for an array longer than [`MAX_ARRAY_ITEMS`].
+const TOO_COSTLY_MARK: &str = "too-costly: ";
+/// Longest JSON array read: no element of a referral repeats more often,
+/// and a longer one is refused while it is read, before it fills memory.
+pub(crate) const MAX_ARRAY_ITEMS: usize = 10_000;
+
+fn control_free(s: &str) -> bool {
+    !s.chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\r' | '\n'))
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        self.visit_string(v.to_owned())
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        if control_free(&v) {
+            Ok(Value::String(v))
+        } else {
+            Err(E::custom(format!(
+                "{STRICT_MARK}a string holds a control character (FHIR strings may not)"
+            )))
+        }
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        use serde::de::Error as _;
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element_seed(Strict)? {
+            if items.len() == MAX_ARRAY_ITEMS {
+                return Err(A::Error::custom(format!(
+                    "{TOO_COSTLY_MARK}an array has more than {MAX_ARRAY_ITEMS} items"
+                )));
+            }
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        use serde::de::Error as _;
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !control_free(&key) {
+                return Err(A::Error::custom(format!(
+                    "{STRICT_MARK}an element name holds a control character"
+                )));
+            }
+            let value = map.next_value_seed(Strict)?;
+            if object.contains_key(&key) {
+                return Err(A::Error::custom(format!(
+                    "{STRICT_MARK}element '{}' appears twice in one object",
+                    truncate(&key)
+                )));
+            }
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// Parse JSON text with [`Strict`]'s rules; the whole text must be one value.
+fn strict_json(text: &str) -> Result<Value, serde_json::Error> {
+    use serde::de::DeserializeSeed as _;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = Strict.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
 }
 
 fn json_kind(v: &Value) -> &'static str {

@@ -1,14 +1,12 @@
 //! `mskflow-assessment`: the FCP assessment service on its own, over the
-//! embedded SQLite event store.
+//! event log it is configured with (the embedded file or Kafka).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
 use mskflow_assessment::{Options, Policy, Service};
-use mskflow_eventlog_sqlite::SqliteEventLog;
 
 /// FCP assessment: worklist, clinician slots, bookings and outcomes (gRPC).
 #[derive(Debug, Parser)]
@@ -21,9 +19,9 @@ struct Args {
         default_value = "127.0.0.1:50052"
     )]
     grpc_addr: SocketAddr,
-    /// The embedded event store file (created if missing).
-    #[arg(long, env = "MSKFLOW_DB", default_value = "mskflow.db")]
-    db: PathBuf,
+    /// The event log: the embedded file (default) or Kafka.
+    #[command(flatten)]
+    store: mskflow_store::StoreArgs,
     /// A policy file (TOML, e.g. `max_missed = 2`); defaults otherwise.
     #[arg(long, env = "MSKFLOW_ASSESSMENT_POLICY")]
     policy: Option<PathBuf>,
@@ -59,13 +57,10 @@ async fn main() -> anyhow::Result<()> {
         None => Policy::default(),
     };
 
-    let store = SqliteEventLog::open(mskflow_eventlog_sqlite::Options {
-        path: args.db.clone(),
-        ..mskflow_eventlog_sqlite::Options::default()
-    })
-    .with_context(|| format!("opening event store {}", args.db.display()))?;
-    let log: Arc<dyn mskflow_eventlog::EventLog> =
-        Arc::new(mskflow_eventlog::Instrumented::new(Arc::new(store.clone())));
+    let store = mskflow_store::open(&args.store, "mskflow-assessment")
+        .await
+        .context("opening the event log")?;
+    let log = store.log.clone();
 
     let service = Service::build(
         Options {

@@ -150,8 +150,16 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status)
-            .content_type(crate::http::FHIR_JSON)
+        let mut res = HttpResponse::build(self.status);
+        // After a body that was too large or too slow, the rest of it may
+        // still be on the wire: the connection cannot be reused.
+        if matches!(
+            self.status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+        ) {
+            res.force_close();
+        }
+        res.content_type(crate::http::FHIR_JSON)
             .body(self.outcome().to_string())
     }
 }

@@ -26,6 +26,11 @@ use crate::{render, search};
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_CORRELATION_ID: &str = "x-correlation-id";
+/// The whole request body must arrive within this time of the handler
+/// starting to read it; a slower client (slow-loris, or a Content-Length
+/// larger than what is sent) gets 408 and the connection is closed. The
+/// request head has its own limit (the HTTP server's request timeout).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shared state of the HTTP workers.
 #[derive(Debug)]
@@ -66,6 +71,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::scope("/fhir")
+            // Bearer tokens, scopes, NHSD headers and the audit trail
+            // (`/fhir/metadata` stays open).
+            .wrap(actix_web::middleware::from_fn(crate::auth::authorise))
             .service(
                 web::resource("/metadata")
                     .route(web::get().to(metadata))
@@ -176,6 +184,31 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(
                 web::resource("/Task/{id}")
                     .route(web::get().to(read_task))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/Patient")
+                    .route(web::get().to(crate::patient::search))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/Patient/{id}")
+                    .route(web::get().to(crate::patient::read))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/Patient/{id}/_history")
+                    .route(web::get().to(crate::patient::history))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/Patient/{id}/_history/{vid}")
+                    .route(web::get().to(crate::patient::vread))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/AuditEvent")
+                    .route(web::get().to(crate::audit::search))
                     .default_service(web::to(not_allowed)),
             ),
     )
@@ -317,7 +350,7 @@ fn fhir_ok(status: StatusCode, body: &Value) -> HttpResponse {
         .body(body.to_string())
 }
 
-fn base_url(state: &AppState, req: &HttpRequest) -> String {
+pub(crate) fn base_url(state: &AppState, req: &HttpRequest) -> String {
     match &state.base_url {
         Some(b) => b.trim_end_matches('/').to_owned(),
         None => {
@@ -399,20 +432,34 @@ async fn read_body(
     {
         return Err(too_large());
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request(
-                IssueType::Structure,
-                format!("could not read the body: {e}"),
-            )
-        })?;
-        if body.len() + chunk.len() > state.body_limit {
-            return Err(too_large());
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request(
+                    IssueType::Structure,
+                    format!("could not read the body: {e}"),
+                )
+            })?;
+            if body.len() + chunk.len() > state.body_limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(BODY_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                IssueType::Timeout,
+                format!(
+                    "the request body did not arrive within {} seconds",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+        })?
 }
 
 /// Submit to intake over gRPC, then wait until the views show the result.
@@ -468,6 +515,14 @@ async fn process_message(
     check_content_type(&req)?;
     let body = read_body(&state, &req, payload).await?;
     let mut parsed = mskflow_fhir::parse_process_message(&body)?;
+    crate::auth::principal(&req)?.check_sender(
+        parsed
+            .referral
+            .sender
+            .ods_code
+            .as_ref()
+            .map(mskflow_events::OdsCode::as_str),
+    )?;
     if parsed.bundle_version.as_deref().is_none_or(str::is_empty) {
         return Err(ApiError::bad_request(
             IssueType::Required,
@@ -490,11 +545,7 @@ async fn process_message(
         return cancel(&state, &req, request_id, correlation_id, parsed).await;
     }
     if parsed.referral.sender.software.is_none() {
-        parsed.referral.sender.software = req
-            .headers()
-            .get("nhsd-requesting-software")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        parsed.referral.sender.software = crate::auth::nhsd(&req).requesting_software;
     }
     let view = submit(
         &state,
@@ -667,9 +718,14 @@ fn existing_for(
             format!("invalid If-None-Exist: {}", e.0),
         )
     })?;
-    let matched: Vec<crate::views::ReferralView> = state
-        .views
-        .read(|views| search.run(views.referrals()).into_iter().cloned().collect());
+    let principal = crate::auth::principal(req)?;
+    let matched: Vec<crate::views::ReferralView> = state.views.read(|views| {
+        search
+            .run(views.referrals().filter(|r| principal.may_see(r)))
+            .into_iter()
+            .cloned()
+            .collect()
+    });
     match matched.len() {
         0 => Ok(None),
         1 => Ok(matched.into_iter().next()),
@@ -690,6 +746,13 @@ async fn create_service_request(
     check_content_type(&req)?;
     let body = read_body(&state, &req, payload).await?;
     let referral = mskflow_fhir::parse_service_request(&body)?;
+    crate::auth::principal(&req)?.check_sender(
+        referral
+            .sender
+            .ods_code
+            .as_ref()
+            .map(mskflow_events::OdsCode::as_str),
+    )?;
     let base = base_url(&state, &req);
     if let Some(existing) = existing_for(&state, &req)? {
         return Ok(created(&req, StatusCode::OK, &base, &existing));
@@ -699,7 +762,11 @@ async fn create_service_request(
 }
 
 fn parse_id(raw: &str, resource: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::not_found(format!("{resource}/{raw} is not known")))
+    Uuid::parse_str(raw).map_err(|_| {
+        // The id is echoed only in part: it is whatever the client sent.
+        let shown: String = raw.chars().take(64).collect();
+        ApiError::not_found(format!("{resource}/{shown} is not known"))
+    })
 }
 
 fn read_response(resource: &Value, version: u64) -> HttpResponse {
@@ -709,12 +776,18 @@ fn read_response(resource: &Value, version: u64) -> HttpResponse {
         .body(resource.to_string())
 }
 
-async fn read_task(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn read_task(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path, "Task")?;
+    let principal = crate::auth::principal(&req)?;
     state
         .views
         .read(|v| {
             v.referral(&id)
+                .filter(|r| principal.may_see(r))
                 .map(|r| read_response(&render::task(r), r.task_version()))
         })
         .ok_or_else(|| ApiError::not_found(format!("Task/{id} is not known")))
@@ -722,16 +795,20 @@ async fn read_task(state: State, path: web::Path<String>) -> Result<HttpResponse
 
 async fn read_service_request(
     state: State,
+    req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path, "ServiceRequest")?;
+    let principal = crate::auth::principal(&req)?;
     state
         .views
         .read(|v| {
             v.referral(&id)
+                .filter(|r| principal.may_see(r))
                 .map(|r| read_response(&render::service_request(r), r.version))
                 .or_else(|| {
                     v.onward_referral(&id)
+                        .filter(|(r, _)| principal.may_see(r))
                         .map(|(r, o)| read_response(&render::onward_service_request(r, o), 1))
                 })
         })
@@ -759,19 +836,10 @@ fn search(
     let search = search::Search::parse(resource, &pairs)
         .map_err(|e| ApiError::bad_request(IssueType::NotSupported, e.0))?;
     let base = base_url(state, req);
+    let principal = crate::auth::principal(req)?;
     let (total, page) = state.views.read(|views| {
-        let matched = search.run(views.referrals());
-        let total = matched.len();
-        let page: Vec<Value> = if search.summary_count {
-            Vec::new()
-        } else {
-            matched
-                .into_iter()
-                .skip(search.offset)
-                .take(search.count)
-                .map(render_one)
-                .collect()
-        };
+        let (total, matched) = search.page(views, |r| principal.may_see(r));
+        let page: Vec<Value> = matched.into_iter().map(render_one).collect();
         (total, page)
     });
     let link = |offset: usize| {
@@ -867,6 +935,20 @@ fn history_path(path: &str) -> Result<(&'static str, Render), ApiError> {
     }
 }
 
+/// The referral exists and the caller may see it; otherwise 404, the same
+/// answer as for an unknown id (existence is not leaked).
+fn visible(state: &AppState, req: &HttpRequest, id: Uuid, resource: &str) -> Result<(), ApiError> {
+    let principal = crate::auth::principal(req)?;
+    if state
+        .views
+        .read(|v| v.referral(&id).is_some_and(|r| principal.may_see(r)))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("{resource}/{id} is not known")))
+    }
+}
+
 /// `GET /{type}/{id}/_history`: a `history` Bundle, newest first.
 async fn history(
     state: State,
@@ -875,6 +957,7 @@ async fn history(
 ) -> Result<HttpResponse, ApiError> {
     let (resource, render_one) = history_path(req.path())?;
     let id = parse_id(&path, resource)?;
+    visible(&state, &req, id, resource)?;
     let versions = versions(&state, id, resource).await?;
     if versions.is_empty() {
         return Err(ApiError::not_found(format!("{resource}/{id} is not known")));
@@ -913,6 +996,7 @@ async fn vread(
     let (resource, render_one) = history_path(req.path())?;
     let (raw_id, raw_version) = path.into_inner();
     let id = parse_id(&raw_id, resource)?;
+    visible(&state, &req, id, resource)?;
     let version: u64 = raw_version.parse().map_err(|_| {
         ApiError::not_found(format!(
             "{resource}/{id}/_history/{raw_version} is not a version"
@@ -926,12 +1010,18 @@ async fn vread(
         .ok_or_else(|| ApiError::not_found(format!("{resource}/{id} has no version {version}")))
 }
 
-async fn read_appointment(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn read_appointment(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path, "Appointment")?;
+    let principal = crate::auth::principal(&req)?;
     state
         .views
         .read(|v| {
             v.appointment(&id)
+                .filter(|(r, _)| principal.may_see(r))
                 .map(|(r, a)| fhir_ok(StatusCode::OK, &render::appointment(r, a)))
         })
         .ok_or_else(|| ApiError::not_found(format!("Appointment/{id} is not known")))
@@ -942,10 +1032,12 @@ async fn search_appointments(state: State, req: HttpRequest) -> Result<HttpRespo
     let search = search::AppointmentSearch::parse(&pairs)
         .map_err(|e| ApiError::bad_request(IssueType::NotSupported, e.0))?;
     let base = base_url(&state, &req);
+    let principal = crate::auth::principal(&req)?;
     let (total, page) = state.views.read(|views| {
         // Earliest first.
         let mut matched: Vec<(&crate::views::ReferralView, &crate::views::AppointmentView)> = views
             .referrals()
+            .filter(|r| principal.may_see(r))
             .flat_map(|r| {
                 r.appointments
                     .iter()
@@ -1176,6 +1268,7 @@ async fn submit_questionnaire_response(
     check_content_type(&req)?;
     let body = read_body(&state, &req, payload).await?;
     let parsed = mskflow_fhir::parse_questionnaire_response(&body)?;
+    visible(&state, &req, parsed.referral_id, "ServiceRequest")?;
     let mut request = tonic::Request::new(opb::SubmitResponseRequest {
         referral_id: parsed.referral_id.to_string(),
         measure: parsed.measure.clone(),
@@ -1244,12 +1337,18 @@ async fn submit_questionnaire_response(
         .body(resource.to_string()))
 }
 
-async fn read_encounter(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn read_encounter(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path, "Encounter")?;
+    let principal = crate::auth::principal(&req)?;
     state
         .views
         .read(|v| {
             v.referral(&id)
+                .filter(|r| principal.may_see(r))
                 .and_then(render::encounter)
                 .map(|e| fhir_ok(StatusCode::OK, &e))
         })
@@ -1289,7 +1388,11 @@ async fn read_message_definition(path: web::Path<String>) -> Result<HttpResponse
 async fn metadata(state: State, req: HttpRequest) -> HttpResponse {
     fhir_ok(
         StatusCode::OK,
-        &render::capability_statement(&base_url(&state, &req)),
+        &render::capability_statement(
+            &base_url(&state, &req),
+            req.app_data::<web::Data<crate::auth::Authenticator>>()
+                .and_then(|a| a.token_url()),
+        ),
     )
 }
 

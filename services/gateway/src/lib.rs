@@ -4,10 +4,14 @@
 //! in one process, so the split deployment runs the same code), and serves
 //! `Task` and `ServiceRequest` views built only from events.
 
+pub mod analytics;
+pub mod audit;
+pub mod auth;
 pub mod delivery;
 pub mod error;
 pub mod http;
 pub mod notify;
+pub mod patient;
 pub mod projection;
 pub mod render;
 pub mod search;
@@ -47,6 +51,8 @@ pub struct Options {
     pub referrer_endpoints: Vec<String>,
     /// Readiness fails when the views lag the log by more events than this.
     pub max_view_lag: u64,
+    /// Bearer-token authentication of `/fhir` (dev mode by default).
+    pub auth: auth::Options,
 }
 
 impl Default for Options {
@@ -61,6 +67,7 @@ impl Default for Options {
             outbound: delivery::Options::default(),
             referrer_endpoints: Vec::new(),
             max_view_lag: 10_000,
+            auth: auth::Options::default(),
         }
     }
 }
@@ -85,6 +92,8 @@ pub enum Error {
     Replay(#[from] mskflow_eventlog::Error),
     #[error("HTTP server failed: {0}")]
     Server(#[source] std::io::Error),
+    #[error("authentication: {0}")]
+    Auth(#[from] auth::Error),
 }
 
 /// A built gateway, listening but not yet serving.
@@ -95,6 +104,7 @@ pub struct Service {
     log: Arc<dyn EventLog>,
     views: Arc<ViewStore>,
     subscription: Box<dyn mskflow_eventlog::Subscription>,
+    authenticator: Arc<auth::Authenticator>,
     intake: IntakeServiceClient<tonic::transport::Channel>,
     outcomes: mskflow_proto::outcomes::v1::outcomes_service_client::OutcomesServiceClient<
         tonic::transport::Channel,
@@ -105,6 +115,7 @@ impl Service {
     /// Bind the listener, replay the log into the views, and prepare the
     /// intake client (connected lazily, so start-up order does not matter).
     pub async fn build(options: Options, log: Arc<dyn EventLog>) -> Result<Self, Error> {
+        let authenticator = Arc::new(auth::Authenticator::new(&options.auth)?);
         let listener = TcpListener::bind(options.http_addr).map_err(|source| Error::Bind {
             addr: options.http_addr,
             source,
@@ -130,12 +141,23 @@ impl Service {
             referrals = views.read(|v| v.len()),
             "gateway views replayed"
         );
+        if let Some(token) = authenticator.dev_token() {
+            tracing::warn!(
+                "development authentication is on: a random key made at start-up signs tokens; configure gateway.auth.mode = \"jwt\" for any real use"
+            );
+            eprintln!(
+                "\n==== mskflow DEVELOPMENT bearer token (valid 12 h, this process only; scopes: {}, ods: {}) ====\nAuthorization: Bearer {token}\n==== end of development token ====\n",
+                auth::DEV_SCOPES,
+                auth::DEV_ODS
+            );
+        }
         Ok(Self {
             listener,
             options,
             log,
             views,
             subscription,
+            authenticator,
             intake: IntakeServiceClient::new(channel),
             outcomes:
                 mskflow_proto::outcomes::v1::outcomes_service_client::OutcomesServiceClient::new(
@@ -147,6 +169,11 @@ impl Service {
     /// The bound HTTP address.
     pub fn local_addr(&self) -> Result<SocketAddr, std::io::Error> {
         self.listener.local_addr()
+    }
+
+    /// The development bearer token, when running in dev mode.
+    pub fn dev_token(&self) -> Option<&str> {
+        self.authenticator.dev_token()
     }
 
     /// The live views (for tests and the operator's tools).
@@ -175,15 +202,27 @@ impl Service {
             intake_timeout: Duration::from_secs(30),
             max_view_lag: self.options.max_view_lag,
         });
+        let authenticator = web::Data::from(self.authenticator.clone());
+        let (recorder, auditing) = audit::Recorder::start(self.log.clone());
+        let recorder = web::Data::new(recorder);
+        let analytics_store = Arc::new(analytics::AnalyticsStore::default());
+        let analytics_data = web::Data::from(analytics_store.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(authenticator.clone())
+                .app_data(recorder.clone())
+                .app_data(analytics_data.clone())
                 .wrap(middleware::from_fn(http::observe))
+                .configure(analytics::configure)
                 .configure(http::configure)
         })
         .workers(self.options.workers.max(1))
         .disable_signals()
         .shutdown_timeout(10)
+        // A request head not complete in 5 s gets 408 and the connection is
+        // closed (slow-loris); the body has `http::BODY_TIMEOUT`.
+        .client_request_timeout(Duration::from_secs(5))
         .listen(self.listener)
         .map_err(Error::Server)?
         .run();
@@ -221,17 +260,28 @@ impl Service {
                 let _ = notify_stop_rx.wait_for(|s| *s).await;
             },
         ));
+        let mut analytics_stop_rx = deliver_stop_tx.subscribe();
+        let analysing = tokio::spawn(analytics::run(
+            self.log.clone(),
+            analytics_store,
+            async move {
+                let _ = analytics_stop_rx.wait_for(|s| *s).await;
+            },
+        ));
         let stopper = tokio::spawn(async move {
             shutdown.await;
             tracing::info!("gateway stopping: finishing in-flight requests");
             handle.stop(true).await;
         });
         let result = server.await.map_err(Error::Server);
+        // No request is in flight any more: append what is queued, then stop.
+        auditing.stop(Duration::from_secs(10)).await;
         let _ = stop_tx.send(());
         let _ = deliver_stop_tx.send(true);
         let _ = follower.await;
         let _ = delivering.await;
         let _ = notifying.await;
+        let _ = analysing.await;
         stopper.abort();
         result
     }

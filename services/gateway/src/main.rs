@@ -1,8 +1,6 @@
 //! `mskflow-gateway`: the FHIR gateway as its own process.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -28,9 +26,10 @@ struct Args {
         default_value = "http://127.0.0.1:50054"
     )]
     outcomes_url: String,
-    /// Embedded event store file (shared with intake on one machine).
-    #[arg(long, env = "MSKFLOW_DB", default_value = "mskflow.db")]
-    db: PathBuf,
+    /// The event log: the embedded file (shared with intake on one
+    /// machine) or Kafka.
+    #[command(flatten)]
+    store: mskflow_store::StoreArgs,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MSKFLOW_BODY_LIMIT", default_value_t = 1024 * 1024)]
     body_limit: usize,
@@ -40,6 +39,25 @@ struct Args {
     /// OTLP/gRPC endpoint for traces (e.g. http://127.0.0.1:4317); off when unset.
     #[arg(long, env = "MSKFLOW_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Authentication: `jwt` (tokens signed by the configured keys) or
+    /// `dev` (a random key made at start-up; a development token is printed).
+    #[arg(long, env = "MSKFLOW_GATEWAY_AUTH_MODE", default_value = "dev")]
+    auth_mode: String,
+    /// A JSON Web Key Set file of the token issuer's public keys.
+    #[arg(long, env = "MSKFLOW_GATEWAY_AUTH_JWKS_FILE")]
+    auth_jwks_file: Option<std::path::PathBuf>,
+    /// A file holding a shared HS256 secret (at least 32 bytes).
+    #[arg(long, env = "MSKFLOW_GATEWAY_AUTH_HS256_SECRET_FILE")]
+    auth_hs256_secret_file: Option<std::path::PathBuf>,
+    /// Required token issuer (`iss`).
+    #[arg(long, env = "MSKFLOW_GATEWAY_AUTH_ISSUER")]
+    auth_issuer: Option<String>,
+    /// Required token audience (`aud`).
+    #[arg(long, env = "MSKFLOW_GATEWAY_AUTH_AUDIENCE")]
+    auth_audience: Option<String>,
+    /// ODS codes of provider organisations (may read every referral).
+    #[arg(long, env = "MSKFLOW_GATEWAY_AUTH_PROVIDER_ODS", value_delimiter = ',')]
+    auth_provider_ods: Vec<String>,
     /// Log format: json or pretty.
     #[arg(long, env = "MSKFLOW_LOG_FORMAT", default_value = "json")]
     log_format: mskflow_telemetry::LogFormat,
@@ -53,11 +71,9 @@ async fn main() -> anyhow::Result<()> {
         log_format: args.log_format,
         otlp_endpoint: args.otlp_endpoint.clone(),
     })?;
-    let log = mskflow_eventlog_sqlite::SqliteEventLog::open(mskflow_eventlog_sqlite::Options {
-        path: args.db.clone(),
-        ..Default::default()
-    })
-    .with_context(|| format!("opening the event store {}", args.db.display()))?;
+    let store = mskflow_store::open(&args.store, "mskflow-gateway")
+        .await
+        .context("opening the event log")?;
     let service = mskflow_gateway::Service::build(
         mskflow_gateway::Options {
             http_addr: args.http_addr,
@@ -65,13 +81,27 @@ async fn main() -> anyhow::Result<()> {
             outcomes_url: args.outcomes_url,
             body_limit: args.body_limit,
             base_url: args.base_url,
+            auth: mskflow_gateway::auth::Options {
+                mode: match args.auth_mode.as_str() {
+                    "jwt" => mskflow_gateway::auth::Mode::Jwt,
+                    "dev" => mskflow_gateway::auth::Mode::Dev,
+                    other => anyhow::bail!("--auth-mode {other}: expected jwt or dev"),
+                },
+                jwks_file: args.auth_jwks_file,
+                hs256_secret_file: args.auth_hs256_secret_file,
+                issuer: args.auth_issuer,
+                audience: args.auth_audience,
+                provider_ods: args.auth_provider_ods,
+                ..Default::default()
+            },
             ..Default::default()
         },
-        Arc::new(mskflow_eventlog::Instrumented::new(Arc::new(log))),
+        store.log.clone(),
     )
     .await?;
     tracing::info!(addr = %service.local_addr()?, "gateway listening");
     let result = service.run(mskflow_telemetry::shutdown_signal()).await;
+    store.close().await;
     telemetry.shutdown();
     Ok(result?)
 }

@@ -319,6 +319,68 @@ pub fn service_request(view: &ReferralView) -> Value {
     sr
 }
 
+/// The referral's Patient exactly as the referrer sent it (every element,
+/// known or not), as version `version` of `Patient/{id}`: the id is the
+/// Patient view's, `meta.versionId` and `meta.lastUpdated` say which referral
+/// carried it and when (other `meta` elements, such as profiles, are kept).
+pub fn patient(id: uuid::Uuid, version: usize, view: &ReferralView) -> Value {
+    let nhs_number = view.details.patient.nhs_number.as_str();
+    let mut patient = serde_json::from_str::<Value>(&view.details.fhir_json)
+        .ok()
+        .and_then(|sent| patient_as_sent(&sent, nhs_number))
+        .unwrap_or_else(|| {
+            json!({
+                "resourceType": "Patient",
+                "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": nhs_number}],
+            })
+        });
+    patient["id"] = json!(id.to_string());
+    if !patient["meta"].is_object() {
+        patient["meta"] = json!({});
+    }
+    patient["meta"]["versionId"] = json!(version.to_string());
+    patient["meta"]["lastUpdated"] = json!(instant(&view.created));
+    patient
+}
+
+/// The Patient in a referral as sent (a Bundle's entries, a ServiceRequest's
+/// contained resources) whose NHS number is `nhs_number`.
+fn patient_as_sent(sent: &Value, nhs_number: &str) -> Option<Value> {
+    let is_the_patient = |r: &Value| {
+        r.get("resourceType").and_then(Value::as_str) == Some("Patient")
+            && r.get("identifier")
+                .and_then(Value::as_array)
+                .is_some_and(|ids| {
+                    ids.iter().any(|i| {
+                        i.get("system").and_then(Value::as_str) == Some(NHS_NUMBER_SYSTEM)
+                            && i.get("value").and_then(Value::as_str).is_some_and(|v| {
+                                v.chars()
+                                    .filter(|c| !c.is_whitespace())
+                                    .eq(nhs_number.chars())
+                            })
+                    })
+                })
+    };
+    fn with_contained(r: &Value) -> impl Iterator<Item = &Value> {
+        std::iter::once(r).chain(
+            r.get("contained")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        )
+    }
+    let entries = sent
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("resource"));
+    with_contained(sent)
+        .chain(entries.flat_map(with_contained))
+        .find(|r| is_the_patient(r))
+        .cloned()
+}
+
 fn extract_service_request(value: Value) -> Option<Value> {
     match value.get("resourceType").and_then(Value::as_str) {
         Some("ServiceRequest") => Some(value),
@@ -638,9 +700,10 @@ pub fn message_definition() -> Value {
 }
 
 /// What this server supports, and nothing more. `tests` compare it with the
-/// routes.
-pub fn capability_statement(base: &str) -> Value {
-    json!({
+/// routes. `token_url` is the authorisation server's token endpoint,
+/// advertised with the SMART `oauth-uris` extension when configured.
+pub fn capability_statement(base: &str, token_url: Option<&str>) -> Value {
+    let mut statement = json!({
         "resourceType": "CapabilityStatement",
         "id": "mskflow-gateway",
         "status": "active",
@@ -653,9 +716,32 @@ pub fn capability_statement(base: &str) -> Value {
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
+            "security": {
+                "cors": false,
+                "service": [{
+                    "coding": [{
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                        "display": "SMART-on-FHIR"
+                    }],
+                    "text": "OAuth2 bearer tokens (JWT) with SMART system scopes, e.g. system/ServiceRequest.write, system/Task.read; claim 'ods' names the calling organisation"
+                }],
+                "description": "Every request except GET /metadata needs Authorization: Bearer <JWT>. 401 for a missing, invalid or expired token; 403 when its scopes do not cover the interaction. Referrers see only the referrals their organisation sent. Every access to patient data is recorded (AuditEvent)."
+            },
             "resource": [
                 resource_capability(Resource::ServiceRequest, &["read", "vread", "history-instance", "create", "search-type"]),
                 resource_capability(Resource::Task, &["read", "vread", "history-instance", "search-type"]),
+                {
+                    "type": "Patient",
+                    "versioning": "versioned",
+                    "readHistory": true,
+                    "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "history-instance"}, {"code": "search-type"}],
+                    "searchParam": crate::search::PATIENT_PARAMETERS
+                        .iter()
+                        .map(|(name, kind)| json!({"name": name, "type": kind}))
+                        .chain([json!({"name": "_count", "type": "number"}), json!({"name": "_offset", "type": "number"})])
+                        .collect::<Vec<_>>()
+                },
                 {
                     "type": "Appointment",
                     "interaction": [{"code": "read"}, {"code": "search-type"}],
@@ -698,11 +784,28 @@ pub fn capability_statement(base: &str) -> Value {
                     "interaction": [{"code": "read"}, {"code": "search-type"}],
                     "searchParam": []
                 },
+                {
+                    "type": "AuditEvent",
+                    "interaction": [{"code": "search-type"}],
+                    "searchParam": [
+                        {"name": "date", "type": "date"},
+                        {"name": "agent", "type": "token", "documentation": "the OAuth client id"},
+                        {"name": "entity", "type": "reference"},
+                        {"name": "_count", "type": "number"}
+                    ]
+                },
             ],
             "operation": [{
                 "name": "process-message",
                 "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"
             }]
         }]
-    })
+    });
+    if let Some(token) = token_url {
+        statement["rest"][0]["security"]["extension"] = json!([{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": "token", "valueUri": token}]
+        }]);
+    }
+    statement
 }

@@ -5,7 +5,7 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use mskflow_events::NHS_NUMBER_SYSTEM;
 
 use crate::render;
-use crate::views::ReferralView;
+use crate::views::{ReferralView, Views};
 
 /// Default and largest page sizes.
 pub const DEFAULT_COUNT: usize = 50;
@@ -143,6 +143,106 @@ impl AppointmentSearch {
                     )
                 }))
             && (self.based_on.is_empty() || self.based_on.contains(&Some(view.referral_id)))
+    }
+}
+
+/// Search parameters of `Patient`.
+pub const PATIENT_PARAMETERS: &[(&str, &str)] = &[("_id", "token"), ("identifier", "token")];
+
+/// A parsed `Patient` search: `_id` and `identifier` (the NHS number), each
+/// a comma-separated list of alternatives; repeated parameters must all hold.
+#[derive(Debug, Clone)]
+pub struct PatientSearch {
+    ids: Vec<Vec<Option<uuid::Uuid>>>,
+    identifiers: Vec<Vec<String>>,
+    pub count: usize,
+    pub offset: usize,
+}
+
+impl PatientSearch {
+    pub fn parse(pairs: &[(String, String)]) -> Result<Self, Invalid> {
+        let mut s = PatientSearch {
+            ids: Vec::new(),
+            identifiers: Vec::new(),
+            count: DEFAULT_COUNT,
+            offset: 0,
+        };
+        for (key, raw) in pairs {
+            match key.as_str() {
+                "_count" => {
+                    s.count = raw
+                        .parse::<usize>()
+                        .map_err(|_| Invalid("_count must be a non-negative integer".into()))?
+                        .min(MAX_COUNT)
+                }
+                "_offset" => {
+                    s.offset = raw
+                        .parse::<usize>()
+                        .map_err(|_| Invalid("_offset must be a non-negative integer".into()))?
+                }
+                "_format" => {}
+                "_id" => s.ids.push(
+                    raw.split(',')
+                        .map(|v| uuid::Uuid::parse_str(v).ok())
+                        .collect(),
+                ),
+                "identifier" => s
+                    .identifiers
+                    .push(raw.split(',').map(str::to_owned).collect()),
+                other => {
+                    return Err(Invalid(format!(
+                        "search parameter '{other}' is not supported on Patient (supported: _id, identifier, _count, _offset)"
+                    )));
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// The matching Patient views (each the referrals that carried the
+    /// patient, in the order received), by Patient id. An `identifier` or
+    /// `_id` is looked up in the views' index; only a search with neither
+    /// reads every patient.
+    pub fn run<'a>(&self, views: &'a Views) -> Vec<Vec<&'a ReferralView>> {
+        let mut matched: Vec<Vec<&ReferralView>> = if let Some(first) = self.identifiers.first() {
+            first
+                .iter()
+                .filter_map(|raw| {
+                    let (system, value) = token(raw);
+                    system
+                        .is_none_or(|s| s.is_empty() || s == NHS_NUMBER_SYSTEM)
+                        .then(|| views.referrals_of_patient(value))
+                })
+                .filter(|p| !p.is_empty())
+                .collect()
+        } else if let Some(first) = self.ids.first() {
+            first
+                .iter()
+                .flatten()
+                .filter_map(|id| views.patient(id))
+                .collect()
+        } else {
+            views.patients().collect()
+        };
+        matched.retain(|p| self.matches(p));
+        matched.sort_by_key(|p| p.first().map(|r| r.referral_id));
+        matched.dedup_by_key(|p| p.first().map(|r| r.referral_id));
+        matched
+    }
+
+    fn matches(&self, patient: &[&ReferralView]) -> bool {
+        let Some(first) = patient.first() else {
+            return false;
+        };
+        let nhs_number = first.details.patient.nhs_number.as_str();
+        self.ids
+            .iter()
+            .all(|alternatives| alternatives.contains(&Some(first.referral_id)))
+            && self.identifiers.iter().all(|alternatives| {
+                alternatives
+                    .iter()
+                    .any(|raw| token_matches(raw, Some(NHS_NUMBER_SYSTEM), nhs_number))
+            })
     }
 }
 
@@ -302,6 +402,13 @@ fn reference_id(value: &str) -> Option<uuid::Uuid> {
         return None;
     }
     uuid::Uuid::parse_str(value.rsplit('/').next().unwrap_or(value)).ok()
+}
+
+/// One part of a sort key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum SortPart {
+    Time(DateTime<Utc>),
+    Id(uuid::Uuid),
 }
 
 /// One parsed parameter (all values of a repeated parameter must hold; the
@@ -479,6 +586,104 @@ impl Search {
         })
     }
 
+    /// The referrals an indexed parameter narrows the search to: `_id`,
+    /// `focus` / `based-on` by id, `patient:identifier` by NHS number. `None`
+    /// when no parameter is indexed (every referral is a candidate).
+    fn indexed<'a>(&self, views: &'a Views) -> Option<Vec<&'a ReferralView>> {
+        let mut found: Vec<&ReferralView> = self.filters.iter().find_map(|f| match f {
+            Filter::Id(ids) => Some(ids.iter().filter_map(|id| views.referral(id)).collect()),
+            Filter::Reference(ids) => Some(
+                ids.iter()
+                    .flatten()
+                    .filter_map(|id| views.referral(id))
+                    .collect(),
+            ),
+            Filter::PatientIdentifier(raws) => Some(
+                raws.iter()
+                    .flat_map(|raw| {
+                        let (system, value) = token(raw);
+                        if system.is_none_or(|s| s.is_empty() || s == NHS_NUMBER_SYSTEM) {
+                            views.referrals_of_patient(value)
+                        } else {
+                            Vec::new()
+                        }
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        })?;
+        found.sort_by_key(|v| v.referral_id);
+        found.dedup_by_key(|v| v.referral_id);
+        Some(found)
+    }
+
+    /// The sort key of a view: one part per sort parameter.
+    fn key(&self, sort: &[(String, bool)], view: &ReferralView) -> Vec<SortPart> {
+        sort.iter()
+            .map(|(key, _)| match key.as_str() {
+                "_lastUpdated" => SortPart::Time(self.last_updated(view)),
+                "authored" | "authored-on" => SortPart::Time(self.authored(view)),
+                _ => SortPart::Id(view.referral_id),
+            })
+            .collect()
+    }
+
+    /// Run the search for a caller who may see what `visible` allows: the
+    /// number of matches and the page asked for (`_offset`, `_count`; empty
+    /// for `_summary=count`), sorted as [`Search::run`] sorts.
+    ///
+    /// Indexed parameters (see [`Search::indexed`]) look their referrals up;
+    /// other searches read each referral once. Sort keys are computed once
+    /// per match, and only the matches up to the end of the page are sorted.
+    pub fn page<'a>(
+        &self,
+        views: &'a Views,
+        visible: impl Fn(&ReferralView) -> bool,
+    ) -> (usize, Vec<&'a ReferralView>) {
+        let sort = if self.sort.is_empty() {
+            vec![("_lastUpdated".to_owned(), true)]
+        } else {
+            self.sort.clone()
+        };
+        let keep = |v: &&ReferralView| visible(v) && self.matches(v);
+        let matched: Vec<&ReferralView> = match self.indexed(views) {
+            Some(found) => found.into_iter().filter(keep).collect(),
+            None => views.referrals_unordered().filter(keep).collect(),
+        };
+        let total = matched.len();
+        let end = self.offset.saturating_add(self.count).min(total);
+        if self.summary_count || end <= self.offset {
+            return (total, Vec::new());
+        }
+        let mut keyed: Vec<(Vec<SortPart>, &ReferralView)> = matched
+            .into_iter()
+            .map(|v| (self.key(&sort, v), v))
+            .collect();
+        let order = |a: &(Vec<SortPart>, &ReferralView), b: &(Vec<SortPart>, &ReferralView)| {
+            for (i, (_, descending)) in sort.iter().enumerate() {
+                let ord = a.0[i].cmp(&b.0[i]);
+                let ord = if *descending { ord.reverse() } else { ord };
+                if ord != std::cmp::Ordering::Equal {
+                    return ord;
+                }
+            }
+            a.1.referral_id.cmp(&b.1.referral_id)
+        };
+        if end < keyed.len() {
+            keyed.select_nth_unstable_by(end - 1, order);
+            keyed.truncate(end);
+        }
+        keyed.sort_by(order);
+        (
+            total,
+            keyed
+                .into_iter()
+                .skip(self.offset)
+                .map(|(_, v)| v)
+                .collect(),
+        )
+    }
+
     /// Matching views, sorted (newest update first unless `_sort` says
     /// otherwise).
     pub fn run<'a>(&self, views: impl Iterator<Item = &'a ReferralView>) -> Vec<&'a ReferralView> {
@@ -602,6 +807,214 @@ mod tests {
                 .ok(),
             Some(MAX_COUNT)
         );
+    }
+
+    /// A valid NHS number for `n` (modulus 11).
+    fn nhs(n: u64) -> String {
+        (0..)
+            .map(|k| format!("943{:06}", n * 7 + k))
+            .find_map(|digits| {
+                let sum: u32 = digits
+                    .bytes()
+                    .zip((2..=10).rev())
+                    .map(|(b, w)| u32::from(b - b'0') * w)
+                    .sum();
+                match 11 - sum % 11 {
+                    10 => None,
+                    11 => Some(format!("{digits}0")),
+                    c => Some(format!("{digits}{c}")),
+                }
+            })
+            .unwrap_or_default()
+    }
+
+    /// `n` referrals of `n / 3` patients, authored on different days,
+    /// alternately triaged, received at increasing times.
+    fn caseload(n: u64) -> Result<Views, Box<dyn std::error::Error>> {
+        use mskflow_events::IntakeEvent;
+        use mskflow_events::intake::{
+            PatientDetails, ReferralDetails, ReferralReceived, ReferralTriaged, Sender,
+        };
+        use mskflow_events::types::{
+            FcpPriority, NhsNumber, Pathway, ReceivedVia, RequestPriority,
+        };
+        let mut views = Views::default();
+        let mut position = 0;
+        for i in 0..n {
+            let id = uuid::Uuid::from_u128(u128::from((i * 7919) % 1000) + 1);
+            let details = ReferralDetails {
+                received_via: ReceivedVia::ProcessMessage,
+                sender: Sender {
+                    ods_code: None,
+                    endpoint: None,
+                    message_id: None,
+                    software: None,
+                },
+                service_request_identifier: None,
+                patient: PatientDetails {
+                    nhs_number: NhsNumber::parse(&nhs(i % (n / 3).max(1)))?,
+                    family: None,
+                    given: vec![],
+                    birth_date: None,
+                    sex: None,
+                    postcode: None,
+                    ethnicity: None,
+                },
+                requester: None,
+                reason: vec![],
+                body_site: vec![],
+                requested_priority: RequestPriority::Routine,
+                red_flags: vec![],
+                start_back: None,
+                note: None,
+                authored_on: Some(format!(
+                    "2026-{:02}-{:02}",
+                    1 + (i * 5) % 12,
+                    1 + (i * 3) % 28
+                )),
+                fhir_json: "{}".to_owned(),
+            };
+            let mut events = vec![IntakeEvent::ReferralReceived(ReferralReceived {
+                referral_id: id,
+                request_id: id,
+                referral: details,
+            })];
+            if i % 2 == 0 {
+                events.push(IntakeEvent::ReferralTriaged(ReferralTriaged {
+                    referral_id: id,
+                    rule_set_version: "1".into(),
+                    rule_id: "default".into(),
+                    priority: FcpPriority::Routine,
+                    pathway: Pathway::Knee,
+                    start_back: None,
+                    reasons: vec![],
+                }));
+            }
+            for (sequence, event) in events.iter().enumerate() {
+                position += 1;
+                let at = Utc
+                    .timestamp_opt(1_780_000_000 + (position as i64 % 17) * 60, 0)
+                    .single()
+                    .unwrap_or_default();
+                let new = mskflow_eventlog::new_event(event, 1, at)?;
+                views.apply(&mskflow_eventlog::Envelope {
+                    event_id: new.event_id,
+                    stream_id: format!("referral-{id}"),
+                    sequence: sequence as u64 + 1,
+                    position,
+                    occurred_at: at,
+                    recorded_at: at,
+                    causation_id: None,
+                    correlation_id: uuid::Uuid::nil(),
+                    traceparent: None,
+                    tracestate: None,
+                    event_type: new.event_type,
+                    schema_version: 1,
+                    payload: new.payload,
+                })?;
+            }
+        }
+        Ok(views)
+    }
+
+    #[test]
+    fn indexed_partial_sort_pages_match_a_full_scan() -> Result<(), Box<dyn std::error::Error>> {
+        let views = caseload(60)?;
+        let some_id = views
+            .referrals()
+            .nth(5)
+            .map(|v| v.referral_id)
+            .unwrap_or_default();
+        let queries: Vec<(Resource, String)> = vec![
+            (Resource::Task, String::new()),
+            (Resource::Task, "status=accepted&_count=7&_offset=3".into()),
+            (
+                Resource::Task,
+                "status=received&_sort=-authored-on,_id&_count=4".into(),
+            ),
+            (
+                Resource::ServiceRequest,
+                "_sort=authored&_count=10&_offset=50".into(),
+            ),
+            (
+                Resource::ServiceRequest,
+                "_sort=-authored&authored=ge2026-06&_count=5".into(),
+            ),
+            (
+                Resource::ServiceRequest,
+                format!("patient:identifier={NHS_NUMBER_SYSTEM}|{}", nhs(4)),
+            ),
+            (
+                Resource::ServiceRequest,
+                format!("patient:identifier={},{}&_sort=_id", nhs(4), nhs(5)),
+            ),
+            (
+                Resource::ServiceRequest,
+                format!("patient:identifier=https://other|{}", nhs(4)),
+            ),
+            (Resource::Task, format!("focus=ServiceRequest/{some_id}")),
+            (
+                Resource::Task,
+                format!("_id={some_id},{some_id}&status=accepted,received"),
+            ),
+            (Resource::Task, "_count=0".into()),
+            (Resource::Task, "_offset=1000".into()),
+            (Resource::Task, "_summary=count".into()),
+        ];
+        for (resource, query) in queries {
+            let pairs: Vec<(String, String)> = query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            let search = Search::parse(resource, &pairs)?;
+            let full = search.run(views.referrals());
+            let expected: Vec<uuid::Uuid> = if search.summary_count {
+                Vec::new()
+            } else {
+                full.iter()
+                    .skip(search.offset)
+                    .take(search.count)
+                    .map(|v| v.referral_id)
+                    .collect()
+            };
+            let (total, page) = search.page(&views, |_| true);
+            let got: Vec<uuid::Uuid> = page.iter().map(|v| v.referral_id).collect();
+            assert_eq!(total, full.len(), "{query}");
+            assert_eq!(got, expected, "{query}");
+            // Visibility applies before counting.
+            let (hidden, _) = search.page(&views, |_| false);
+            assert_eq!(hidden, 0, "{query}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn patients_gather_every_referral_of_one_nhs_number() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let views = caseload(9)?;
+        let p = |q: &str| -> Result<Vec<Vec<&ReferralView>>, Invalid> {
+            let pairs: Vec<(String, String)> = q
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            Ok(PatientSearch::parse(&pairs)?.run(&views))
+        };
+        // 9 referrals of 3 patients: 3 each, in the order received.
+        assert_eq!(p("")?.len(), 3);
+        let found = p(&format!("identifier={NHS_NUMBER_SYSTEM}|{}", nhs(1)))?;
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].len(), 3);
+        let id = found[0][0].referral_id;
+        assert_eq!(views.patient(&id).map(|v| v.len()), Some(3));
+        // Only the first referral's id is the Patient's.
+        assert!(views.patient(&found[0][1].referral_id).is_none());
+        assert_eq!(p(&format!("_id={id}"))?.len(), 1);
+        assert_eq!(p(&format!("_id={id}&identifier={}", nhs(2)))?.len(), 0);
+        assert!(p(&format!("identifier=https://other|{}", nhs(1)))?.is_empty());
+        assert!(p("name=Smith").is_err());
+        Ok(())
     }
 
     #[test]

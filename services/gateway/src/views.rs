@@ -413,6 +413,11 @@ pub struct Views {
     /// Onward referral id -> referral id.
     onward: BTreeMap<Uuid, Uuid>,
     capacity: Capacity,
+    /// NHS number -> the referrals that carried that patient, in the order
+    /// received (the `Patient` views and patient searches). Derived from
+    /// `referrals`, so not serialised.
+    #[serde(skip)]
+    patients: BTreeMap<String, Vec<Uuid>>,
 }
 
 impl Views {
@@ -462,6 +467,13 @@ impl Views {
         }
         match event {
             IntakeEvent::ReferralReceived(e) => {
+                let carried = self
+                    .patients
+                    .entry(e.referral.patient.nhs_number.as_str().to_owned())
+                    .or_default();
+                if !carried.contains(&referral_id) {
+                    carried.push(referral_id);
+                }
                 self.referrals.insert(
                     referral_id,
                     ReferralView {
@@ -906,6 +918,37 @@ impl Views {
 
     pub fn referral(&self, id: &Uuid) -> Option<&ReferralView> {
         self.referrals.get(id)
+    }
+
+    /// The referrals that carried the patient with this NHS number, in the
+    /// order received (empty when none did).
+    pub fn referrals_of_patient(&self, nhs_number: &str) -> Vec<&ReferralView> {
+        self.patients
+            .get(nhs_number)
+            .map(|ids| ids.iter().filter_map(|id| self.referrals.get(id)).collect())
+            .unwrap_or_default()
+    }
+
+    /// A `Patient` view: its id is the id of the first referral that carried
+    /// the patient; its versions are every referral that carried them, in
+    /// the order received. `None` when `id` is not such a first referral.
+    pub fn patient(&self, id: &Uuid) -> Option<Vec<&ReferralView>> {
+        let first = self.referrals.get(id)?;
+        let all = self.referrals_of_patient(first.details.patient.nhs_number.as_str());
+        (all.first().map(|r| r.referral_id) == Some(*id)).then_some(all)
+    }
+
+    /// Every `Patient` view (see [`Views::patient`]), by NHS number.
+    pub fn patients(&self) -> impl Iterator<Item = Vec<&ReferralView>> {
+        self.patients
+            .values()
+            .map(|ids| ids.iter().filter_map(|id| self.referrals.get(id)).collect())
+    }
+
+    /// Every referral, in no particular order (searches sort what they
+    /// match).
+    pub fn referrals_unordered(&self) -> impl Iterator<Item = &ReferralView> {
+        self.referrals.values()
     }
 
     /// Every referral, newest first.

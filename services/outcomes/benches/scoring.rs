@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-fn pure(value_set: &ValueSet) -> Result<(), BoxError> {
+fn pure(value_set: &ValueSet, n: u32) -> Result<(), BoxError> {
     let inputs = [
         (
             Measure::MskHq,
@@ -36,7 +36,6 @@ fn pure(value_set: &ValueSet) -> Result<(), BoxError> {
         ),
     ];
     for (measure, answers) in &inputs {
-        let n = 200_000;
         let started = Instant::now();
         for _ in 0..n {
             black_box(scoring::score(*measure, black_box(answers), value_set)?);
@@ -107,12 +106,19 @@ async fn through_service(concurrency: usize, n: usize) -> Result<(), BoxError> {
 
 fn main() -> Result<(), BoxError> {
     let value_set = ValueSet::example()?;
-    pure(&value_set)?;
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not,
+    // and then a short smoke run is enough.
+    let scale = if std::env::args().any(|a| a == "--bench") {
+        1
+    } else {
+        100
+    };
+    pure(&value_set, 200_000 / scale)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        through_service(1, 2_000).await?;
-        through_service(32, 20_000).await
+        through_service(1, 2_000 / scale as usize).await?;
+        through_service(32, 20_000 / scale as usize).await
     })
 }

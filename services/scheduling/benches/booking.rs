@@ -153,6 +153,13 @@ async fn main() -> BenchResult<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1200);
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not,
+    // and then a short smoke run is enough.
+    let bookings = if std::env::args().any(|a| a == "--bench") {
+        bookings
+    } else {
+        bookings.min(24)
+    };
     println!(
         "class bookings through the scheduling service (SQLite, WAL, synchronous=FULL), {bookings} per case, classes of {CLASS_SIZE}"
     );

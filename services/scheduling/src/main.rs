@@ -1,13 +1,10 @@
 //! `mskflow-scheduling`: the rehab scheduling service on its own, over the
-//! embedded SQLite event store.
+//! event log it is configured with (the embedded file or Kafka).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use mskflow_eventlog_sqlite::SqliteEventLog;
 use mskflow_scheduling::{Options, Policy, Service};
 
 /// Rehab scheduling: classes, 1:1 slots, waiting list and bookings (gRPC).
@@ -21,9 +18,9 @@ struct Args {
         default_value = "127.0.0.1:50053"
     )]
     grpc_addr: SocketAddr,
-    /// The embedded event store file (created if missing).
-    #[arg(long, env = "MSKFLOW_DB", default_value = "mskflow.db")]
-    db: PathBuf,
+    /// The event log: the embedded file (default) or Kafka.
+    #[command(flatten)]
+    store: mskflow_store::StoreArgs,
     /// Address of the operations endpoint (/metrics, /health/live, /health/ready).
     #[arg(
         long,
@@ -67,13 +64,10 @@ async fn main() -> anyhow::Result<()> {
         otlp_endpoint: args.otlp_endpoint.clone(),
     })?;
 
-    let store = SqliteEventLog::open(mskflow_eventlog_sqlite::Options {
-        path: args.db.clone(),
-        ..mskflow_eventlog_sqlite::Options::default()
-    })
-    .with_context(|| format!("opening event store {}", args.db.display()))?;
-    let log: Arc<dyn mskflow_eventlog::EventLog> =
-        Arc::new(mskflow_eventlog::Instrumented::new(Arc::new(store.clone())));
+    let store = mskflow_store::open(&args.store, "mskflow-scheduling")
+        .await
+        .context("opening the event log")?;
+    let log = store.log.clone();
 
     let service = Service::build(
         Options {

@@ -1,0 +1,942 @@
+//! The Kafka adapter of the event-log port.
+//!
+//! * **Topics**: one per service (`mskflow.intake.v1`, …), one dead-letter
+//!   topic per durable consumer, one for operator records (`topics.rs`).
+//!   Every record is keyed by the referral id, so one referral's streams in a
+//!   topic share a partition and keep their order.
+//! * **Append**: one record per `append` (atomic for every reader), sent by
+//!   an idempotent producer with `acks=all`. The append returns once the
+//!   record is durable on the brokers **and** this instance's index has
+//!   decided it (see `index.rs`): every instance decides every record the
+//!   same way, in partition order, so optimistic concurrency holds across
+//!   instances and a stale writer is refused (`WrongExpectedVersion`).
+//! * **Causal order**: each record carries its writer's applied frontier;
+//!   readers apply it only after what its writer had seen.
+//! * **Reads**: every instance folds every topic into a local in-memory
+//!   index (`read_stream`, `StartFrom::Beginning` subscriptions: views and
+//!   indexes that need everything).
+//! * **Durable consumers** (`StartFrom::Checkpoint`): a Kafka consumer group
+//!   per consumer name shares the partitions among instances; offsets are
+//!   committed only when the handler calls `commit`, after its effects are
+//!   durable. A rebalance re-delivers what was not committed; handlers are
+//!   idempotent by event id and expected version, so each effect is applied
+//!   once.
+//!
+//! See `docs/adr/0004-kafka-event-log.md` for the reasoning.
+
+mod index;
+mod record;
+pub mod topics;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt as _;
+use mskflow_eventlog::{
+    Appended, Envelope, Error, EventLog, ExpectedVersion, Metadata, NewEvent, StartFrom,
+    Subscription,
+};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::index::{Incoming, Index, Outcome};
+use crate::record::{AppendRecord, FORMAT, WireEvent, headers, partition_key};
+pub use crate::topics::{TopicSettings, TopicSpec};
+
+/// Adapter settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `bootstrap.servers`, e.g. `kafka-0:9092,kafka-1:9092`.
+    pub brokers: String,
+    /// `client.id` prefix (the service name and instance).
+    pub client_id: String,
+    /// The topic set.
+    pub topics: TopicSettings,
+    /// Consumer group session timeout. Lower is faster failover and more
+    /// spurious rebalances; 10 s is a common production value.
+    pub session_timeout: Duration,
+    /// How long an append waits for the brokers and the index.
+    pub append_timeout: Duration,
+    /// Extra librdkafka settings (`security.protocol`, `ssl.ca.location`,
+    /// `sasl.mechanisms`, …), applied to every client.
+    pub extra: Vec<(String, String)>,
+}
+
+impl Options {
+    /// Settings for a broker at `brokers` with everything else defaulted.
+    pub fn new(brokers: impl Into<String>, client_id: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            client_id: client_id.into(),
+            topics: TopicSettings::default(),
+            session_timeout: Duration::from_secs(10),
+            append_timeout: Duration::from_secs(30),
+            extra: Vec::new(),
+        }
+    }
+
+    fn client_config(&self, role: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", format!("{}-{role}", self.client_id));
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+fn unavailable(context: impl Into<String>, e: KafkaError) -> Error {
+    Error::Unavailable {
+        context: context.into(),
+        source: Box::new(e),
+    }
+}
+
+/// What every clone of the log and its subscriptions share.
+#[derive(Debug)]
+struct Shared {
+    index: RwLock<Index>,
+    /// Bumped whenever the index applies records.
+    changed: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn read<T>(&self, f: impl FnOnce(&Index) -> T) -> T {
+        match self.index.read() {
+            Ok(g) => f(&g),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut Index) -> T) -> T {
+        match self.index.write() {
+            Ok(mut g) => f(&mut g),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Wait until the index has decided the record at this place.
+    async fn outcome(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        timeout: Option<Duration>,
+    ) -> Result<Outcome, Error> {
+        let mut rx = self.changed.subscribe();
+        let wait = async {
+            loop {
+                if let Some(o) = self.read(|i| i.outcome(topic, partition, offset).cloned()) {
+                    return Ok(o);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(Error::Closed);
+                }
+            }
+        };
+        match timeout {
+            None => wait.await,
+            Some(t) => tokio::time::timeout(t, wait)
+                .await
+                .map_err(|_| Error::Unavailable {
+                    context: format!("waiting for {topic}/{partition}@{offset} to be applied"),
+                    source: "the local index did not reach the record in time".into(),
+                })?,
+        }
+    }
+}
+
+/// The Kafka event log. Cheap to clone; the index follows the topics in
+/// the background until the last clone is dropped.
+#[derive(Clone)]
+pub struct KafkaEventLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: Options,
+    producer: FutureProducer,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl fmt::Debug for KafkaEventLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaEventLog")
+            .field("brokers", &self.inner.options.brokers)
+            .field("prefix", &self.inner.options.topics.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaEventLog {
+    /// Connect, check that the topic set exists, and start following it.
+    /// Returns once the index has caught up with the topics as they were at
+    /// start, so reads and appends see everything recorded before.
+    pub async fn open(options: Options) -> Result<Self, Error> {
+        let names = options.topics.names();
+        check_topics(&options).await?;
+
+        let producer: FutureProducer = options
+            .client_config("producer")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(|e| unavailable("creating the producer", e))?;
+
+        let consumer: StreamConsumer<Logging> = options
+            .client_config("index")
+            .set(
+                "group.id",
+                format!("{}-index-{}", options.client_id, Uuid::new_v4()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "20")
+            .create_with_context(Logging("index".to_owned()))
+            .map_err(|e| unavailable("creating the index consumer", e))?;
+        let (assignment, ends) = {
+            let brokers = options.brokers.clone();
+            let names = names.clone();
+            let probe: BaseConsumer = options
+                .client_config("probe")
+                .set("group.id", format!("{}-probe", options.client_id))
+                .create()
+                .map_err(|e| unavailable("creating the metadata client", e))?;
+            tokio::task::spawn_blocking(move || whole_topics(&probe, &names))
+                .await
+                .map_err(|e| Error::Unavailable {
+                    context: format!("reading topic metadata from {brokers}"),
+                    source: Box::new(e),
+                })??
+        };
+        consumer
+            .assign(&assignment)
+            .map_err(|e| unavailable("assigning the topics to the index", e))?;
+
+        let (changed, _) = watch::channel(0u64);
+        let shared = Arc::new(Shared {
+            index: RwLock::new(Index::default()),
+            changed,
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(follow(consumer, shared.clone(), stop_rx));
+
+        let log = Self {
+            inner: Arc::new(Inner {
+                options,
+                producer,
+                shared,
+                stop,
+            }),
+        };
+        log.catch_up(&ends).await?;
+        Ok(log)
+    }
+
+    /// Wait until the index has applied every record below `ends`.
+    async fn catch_up(&self, ends: &Ends) -> Result<(), Error> {
+        let mut rx = self.inner.shared.changed.subscribe();
+        let reached = |i: &Index| {
+            ends.iter()
+                .all(|((t, p), end)| i.next_offset(t, *p) >= *end)
+        };
+        let wait = async {
+            while !self.inner.shared.read(reached) {
+                if rx.changed().await.is_err() {
+                    return Err(Error::Closed);
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(300), wait)
+            .await
+            .map_err(|_| Error::Unavailable {
+                context: "catching up with the topics".to_owned(),
+                source: "the index did not reach the end of the topics in 300 s".into(),
+            })?
+    }
+
+    /// Records read but waiting for causes not yet read (normally 0).
+    pub fn stalled(&self) -> usize {
+        self.inner.shared.read(Index::stalled)
+    }
+
+    /// Events in the local index.
+    pub fn indexed(&self) -> usize {
+        self.inner.shared.read(Index::len)
+    }
+
+    /// The topic set this log uses.
+    pub fn topics(&self) -> &TopicSettings {
+        &self.inner.options.topics
+    }
+}
+
+/// Where each topic-partition ends (its high watermark).
+type Ends = HashMap<(String, i32), i64>;
+
+/// Every partition of `names` from the beginning, and where each ends now.
+fn whole_topics(
+    client: &BaseConsumer,
+    names: &[String],
+) -> Result<(TopicPartitionList, Ends), Error> {
+    let timeout = Duration::from_secs(10);
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for name in names {
+        let metadata = client
+            .fetch_metadata(Some(name), timeout)
+            .map_err(|e| unavailable(format!("metadata of {name}"), e))?;
+        for topic in metadata.topics() {
+            for p in topic.partitions() {
+                tpl.add_partition_offset(name, p.id(), Offset::Beginning)
+                    .map_err(|e| unavailable(format!("assigning {name}/{}", p.id()), e))?;
+                let (_, high) = client
+                    .fetch_watermarks(name, p.id(), timeout)
+                    .map_err(|e| unavailable(format!("end of {name}/{}", p.id()), e))?;
+                ends.insert((name.clone(), p.id()), high);
+            }
+        }
+    }
+    Ok((tpl, ends))
+}
+
+/// The index's consumer loop.
+async fn follow(
+    consumer: StreamConsumer<Logging>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = stop.changed() => break,
+            m = consumer.recv() => match m {
+                Ok(m) => Incoming::decode(m.topic(), m.partition(), m.offset(), m.payload()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the event topics failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(reason) = &incoming.record {
+            tracing::error!(
+                topic = %incoming.topic,
+                partition = incoming.partition,
+                offset = incoming.offset,
+                reason,
+                "undecodable record skipped"
+            );
+        }
+        let applied = shared.write(|i| i.offer(incoming));
+        if applied > 0 {
+            shared.changed.send_modify(|g| *g = g.wrapping_add(1));
+        }
+    }
+    tracing::debug!("index follower stopped");
+}
+
+/// Logs librdkafka's messages and rebalances through `tracing`.
+#[derive(Debug, Clone)]
+struct Logging(String);
+
+impl ClientContext for Logging {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(client = %self.0, fac, "{log_message}")
+            }
+            L::Warning => tracing::warn!(client = %self.0, fac, "{log_message}"),
+            _ => tracing::debug!(client = %self.0, fac, "{log_message}"),
+        }
+    }
+}
+
+impl ConsumerContext for Logging {
+    fn post_rebalance(&self, _base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!(
+                consumer = %self.0,
+                partitions = ?partitions_of(tpl),
+                "partitions assigned"
+            ),
+            Rebalance::Revoke(tpl) => tracing::info!(
+                consumer = %self.0,
+                partitions = ?partitions_of(tpl),
+                "partitions revoked"
+            ),
+            Rebalance::Error(e) => {
+                tracing::warn!(consumer = %self.0, error = %e, "rebalance failed")
+            }
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<String> {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect()
+}
+
+#[async_trait]
+impl EventLog for KafkaEventLog {
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        metadata: &Metadata,
+    ) -> Result<Appended, Error> {
+        if events.is_empty() {
+            return Err(Error::InvalidAppend {
+                stream_id: stream_id.to_owned(),
+                reason: "no events".to_owned(),
+            });
+        }
+        let shared = &self.inner.shared;
+        // A writer that is already behind cannot win: refuse without a
+        // round trip. (Being level locally proves nothing: the decision is
+        // made in partition order below.)
+        let frontier = shared.read(|i| {
+            let actual = i.version(stream_id);
+            let behind = match expected {
+                ExpectedVersion::Any => false,
+                ExpectedVersion::NoStream => actual > 0,
+                ExpectedVersion::Exact(v) => actual > v,
+            };
+            if behind {
+                return Err(Error::WrongExpectedVersion {
+                    stream_id: stream_id.to_owned(),
+                    expected,
+                    actual,
+                });
+            }
+            if let Some(e) = events.iter().find(|e| i.contains_event(&e.event_id)) {
+                return Err(Error::DuplicateEvent {
+                    stream_id: stream_id.to_owned(),
+                    event_id: e.event_id,
+                });
+            }
+            Ok(i.frontier())
+        })?;
+        let topic = self.inner.options.topics.topic_for_stream(stream_id);
+        let event_types = events
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let record = AppendRecord {
+            format: FORMAT,
+            append_id: Uuid::new_v4(),
+            stream_id: stream_id.to_owned(),
+            expected: expected.into(),
+            written_at: chrono::Utc::now(),
+            metadata: metadata.into(),
+            events: events.into_iter().map(WireEvent::from).collect(),
+            after: frontier,
+        };
+        let body = serde_json::to_vec(&record).map_err(|e| Error::InvalidAppend {
+            stream_id: stream_id.to_owned(),
+            reason: mskflow_eventlog::json_error_reason(&e),
+        })?;
+        let append_id = record.append_id.to_string();
+        let format = FORMAT.to_string();
+        let mut hdrs = OwnedHeaders::new()
+            .insert(Header {
+                key: headers::APPEND_ID,
+                value: Some(append_id.as_str()),
+            })
+            .insert(Header {
+                key: headers::STREAM_ID,
+                value: Some(stream_id),
+            })
+            .insert(Header {
+                key: headers::EVENT_TYPES,
+                value: Some(event_types.as_str()),
+            })
+            .insert(Header {
+                key: headers::FORMAT,
+                value: Some(format.as_str()),
+            });
+        if let Some(tp) = &metadata.traceparent {
+            hdrs = hdrs.insert(Header {
+                key: headers::TRACEPARENT,
+                value: Some(tp.as_str()),
+            });
+        }
+        let delivery = self
+            .inner
+            .producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(partition_key(stream_id))
+                    .payload(&body)
+                    .headers(hdrs),
+                Timeout::After(self.inner.options.append_timeout),
+            )
+            .await
+            .map_err(|(e, _)| unavailable(format!("producing to {topic}"), e))?;
+        let outcome = shared
+            .outcome(
+                &topic,
+                delivery.partition,
+                delivery.offset,
+                Some(self.inner.options.append_timeout),
+            )
+            .await?;
+        match outcome {
+            Outcome::Accepted {
+                first,
+                count,
+                version,
+            } => Ok(Appended {
+                version,
+                position: (first + count) as u64,
+            }),
+            Outcome::WrongVersion {
+                stream_id,
+                expected,
+                actual,
+            } => Err(Error::WrongExpectedVersion {
+                stream_id,
+                expected,
+                actual,
+            }),
+            Outcome::Duplicate {
+                stream_id,
+                event_id,
+            } => Err(Error::DuplicateEvent {
+                stream_id,
+                event_id,
+            }),
+            Outcome::Undecodable { reason } => Err(Error::Corrupt {
+                position: u64::try_from(delivery.offset).unwrap_or_default(),
+                reason,
+            }),
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from_sequence: u64,
+    ) -> Result<Vec<Envelope>, Error> {
+        Ok(self
+            .inner
+            .shared
+            .read(|i| i.read_stream(stream_id, from_sequence)))
+    }
+
+    async fn subscribe(
+        &self,
+        consumer: &str,
+        start: StartFrom,
+    ) -> Result<Box<dyn Subscription>, Error> {
+        match start {
+            StartFrom::Beginning => Ok(Box::new(LocalSubscription {
+                shared: self.inner.shared.clone(),
+                rx: self.inner.shared.changed.subscribe(),
+                cursor: 0,
+            })),
+            StartFrom::Checkpoint => {
+                let options = &self.inner.options;
+                let group = options.topics.group(consumer);
+                let kafka: StreamConsumer<Logging> = options
+                    .client_config(consumer)
+                    .set("group.id", &group)
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false")
+                    .set("auto.offset.reset", "earliest")
+                    .set("fetch.wait.max.ms", "20")
+                    .set(
+                        "session.timeout.ms",
+                        options.session_timeout.as_millis().to_string(),
+                    )
+                    .set(
+                        "heartbeat.interval.ms",
+                        (options.session_timeout.as_millis() / 4)
+                            .max(100)
+                            .to_string(),
+                    )
+                    .create_with_context(Logging(group.clone()))
+                    .map_err(|e| unavailable(format!("creating consumer group {group}"), e))?;
+                let names = options.topics.names();
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                kafka
+                    .subscribe(&refs)
+                    .map_err(|e| unavailable(format!("subscribing {group}"), e))?;
+                Ok(Box::new(GroupSubscription {
+                    group,
+                    consumer: Arc::new(kafka),
+                    shared: self.inner.shared.clone(),
+                    uncommitted: Mutex::new(HashMap::new()),
+                }))
+            }
+        }
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        let producer = self.inner.producer.clone();
+        let brokers = self.inner.options.brokers.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer as _;
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(3))
+                .map(|_| ())
+                .map_err(|e| unavailable(format!("brokers {brokers}"), e))
+        })
+        .await
+        .map_err(|e| Error::Unavailable {
+            context: "pinging the brokers".to_owned(),
+            source: Box::new(e),
+        })?
+    }
+}
+
+/// Every event, in this instance's order, from the start.
+struct LocalSubscription {
+    shared: Arc<Shared>,
+    rx: watch::Receiver<u64>,
+    cursor: usize,
+}
+
+impl fmt::Debug for LocalSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalSubscription")
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Subscription for LocalSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error> {
+        loop {
+            let batch = self.poll_batch(max).await?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            if self.rx.changed().await.is_err() {
+                return Err(Error::Closed);
+            }
+        }
+    }
+
+    async fn poll_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error> {
+        self.rx.mark_unchanged();
+        let batch = self.shared.read(|i| i.slice(self.cursor, max.max(1)));
+        self.cursor += batch.len();
+        Ok(batch)
+    }
+
+    async fn commit(&mut self) -> Result<(), Error> {
+        // Replaying subscriptions start from the beginning every time.
+        Ok(())
+    }
+
+    async fn lag(&self) -> Result<u64, Error> {
+        Ok(self.shared.read(Index::len).saturating_sub(self.cursor) as u64)
+    }
+}
+
+/// A durable consumer: one member of the consumer group of its name.
+struct GroupSubscription {
+    group: String,
+    consumer: Arc<StreamConsumer<Logging>>,
+    shared: Arc<Shared>,
+    /// Next offset to commit per partition handed out since the last commit.
+    uncommitted: Mutex<HashMap<(String, i32), i64>>,
+}
+
+impl fmt::Debug for GroupSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupSubscription")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupSubscription {
+    async fn collect(
+        &mut self,
+        first: (String, i32, i64),
+        max: usize,
+    ) -> Result<Vec<Envelope>, Error> {
+        let mut places = vec![first];
+        while places.len() < max {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(m)) => places.push((m.topic().to_owned(), m.partition(), m.offset())),
+                _ => break,
+            }
+        }
+        let mut out = Vec::new();
+        for (topic, partition, offset) in places {
+            let outcome = self.shared.outcome(&topic, partition, offset, None).await?;
+            if let Outcome::Accepted { first, count, .. } = outcome {
+                out.extend(self.shared.read(|i| i.slice(first, count)));
+            }
+            if let Ok(mut u) = self.uncommitted.lock() {
+                u.insert((topic, partition), offset + 1);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Subscription for GroupSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error> {
+        loop {
+            let first = match self.consumer.recv().await {
+                Ok(m) => (m.topic().to_owned(), m.partition(), m.offset()),
+                Err(e) => {
+                    tracing::warn!(group = %self.group, error = %e, "consumer error; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let batch = self.collect(first, max.max(1)).await?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+        }
+    }
+
+    async fn poll_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error> {
+        let first = match self.consumer.recv().now_or_never() {
+            Some(Ok(m)) => (m.topic().to_owned(), m.partition(), m.offset()),
+            _ => return Ok(Vec::new()),
+        };
+        self.collect(first, max.max(1)).await
+    }
+
+    /// Commit what was handed out. A commit refused because a rebalance
+    /// took the partitions away is not an error: the new owner handles
+    /// those events again, and handlers are idempotent.
+    async fn commit(&mut self) -> Result<(), Error> {
+        let pending: Vec<((String, i32), i64)> = match self.uncommitted.lock() {
+            Ok(mut u) => u.drain().collect(),
+            Err(_) => return Ok(()),
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        let group = self.group.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let assigned = consumer.assignment().unwrap_or_default();
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), next) in pending {
+                if assigned.find_partition(&topic, partition).is_none() {
+                    continue;
+                }
+                tpl.add_partition_offset(&topic, partition, Offset::Offset(next))?;
+            }
+            if tpl.count() == 0 {
+                return Ok(());
+            }
+            consumer.commit(&tpl, CommitMode::Sync)
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                let rebalancing = matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::RebalanceInProgress
+                            | RDKafkaErrorCode::IllegalGeneration
+                            | RDKafkaErrorCode::UnknownMemberId
+                            | RDKafkaErrorCode::State
+                    )
+                );
+                if rebalancing {
+                    tracing::info!(%group, error = %e, "commit refused during a rebalance; the events will be handled again");
+                    Ok(())
+                } else {
+                    Err(unavailable(format!("committing offsets of {group}"), e))
+                }
+            }
+            Err(e) => Err(Error::Unavailable {
+                context: format!("committing offsets of {group}"),
+                source: Box::new(e),
+            }),
+        }
+    }
+
+    async fn lag(&self) -> Result<u64, Error> {
+        let position = match self.consumer.position() {
+            Ok(p) => p,
+            Err(e) => return Err(unavailable("consumer position", e)),
+        };
+        Ok(self.shared.read(|i| {
+            position
+                .elements()
+                .iter()
+                .map(|e| {
+                    let at = match e.offset() {
+                        Offset::Offset(o) => o,
+                        _ => 0,
+                    };
+                    (i.next_offset(e.topic(), e.partition()) - at).max(0) as u64
+                })
+                .sum()
+        }))
+    }
+}
+
+/// Create every topic of the set that does not exist yet. Returns the names
+/// created. Existing topics are left alone (`check_topics` compares them).
+pub async fn create_topics(options: &Options) -> Result<Vec<String>, Error> {
+    let admin: AdminClient<DefaultClientContext> = options
+        .client_config("admin")
+        .create()
+        .map_err(|e| unavailable("creating the admin client", e))?;
+    let specs = options.topics.specs();
+    let new: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|s| {
+            s.config.iter().fold(
+                NewTopic::new(
+                    &s.name,
+                    s.partitions,
+                    TopicReplication::Fixed(s.replication),
+                ),
+                |t, (k, v)| t.set(k, v.as_str()),
+            )
+        })
+        .collect();
+    let results = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .map_err(|e| unavailable("creating topics", e))?;
+    let mut created = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => created.push(name),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(Error::Unavailable {
+                    context: format!("creating topic {name}"),
+                    source: Box::new(KafkaError::AdminOp(code)),
+                });
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// One problem found by [`check_topics`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicProblem {
+    Missing(String),
+    Partitions {
+        topic: String,
+        expected: i32,
+        actual: i32,
+    },
+}
+
+impl fmt::Display for TopicProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TopicProblem::Missing(t) => write!(f, "topic {t} does not exist"),
+            TopicProblem::Partitions {
+                topic,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "topic {topic} has {actual} partitions, expected {expected}"
+            ),
+        }
+    }
+}
+
+/// Compare the brokers' topics with the set. `Ok(vec![])` means all good.
+pub async fn topic_problems(options: &Options) -> Result<Vec<TopicProblem>, Error> {
+    let client: BaseConsumer = options
+        .client_config("check")
+        .create()
+        .map_err(|e| unavailable("creating the metadata client", e))?;
+    let specs = options.topics.specs();
+    let brokers = options.brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        let metadata = client
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map_err(|e| unavailable(format!("metadata from {brokers}"), e))?;
+        let mut problems = Vec::new();
+        for spec in specs {
+            match metadata.topics().iter().find(|t| t.name() == spec.name) {
+                Some(t) if !t.partitions().is_empty() => {
+                    let actual = t.partitions().len() as i32;
+                    if actual != spec.partitions {
+                        problems.push(TopicProblem::Partitions {
+                            topic: spec.name,
+                            expected: spec.partitions,
+                            actual,
+                        });
+                    }
+                }
+                _ => problems.push(TopicProblem::Missing(spec.name)),
+            }
+        }
+        Ok(problems)
+    })
+    .await
+    .map_err(|e| Error::Unavailable {
+        context: "checking topics".to_owned(),
+        source: Box::new(e),
+    })?
+}
+
+async fn check_topics(options: &Options) -> Result<(), Error> {
+    let problems = topic_problems(options).await?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let list = problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(Error::Unavailable {
+        context: "checking the topic set".to_owned(),
+        source: format!("{list} (run `mskflow topics create`)").into(),
+    })
+}

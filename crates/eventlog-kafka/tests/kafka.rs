@@ -1,0 +1,426 @@
+//! The Kafka adapter against a real Kafka-protocol broker (started here).
+
+#![allow(clippy::unwrap_used, reason = "test assertions")]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mskflow_eventlog::{Envelope, Error, EventLog, ExpectedVersion, Metadata, NewEvent, StartFrom};
+use mskflow_eventlog_kafka::testing::{Broker, unique_prefix};
+use mskflow_eventlog_kafka::{
+    KafkaEventLog, Options, TopicProblem, TopicSettings, create_topics, topic_problems,
+};
+use uuid::Uuid;
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+fn options(broker: &Broker, prefix: &str, client: &str) -> Options {
+    let mut o = Options::new(broker.bootstrap(), client);
+    o.topics = TopicSettings {
+        prefix: prefix.to_owned(),
+        partitions: 3,
+        replication: 1,
+    };
+    o.session_timeout = Duration::from_secs(6);
+    o
+}
+
+async fn open(broker: &Broker, prefix: &str, client: &str) -> Result<KafkaEventLog, Error> {
+    KafkaEventLog::open(options(broker, prefix, client)).await
+}
+
+fn event(kind: &str, n: u64) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: kind.to_owned(),
+        schema_version: 1,
+        occurred_at: chrono::Utc::now(),
+        payload: serde_json::json!({ "n": n }),
+    }
+}
+
+fn meta() -> Metadata {
+    Metadata {
+        correlation_id: Uuid::new_v4(),
+        ..Metadata::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topics_append_read_and_replay() -> TestResult {
+    let broker = Broker::start()?;
+    let prefix = unique_prefix("basic");
+    let o = options(&broker, &prefix, "basic");
+    let missing = topic_problems(&o).await?;
+    assert!(
+        missing
+            .iter()
+            .any(|p| matches!(p, TopicProblem::Missing(t) if t == &format!("{prefix}.intake.v1"))),
+        "{missing:?}"
+    );
+    // Opening refuses a missing topic set rather than creating it silently.
+    let refused = KafkaEventLog::open(o.clone()).await.unwrap_err();
+    assert!(refused.to_string().contains("topic"), "{refused}");
+
+    let created = create_topics(&o).await?;
+    assert_eq!(created.len(), o.topics.specs().len());
+    assert!(topic_problems(&o).await?.is_empty());
+    assert!(
+        create_topics(&o).await?.is_empty(),
+        "creating again is a no-op"
+    );
+
+    let log = KafkaEventLog::open(o.clone()).await?;
+    log.ping().await?;
+    let id = Uuid::new_v4();
+    let stream = format!("referral-{id}");
+    let first = log
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![event("ReferralReceived", 1), event("ReferralTriaged", 2)],
+            &meta(),
+        )
+        .await?;
+    assert_eq!(first.version, 2);
+    let stale = log
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![event("ReferralReceived", 3)],
+            &meta(),
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(Error::WrongExpectedVersion { actual: 2, .. })),
+        "{stale:?}"
+    );
+    let again = event("ReferralCancelled", 4);
+    log.append(
+        &stream,
+        ExpectedVersion::Exact(2),
+        vec![again.clone()],
+        &meta(),
+    )
+    .await?;
+    let dup = log
+        .append(&stream, ExpectedVersion::Any, vec![again.clone()], &meta())
+        .await;
+    assert!(matches!(dup, Err(Error::DuplicateEvent { .. })), "{dup:?}");
+    let events = log.read_stream(&stream, 1).await?;
+    assert_eq!(
+        events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(log.read_stream(&stream, 3).await?.len(), 1);
+
+    // A second instance replays the same history from the broker.
+    let other = open(&broker, &prefix, "replayer").await?;
+    let replayed = other.read_stream(&stream, 1).await?;
+    assert_eq!(strip(&replayed), strip(&events));
+    let mut sub = other.subscribe("views", StartFrom::Beginning).await?;
+    let all = sub.next_batch(100).await?;
+    assert_eq!(all.len(), 3);
+    assert_eq!(sub.lag().await?, 0);
+    Ok(())
+}
+
+/// The fields every instance agrees on (positions are instance-local).
+fn strip(events: &[Envelope]) -> Vec<(Uuid, u64, String)> {
+    events
+        .iter()
+        .map(|e| (e.event_id, e.sequence, e.event_type.clone()))
+        .collect()
+}
+
+/// Two instances increment one stream concurrently with optimistic
+/// concurrency: no version is ever written twice, and every acknowledged
+/// append is in the stream exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_never_both_win_one_version() -> TestResult {
+    let broker = Broker::start()?;
+    let prefix = unique_prefix("race");
+    create_topics(&options(&broker, &prefix, "setup")).await?;
+    let a = open(&broker, &prefix, "instance-a").await?;
+    let b = open(&broker, &prefix, "instance-b").await?;
+    let stream = format!("class-{}", Uuid::new_v4());
+    const PER_WRITER: u64 = 40;
+
+    async fn writer(log: KafkaEventLog, stream: String, name: &'static str) -> Vec<Uuid> {
+        let mut won = Vec::new();
+        let mut conflicts = 0u32;
+        while (won.len() as u64) < PER_WRITER {
+            let version = log
+                .read_stream(&stream, 1)
+                .await
+                .unwrap()
+                .last()
+                .map_or(0, |e| e.sequence);
+            let e = event(name, version + 1);
+            let id = e.event_id;
+            let expected = if version == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(version)
+            };
+            match log.append(&stream, expected, vec![e], &meta()).await {
+                Ok(appended) => {
+                    assert_eq!(appended.version, version + 1);
+                    won.push(id);
+                }
+                Err(Error::WrongExpectedVersion { .. }) => {
+                    conflicts += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        eprintln!(
+            "{name}: {} appends, {conflicts} refused as stale",
+            won.len()
+        );
+        won
+    }
+
+    let (won_a, won_b) = tokio::join!(
+        tokio::spawn(writer(a.clone(), stream.clone(), "ClassEnrolledA")),
+        tokio::spawn(writer(b.clone(), stream.clone(), "ClassEnrolledB")),
+    );
+    let (won_a, won_b) = (won_a?, won_b?);
+
+    // A's index may not have read B's last appends yet.
+    wait_for(|| async { a.read_stream(&stream, 1).await.unwrap().len() as u64 == 2 * PER_WRITER })
+        .await;
+    let events = a.read_stream(&stream, 1).await?;
+    assert_eq!(events.len() as u64, 2 * PER_WRITER);
+    assert_eq!(
+        events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        (1..=2 * PER_WRITER).collect::<Vec<_>>()
+    );
+    let stored: HashSet<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let acked: HashSet<Uuid> = won_a.iter().chain(won_b.iter()).copied().collect();
+    assert_eq!(stored, acked, "exactly the acknowledged appends are stored");
+    // Each event's payload says which version its writer decided on.
+    for e in &events {
+        assert_eq!(e.payload["n"], e.sequence);
+    }
+    // Both instances decided alike.
+    wait_for(|| async { b.read_stream(&stream, 1).await.unwrap().len() == events.len() }).await;
+    assert_eq!(strip(&b.read_stream(&stream, 1).await?), strip(&events));
+    Ok(())
+}
+
+async fn wait_for<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("condition not reached in 30 s");
+}
+
+/// An instance opened later sees causes before effects even though they are
+/// on different topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn effects_follow_their_causes_on_every_instance() -> TestResult {
+    let broker = Broker::start()?;
+    let prefix = unique_prefix("causal");
+    create_topics(&options(&broker, &prefix, "setup")).await?;
+    let log = open(&broker, &prefix, "writer").await?;
+    let mut expected_order = Vec::new();
+    for n in 0..30 {
+        let id = Uuid::new_v4();
+        let cause = event("ReferralTriaged", n);
+        let effect = event("AssessmentRequested", n);
+        expected_order.push((cause.event_id, effect.event_id));
+        log.append(
+            &format!("referral-{id}"),
+            ExpectedVersion::NoStream,
+            vec![cause],
+            &meta(),
+        )
+        .await?;
+        log.append(
+            &format!("assessment-{id}"),
+            ExpectedVersion::NoStream,
+            vec![effect],
+            &meta(),
+        )
+        .await?;
+    }
+    let reader = open(&broker, &prefix, "reader").await?;
+    let mut sub = reader.subscribe("views", StartFrom::Beginning).await?;
+    let mut seen = HashMap::new();
+    let mut i = 0usize;
+    while seen.len() < 60 {
+        for e in sub.next_batch(100).await? {
+            seen.insert(e.event_id, i);
+            i += 1;
+        }
+    }
+    for (cause, effect) in expected_order {
+        assert!(seen[&cause] < seen[&effect], "effect before its cause");
+    }
+    assert_eq!(reader.stalled(), 0);
+    Ok(())
+}
+
+/// A durable consumer group of two members: one is killed mid-way; the other
+/// takes its partitions over. Every event's effect is applied exactly once
+/// (redeliveries are absorbed by the idempotent handler), and a restarted
+/// consumer resumes from its committed offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebalance_moves_partitions_without_loss_or_double_effects() -> TestResult {
+    let broker = Broker::start()?;
+    let prefix = unique_prefix("rebalance");
+    create_topics(&options(&broker, &prefix, "setup")).await?;
+    let source = open(&broker, &prefix, "source").await?;
+    const EVENTS: usize = 300;
+    let mut ids = Vec::new();
+    for n in 0..EVENTS {
+        let id = Uuid::new_v4();
+        ids.push(id);
+        source
+            .append(
+                &format!("referral-{id}"),
+                ExpectedVersion::NoStream,
+                vec![event("ReferralTriaged", n as u64)],
+                &meta(),
+            )
+            .await?;
+    }
+
+    // The handler: one effect per referral, idempotent by expected version.
+    async fn handle(log: &KafkaEventLog, e: &Envelope) -> Result<bool, Error> {
+        let Some(id) = e.stream_id.strip_prefix("referral-") else {
+            return Ok(false);
+        };
+        let mut effect = event("AssessmentRequested", e.sequence);
+        effect.event_id = Uuid::new_v5(&Uuid::NAMESPACE_OID, e.event_id.as_bytes());
+        match log
+            .append(
+                &format!("assessment-{id}"),
+                ExpectedVersion::NoStream,
+                vec![effect],
+                &meta(),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(Error::WrongExpectedVersion { .. } | Error::DuplicateEvent { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    let a = open(&broker, &prefix, "member-a").await?;
+    let b = open(&broker, &prefix, "member-b").await?;
+    let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+
+    // Member A works alone for a while, committing after each batch.
+    let mut sub_a = a.subscribe("assessment", StartFrom::Checkpoint).await?;
+    let mut done_by_a = 0;
+    while done_by_a < 100 {
+        let batch = tokio::time::timeout(Duration::from_secs(60), sub_a.next_batch(20)).await??;
+        for e in &batch {
+            handle(&a, e).await?;
+            handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        done_by_a += batch.len();
+        sub_a.commit().await?;
+    }
+    // A takes one more batch, applies its effects, and dies before
+    // committing: those events must be redelivered to B, harmlessly.
+    let unacked = sub_a.next_batch(20).await?;
+    for e in &unacked {
+        handle(&a, e).await?;
+    }
+    drop(sub_a);
+
+    let mut sub_b = b.subscribe("assessment", StartFrom::Checkpoint).await?;
+    let mut redelivered = 0;
+    let unacked_ids: HashSet<Uuid> = unacked.iter().map(|e| e.event_id).collect();
+    let mut seen_by_b = HashSet::new();
+    let mut redelivered_events = 0;
+    // B handles until every referral has its effect.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut complete = true;
+        for id in &ids {
+            if b.read_stream(&format!("assessment-{id}"), 1)
+                .await?
+                .is_empty()
+            {
+                complete = false;
+                break;
+            }
+        }
+        if complete {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "B did not finish");
+        let batch = match tokio::time::timeout(Duration::from_secs(5), sub_b.next_batch(50)).await {
+            Ok(b) => b?,
+            Err(_) => continue,
+        };
+        for e in &batch {
+            if unacked_ids.contains(&e.event_id) {
+                redelivered += 1;
+            }
+            if !seen_by_b.insert(e.event_id) {
+                redelivered_events += 1;
+            }
+            handle(&b, e).await?;
+        }
+        sub_b.commit().await?;
+    }
+    assert_eq!(
+        redelivered,
+        unacked.len(),
+        "uncommitted events are redelivered to the survivor"
+    );
+    let _ = redelivered_events;
+
+    // Exactly one effect per referral, on every instance.
+    for id in &ids {
+        let effects = b.read_stream(&format!("assessment-{id}"), 1).await?;
+        assert_eq!(effects.len(), 1, "referral {id}");
+    }
+
+    // B restarts and resumes from its committed offsets: nothing old comes
+    // back; a new event does.
+    drop(sub_b);
+    let mut sub_b2 = b.subscribe("assessment", StartFrom::Checkpoint).await?;
+    let fresh = Uuid::new_v4();
+    source
+        .append(
+            &format!("referral-{fresh}"),
+            ExpectedVersion::NoStream,
+            vec![event("ReferralTriaged", 999)],
+            &meta(),
+        )
+        .await?;
+    let mut after_restart = Vec::new();
+    while !after_restart
+        .iter()
+        .any(|e: &Envelope| e.stream_id == format!("referral-{fresh}"))
+    {
+        let batch = tokio::time::timeout(Duration::from_secs(60), sub_b2.next_batch(50)).await??;
+        after_restart.extend(batch);
+    }
+    let old: Vec<_> = after_restart
+        .iter()
+        .filter(|e| e.stream_id.starts_with("referral-") && e.payload["n"] != 999)
+        .collect();
+    assert!(
+        old.is_empty(),
+        "{} old events redelivered after a clean commit",
+        old.len()
+    );
+    Ok(())
+}
