@@ -5,16 +5,17 @@
 #
 #   scripts/kafka-load.sh [REFERRALS] [CONCURRENCY]     (default 5000 32)
 #
-# Builds release binaries (CARGO_TARGET_DIR is honoured) and the broker if
-# missing; leaves the logs in a temporary directory it prints.
+# Builds release binaries (CARGO_TARGET_DIR is honoured; MSKFLOW_BIN=DIR uses
+# binaries already built) and the broker if missing; leaves the logs in a temporary directory it prints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-5000}"
 C="${2:-32}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 scripts/kafka-broker.sh install >/dev/null
-cargo build --release --workspace --bins
-BIN="$TARGET/release"
+# MSKFLOW_BIN=target/debug uses binaries already built (no release build).
+if [ -z "${MSKFLOW_BIN:-}" ]; then cargo build --release --workspace --bins; fi
+BIN="${MSKFLOW_BIN:-$TARGET/release}"
 BROKER="$(scripts/kafka-broker.sh path)"
 DIR="$(mktemp -d)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -46,4 +47,4 @@ start gateway "$BIN/mskflow-gateway" --http-addr "$HTTP" --intake-url "http://$I
 for _ in $(seq 600); do curl -sf "http://$HTTP/health/ready" >/dev/null && break; sleep 0.2; done
 TOKEN="$(grep -o 'Authorization: Bearer [^ ]*' "$DIR/gateway.log" | head -1 | cut -d' ' -f3)"
 echo "logs in $DIR; broker 127.0.0.1:$KPORT; gateway http://$HTTP"
-"$BIN/mskflow" load --url "http://$HTTP/fhir" --token "$TOKEN" -n "$N" -c "$C"
+"$BIN/mskflow" load --url "http://$HTTP/fhir" --token "$TOKEN" --referrals "$N" --concurrency "$C"

@@ -59,7 +59,7 @@ pub struct LoadArgs {
     #[arg(long, short = 'n')]
     pub referrals: Option<u64>,
     /// Concurrent HTTP clients (keep-alive connections).
-    #[arg(long, short = 'c', default_value_t = 32)]
+    #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
     /// Fixed arrival rate, e.g. `1000/s` (open loop). Default: as fast as
     /// the clients can go.
