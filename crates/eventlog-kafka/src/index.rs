@@ -103,6 +103,12 @@ impl Index {
             // Already applied (a re-fetch after a reconnect).
             return 0;
         }
+        // The usual case: nothing waits in this partition and the record's
+        // causes are applied.
+        if self.waiting.get(&tp).is_none_or(VecDeque::is_empty) && self.ready(&incoming) {
+            self.apply(incoming);
+            return 1 + if self.stalled > 0 { self.drain() } else { 0 };
+        }
         self.stalled += 1;
         self.waiting.entry(tp).or_default().push_back(incoming);
         self.drain()

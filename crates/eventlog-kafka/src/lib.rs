@@ -33,7 +33,7 @@ pub mod testing;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -600,7 +600,7 @@ impl EventLog for KafkaEventLog {
                     group,
                     consumer: Arc::new(kafka),
                     shared: self.inner.shared.clone(),
-                    uncommitted: Mutex::new(HashMap::new()),
+                    uncommitted: HashMap::new(),
                 }))
             }
         }
@@ -677,7 +677,7 @@ struct GroupSubscription {
     consumer: Arc<StreamConsumer<Logging>>,
     shared: Arc<Shared>,
     /// Next offset to commit per partition handed out since the last commit.
-    uncommitted: Mutex<HashMap<(String, i32), i64>>,
+    uncommitted: HashMap<(String, i32), i64>,
 }
 
 impl fmt::Debug for GroupSubscription {
@@ -707,9 +707,7 @@ impl GroupSubscription {
             if let Outcome::Accepted { first, count, .. } = outcome {
                 out.extend(self.shared.read(|i| i.slice(first, count)));
             }
-            if let Ok(mut u) = self.uncommitted.lock() {
-                u.insert((topic, partition), offset + 1);
-            }
+            self.uncommitted.insert((topic, partition), offset + 1);
         }
         Ok(out)
     }
@@ -746,10 +744,7 @@ impl Subscription for GroupSubscription {
     /// took the partitions away is not an error: the new owner handles
     /// those events again, and handlers are idempotent.
     async fn commit(&mut self) -> Result<(), Error> {
-        let pending: Vec<((String, i32), i64)> = match self.uncommitted.lock() {
-            Ok(mut u) => u.drain().collect(),
-            Err(_) => return Ok(()),
-        };
+        let pending: Vec<((String, i32), i64)> = self.uncommitted.drain().collect();
         if pending.is_empty() {
             return Ok(());
         }
