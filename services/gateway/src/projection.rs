@@ -23,6 +23,8 @@ pub struct ViewStore {
     skipped: AtomicU64,
     /// Events stored but not yet applied, as of the last batch.
     lag: AtomicU64,
+    /// When the referral gauges were last refreshed.
+    gauges_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Default for ViewStore {
@@ -33,11 +35,25 @@ impl Default for ViewStore {
             ready: AtomicBool::new(false),
             skipped: AtomicU64::new(0),
             lag: AtomicU64::new(0),
+            gauges_at: std::sync::Mutex::new(None),
         }
     }
 }
 
 impl ViewStore {
+    /// True at most once a second (and on the first batch).
+    fn gauges_due(&self) -> bool {
+        let Ok(mut at) = self.gauges_at.lock() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        if at.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1)) {
+            return false;
+        }
+        *at = Some(now);
+        true
+    }
+
     /// Apply a batch of events and wake everyone waiting for a version.
     pub fn apply_batch(&self, batch: &[Envelope]) {
         {
@@ -67,12 +83,18 @@ impl ViewStore {
                     tracing::error!(error = %e, position = envelope.position, "event skipped by the gateway views");
                 }
             }
-            for (status, count) in views.count_by_status() {
-                metrics::gauge!("mskflow_referrals", "status" => status.code()).set(count as f64);
+            // The gauges scan every referral: refresh them at most once a
+            // second, not on every batch (the write lock is held here).
+            if self.gauges_due() {
+                for (status, count) in views.count_by_status() {
+                    metrics::gauge!("mskflow_referrals", "status" => status.code())
+                        .set(count as f64);
+                }
+                let (fcp, rehab) = views.waiting_lists();
+                metrics::gauge!("mskflow_waiting_list", "list" => "fcp-assessment").set(fcp as f64);
+                metrics::gauge!("mskflow_waiting_list", "list" => "rehabilitation")
+                    .set(rehab as f64);
             }
-            let (fcp, rehab) = views.waiting_lists();
-            metrics::gauge!("mskflow_waiting_list", "list" => "fcp-assessment").set(fcp as f64);
-            metrics::gauge!("mskflow_waiting_list", "list" => "rehabilitation").set(rehab as f64);
         }
         self.applied.send_modify(|n| *n += batch.len() as u64);
     }

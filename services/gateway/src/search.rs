@@ -11,6 +11,19 @@ use crate::views::{ReferralView, Views};
 pub const DEFAULT_COUNT: usize = 50;
 pub const MAX_COUNT: usize = 1000;
 
+/// `_count`: a non-negative integer, capped at [`MAX_COUNT`].
+fn parse_count(raw: &str) -> Result<usize, Invalid> {
+    raw.parse::<usize>()
+        .map(|n| n.min(MAX_COUNT))
+        .map_err(|_| Invalid("_count must be a non-negative integer".into()))
+}
+
+/// `_offset`: a non-negative integer.
+fn parse_offset(raw: &str) -> Result<usize, Invalid> {
+    raw.parse::<usize>()
+        .map_err(|_| Invalid("_offset must be a non-negative integer".into()))
+}
+
 /// Which resource is being searched (the parameters differ).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resource {
@@ -97,17 +110,8 @@ impl AppointmentSearch {
         };
         for (key, raw) in pairs {
             match key.as_str() {
-                "_count" => {
-                    s.count = raw
-                        .parse::<usize>()
-                        .map_err(|_| Invalid("_count must be a non-negative integer".into()))?
-                        .min(MAX_COUNT)
-                }
-                "_offset" => {
-                    s.offset = raw
-                        .parse::<usize>()
-                        .map_err(|_| Invalid("_offset must be a non-negative integer".into()))?
-                }
+                "_count" => s.count = parse_count(raw)?,
+                "_offset" => s.offset = parse_offset(raw)?,
                 "_format" => {}
                 "_id" => s.ids.extend(
                     raw.split(',')
@@ -169,17 +173,8 @@ impl PatientSearch {
         };
         for (key, raw) in pairs {
             match key.as_str() {
-                "_count" => {
-                    s.count = raw
-                        .parse::<usize>()
-                        .map_err(|_| Invalid("_count must be a non-negative integer".into()))?
-                        .min(MAX_COUNT)
-                }
-                "_offset" => {
-                    s.offset = raw
-                        .parse::<usize>()
-                        .map_err(|_| Invalid("_offset must be a non-negative integer".into()))?
-                }
+                "_count" => s.count = parse_count(raw)?,
+                "_offset" => s.offset = parse_offset(raw)?,
                 "_format" => {}
                 "_id" => s.ids.push(
                     raw.split(',')
@@ -452,16 +447,11 @@ impl Search {
             let alternatives = || raw.split(',').map(str::to_owned).collect::<Vec<_>>();
             let filter = match (resource, key.as_str()) {
                 (_, "_count") => {
-                    search.count = raw
-                        .parse::<usize>()
-                        .map_err(|_| Invalid("_count must be a non-negative integer".into()))?
-                        .min(MAX_COUNT);
+                    search.count = parse_count(raw)?;
                     continue;
                 }
                 (_, "_offset") => {
-                    search.offset = raw
-                        .parse::<usize>()
-                        .map_err(|_| Invalid("_offset must be a non-negative integer".into()))?;
+                    search.offset = parse_offset(raw)?;
                     continue;
                 }
                 (_, "_summary") if raw == "count" => {
