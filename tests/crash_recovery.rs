@@ -11,45 +11,18 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::Mutex;
 
 /// Start the `mskflow` binary on `dir` and return it with its FHIR base URL.
 async fn start_binary(dir: &std::path::Path) -> TestResult<(Child, String)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mskflow"))
-        .args([
-            "run",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir)
+    let mut child = all_in_one_command(dir)
         .envs(test_auth_env(dir)?)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let mut base = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while let Some(line) = tokio::time::timeout_at(deadline, lines.next_line()).await?? {
-        if let Some(url) = line.trim().strip_prefix("FHIR gateway:") {
-            base = Some(url.trim().to_owned());
-        }
-        if line.trim() == "ready" {
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((
-        child,
-        base.ok_or("the binary did not print its gateway URL")?,
-    ))
+    let base = gateway_url(&mut child).await?;
+    Ok((child, base))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,14 +3,12 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
 use common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use uuid::Uuid;
 
 /// Post a referral message with `client`.
@@ -433,23 +431,10 @@ async fn nhsd_headers_are_validated_and_recorded() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_development_token_printed_at_start_up_works() -> TestResult {
     let tmp = tempfile::tempdir()?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mskflow"))
-        .args([
-            "run",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(tmp.path())
+    let mut child = all_in_one_command(tmp.path())
         .env("RUST_LOG", "warn")
         .env("MSKFLOW__LOG_FORMAT", "json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let (token_tx, token_rx) = tokio::sync::oneshot::channel::<(String, bool)>();
     tokio::spawn(async move {
@@ -471,18 +456,7 @@ async fn the_development_token_printed_at_start_up_works() -> TestResult {
             }
         }
     });
-    let mut out = BufReader::new(stdout).lines();
-    let mut base = None;
-    while let Some(line) = tokio::time::timeout(Duration::from_secs(60), out.next_line()).await?? {
-        if let Some(url) = line.trim().strip_prefix("FHIR gateway:") {
-            base = Some(url.trim().to_owned());
-        }
-        if line.trim() == "ready" {
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    let base = base.ok_or("no gateway URL")?;
+    let base = gateway_url(&mut child).await?;
     let (token, warned) = tokio::time::timeout(Duration::from_secs(10), token_rx).await??;
     assert!(warned, "dev mode must log a warning");
 

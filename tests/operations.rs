@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -103,16 +102,10 @@ fn identifying_values(bundle: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_journey_logs_no_patient_identifiers_and_sigterm_stops_cleanly() -> TestResult {
     let tmp = tempfile::tempdir()?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mskflow"))
-        .args(["run", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--data-dir"])
-        .arg(tmp.path())
+    let mut child = all_in_one_command(tmp.path())
         .envs(test_auth_env(tmp.path())?)
         .env("RUST_LOG", "trace,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,actix_server=info,actix_http=info,mio=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let log_lines = tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
@@ -122,17 +115,7 @@ async fn a_full_journey_logs_no_patient_identifiers_and_sigterm_stops_cleanly() 
         }
         all
     });
-    let mut out = BufReader::new(stdout).lines();
-    let mut base = None;
-    while let Some(line) = tokio::time::timeout(Duration::from_secs(60), out.next_line()).await?? {
-        if let Some(url) = line.trim().strip_prefix("FHIR gateway:") {
-            base = Some(url.trim().to_owned());
-        }
-        if line.trim() == "ready" {
-            break;
-        }
-    }
-    let base = base.ok_or("no gateway URL")?;
+    let base = gateway_url(&mut child).await?;
 
     // A journey with accepted, redirected, duplicate and refused referrals.
     let mut bundle = new_referral_message()?;

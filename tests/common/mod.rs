@@ -396,3 +396,55 @@ pub async fn intake_event_count(app: &App) -> TestResult<usize> {
         .filter(|e| e.stream_id.starts_with("referral-"))
         .count())
 }
+
+/// `mskflow run` on `dir` as a child process: every listener on port 0 (so
+/// nothing else on the machine can hold a port it needs), stdout and stderr
+/// piped, killed when dropped. Add the auth environment as the test needs.
+pub fn all_in_one_command(dir: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_mskflow"));
+    command
+        .args([
+            "run",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("MSKFLOW__ASSESSMENT__GRPC_ADDR", "127.0.0.1:0")
+        .env("MSKFLOW__SCHEDULING__GRPC_ADDR", "127.0.0.1:0")
+        .env("MSKFLOW__OUTCOMES__GRPC_ADDR", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Read a `mskflow run` child's stdout up to its `ready` line and return the
+/// FHIR base URL it printed; the rest of stdout is drained in the background.
+/// If the child exits first, the error carries its exit status.
+pub async fn gateway_url(child: &mut tokio::process::Child) -> TestResult<String> {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = child.stdout.take().ok_or("stdout is not piped")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut base = None;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while let Some(line) = tokio::time::timeout_at(deadline, lines.next_line()).await?? {
+        if let Some(url) = line.trim().strip_prefix("FHIR gateway:") {
+            base = Some(url.trim().to_owned());
+        }
+        if line.trim() == "ready" {
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    match base {
+        Some(base) => Ok(base),
+        None => {
+            let status =
+                tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await;
+            Err(format!("mskflow run printed no gateway URL (exit: {status:?})").into())
+        }
+    }
+}
