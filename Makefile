@@ -4,21 +4,27 @@ CARGO   ?= cargo
 PROFILE ?= dev
 ARGS    ?=
 
-.PHONY: run test build lint fmt bench schemas clean-data broker
+.PHONY: run test build lint fmt bench schemas clean-data broker deny
 
 ## Build and start every service in one process on the embedded event store.
 run:
 	$(CARGO) run --profile $(PROFILE) --bin mskflow -- run $(ARGS)
 
-## Run every test (formatting and lints first). Installs the Kafka-protocol
-## broker the Kafka tests start (once, into ~/.cache/mskflow).
-test: lint broker
+## Run every test (formatting, lints and the dependency policy first).
+## Installs the Kafka-protocol broker the Kafka tests start and cargo-deny
+## (once, into ~/.cache/mskflow).
+test: lint deny broker
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 
 ## The Kafka-protocol broker used by the tests (nisshi, built from crates.io).
 broker:
 	scripts/kafka-broker.sh install
+
+## Dependency policy (deny.toml): licences, bans, sources; advisories when
+## the RustSec database is reachable.
+deny:
+	scripts/cargo-deny.sh check
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -30,10 +36,22 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## Benchmarks print figures (release build).
+## Benchmarks print figures (release build) and write target/bench/REPORT.md.
+## BENCH_REFERRALS sets the size of the long run (memory and replay).
+BENCH_TARGET    ?= $(or $(CARGO_TARGET_DIR),target)
+BENCH_OUT       ?= target/bench
+BENCH_REFERRALS ?= 100000
 bench:
-	$(CARGO) bench -p mskflow-eventlog-sqlite
-	$(CARGO) run --release --example load -- $(ARGS)
+	mkdir -p $(BENCH_OUT)
+	$(CARGO) build --release --bin mskflow
+	MSKFLOW_BENCH_JSON=$(abspath $(BENCH_OUT))/append.json \
+	  $(CARGO) bench --workspace --bench parse --bench triage --bench envelope --bench replay --bench append \
+	  -- --warm-up-time 1 --measurement-time 3
+	$(BENCH_TARGET)/release/mskflow load --referrals 20000 --concurrency 32 --json $(BENCH_OUT)/load-max.json
+	$(BENCH_TARGET)/release/mskflow load --rate 1000/s --duration 20 --concurrency 128 --end-to-end --json $(BENCH_OUT)/load-rate.json
+	$(BENCH_TARGET)/release/mskflow load --referrals $(BENCH_REFERRALS) --concurrency 32 --replay --json $(BENCH_OUT)/load-100k.json
+	scripts/bench-report.sh $(BENCH_OUT) $(BENCH_TARGET)/criterion > $(BENCH_OUT)/REPORT.md
+	cat $(BENCH_OUT)/REPORT.md
 
 ## Regenerate schemas/events/ and schemas/analytics/ from the Rust types.
 schemas:
