@@ -34,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
         rss_pid: None,
         seed: 1,
         json: None,
+        sample_every: 0.0,
     };
     print!("{}", mskflow::load::command(&args).await?);
     Ok(())

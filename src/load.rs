@@ -86,6 +86,10 @@ pub struct LoadArgs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Sample the process's resident memory and open file descriptors every
+    /// this many seconds during the run (soak runs); 0 = only at the end.
+    #[arg(long, default_value_t = 0.0)]
+    pub sample_every: f64,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -158,6 +162,9 @@ pub struct Report {
     pub rss_mib: Option<f64>,
     pub peak_rss_mib: Option<f64>,
     pub replay: Option<Replay>,
+    /// Resident memory and open file descriptors during the run
+    /// (`--sample-every`), the first taken before the first request.
+    pub samples: Vec<Sample>,
     /// The generated mix: red flags and STarT Back risks.
     pub red_flags: u64,
     pub start_back: HashMap<String, u64>,
@@ -187,6 +194,52 @@ pub fn rss_mib(pid: Option<u32>) -> Option<(f64, f64)> {
             .map(|kb| kb / 1024.0)
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Open file descriptors of a process (entries of `/proc/PID/fd`).
+pub fn open_fds(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/fd"),
+        None => "/proc/self/fd".to_owned(),
+    };
+    Some(std::fs::read_dir(path).ok()?.count() as u64)
+}
+
+/// One reading of the measured process during a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Seconds since the first request was due.
+    pub at_seconds: f64,
+    /// Referrals answered 2xx so far.
+    pub accepted: u64,
+    pub rss_mib: f64,
+    pub open_fds: u64,
+}
+
+/// Sample `pid` (this process if `None`) every `every` until aborted.
+async fn sample_resources(
+    pid: Option<u32>,
+    every: Duration,
+    started: Instant,
+    accepted: Arc<AtomicU64>,
+    samples: Arc<std::sync::Mutex<Vec<Sample>>>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let (Some((rss, _)), Some(fds)) = (rss_mib(pid), open_fds(pid)) else {
+            return;
+        };
+        let sample = Sample {
+            at_seconds: started.elapsed().as_secs_f64(),
+            accepted: accepted.load(Ordering::Relaxed),
+            rss_mib: rss,
+            open_fds: fds,
+        };
+        if let Ok(mut all) = samples.lock() {
+            all.push(sample);
+        }
+    }
 }
 
 /// Matches 2xx answers with decisions seen on the analysts' stream.
@@ -386,17 +439,35 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
         .progress_chars("=> "),
     );
 
+    let measured_pid = match (args.rss_pid, in_process) {
+        (Some(pid), _) => Some(Some(pid)),
+        (None, true) => Some(None),
+        (None, false) => None,
+    };
+    let accepted_so_far = Arc::new(AtomicU64::new(0));
+    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
     let started = Instant::now();
+    let sampler = match measured_pid {
+        Some(pid) if args.sample_every > 0.0 => Some(tokio::spawn(sample_resources(
+            pid,
+            Duration::from_secs_f64(args.sample_every),
+            started,
+            accepted_so_far.clone(),
+            samples.clone(),
+        ))),
+        _ => None,
+    };
     let mut tasks = Vec::with_capacity(args.concurrency);
     for _ in 0..args.concurrency {
         let tokens = tokens.clone();
-        let (client, url, next, generator, bar, tracker) = (
+        let (client, url, next, generator, bar, tracker, accepted_so_far) = (
             client.clone(),
             url.clone(),
             next.clone(),
             generator.clone(),
             bar.clone(),
             tracker.clone(),
+            accepted_so_far.clone(),
         );
         let (rate, e2e) = (args.rate, args.end_to_end);
         tasks.push(tokio::spawn(async move {
@@ -448,6 +519,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
                         let _ = res.bytes().await;
                         let now = Instant::now();
                         let _ = r.latency.record(micros(now - intended).min(600_000_000));
+                        accepted_so_far.fetch_add(1, Ordering::Relaxed);
                         if e2e && let Some(id) = id {
                             tracker.lock().await.answered(id, now);
                         }
@@ -502,11 +574,19 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
         None => None,
     };
 
-    let rss = match (args.rss_pid, in_process) {
-        (Some(pid), _) => rss_mib(Some(pid)),
-        (None, true) => rss_mib(None),
-        (None, false) => None,
-    };
+    let rss = measured_pid.and_then(rss_mib);
+    if let Some(sampler) = sampler {
+        sampler.abort();
+        if let (Some(pid), Some((rss, _)), Ok(mut all)) = (measured_pid, rss, samples.lock()) {
+            all.push(Sample {
+                at_seconds: started.elapsed().as_secs_f64(),
+                accepted: accepted_so_far.load(Ordering::Relaxed),
+                rss_mib: rss,
+                open_fds: open_fds(pid).unwrap_or(0),
+            });
+        }
+    }
+    let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
     let replayed = match (&running, args.replay) {
         (Some(r), true) => Some(replay(r.log.as_ref()).await?),
         _ => None,
@@ -532,6 +612,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
         rss_mib: rss.map(|r| r.0),
         peak_rss_mib: rss.map(|r| r.1),
         replay: replayed,
+        samples,
         red_flags,
         start_back,
     })
@@ -590,6 +671,21 @@ impl Report {
             writeln!(
                 out,
                 "resident memory:       {rss:.1} MiB (peak {peak:.1} MiB)"
+            )?;
+        }
+        if let (Some(first), Some(last)) = (self.samples.first(), self.samples.last()) {
+            let max_rss = self.samples.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
+            let max_fds = self.samples.iter().map(|s| s.open_fds).max().unwrap_or(0);
+            writeln!(
+                out,
+                "resources ({} samples): RSS {:.1} -> {:.1} MiB (max {max_rss:.1}), open fds {} -> {} (max {max_fds}), from {} to {} accepted",
+                self.samples.len(),
+                first.rss_mib,
+                last.rss_mib,
+                first.open_fds,
+                last.open_fds,
+                first.accepted,
+                last.accepted
             )?;
         }
         if let Some(r) = &self.replay {
@@ -672,6 +768,7 @@ mod tests {
             rss_pid: None,
             seed: 3,
             json: Some(json.clone()),
+            sample_every: 0.05,
         };
         let text = command(&args).await.unwrap();
         let report: serde_json::Value =
@@ -686,5 +783,30 @@ mod tests {
         );
         assert!(report["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
         assert!(text.contains("throughput:"));
+        let samples = report["samples"].as_array().unwrap();
+        assert!(samples.len() >= 2, "{text}");
+        let last = &samples[samples.len() - 1];
+        assert_eq!(last["accepted"], 60, "{text}");
+        assert!(last["open_fds"].as_u64().unwrap() > 3, "{text}");
+        assert!(last["rss_mib"].as_f64().unwrap() > 1.0, "{text}");
+        assert!(text.contains("open fds"), "{text}");
+    }
+
+    #[test]
+    fn another_processs_open_file_descriptors_are_counted() {
+        // A child with stdin, stdout and stderr (and whatever the test
+        // harness lets it inherit, such as a jobserver pipe).
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let fds = open_fds(Some(child.id()));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(fds.is_some_and(|n| (3..16).contains(&n)), "{fds:?}");
+        assert_eq!(open_fds(Some(u32::MAX)), None);
     }
 }
