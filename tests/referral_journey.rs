@@ -397,6 +397,7 @@ async fn the_capability_statement_lists_what_is_served() -> TestResult {
             "QuestionnaireResponse",
             "Encounter",
             "MessageDefinition",
+            "Subscription",
             "AuditEvent"
         ]
     );
@@ -419,6 +420,24 @@ async fn the_capability_statement_lists_what_is_served() -> TestResult {
                 "search-type" => app.get(t).await?,
                 "create" => {
                     app.post(t, &json!({"resourceType": t}), uuid::Uuid::new_v4())
+                        .await?
+                }
+                "update" => {
+                    client()
+                        .put(format!("{}/{t}/{unknown}", app.base))
+                        .header("Content-Type", "application/fhir+json")
+                        .header("X-Request-Id", uuid::Uuid::new_v4().to_string())
+                        .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
+                        .body(json!({"resourceType": t, "id": unknown.to_string()}).to_string())
+                        .send()
+                        .await?
+                }
+                "delete" => {
+                    client()
+                        .delete(format!("{}/{t}/{unknown}", app.base))
+                        .header("X-Request-Id", uuid::Uuid::new_v4().to_string())
+                        .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
+                        .send()
                         .await?
                 }
                 other => return Err(format!("undeclared test for interaction {other}").into()),

@@ -117,8 +117,18 @@ impl App {
 
 /// Start the all-in-one system on an existing data directory.
 pub async fn spawn_app_in(dir: &Path) -> TestResult<App> {
+    spawn_app_in_with(dir, |_| {}).await
+}
+
+/// Start the all-in-one system on an existing data directory, with `adjust`
+/// applied to the configuration (a restart with the same settings).
+pub async fn spawn_app_in_with(
+    dir: &Path,
+    adjust: impl FnOnce(&mut mskflow::Config),
+) -> TestResult<App> {
     let mut config = mskflow::Config::ephemeral(dir);
     use_test_auth(&mut config)?;
+    adjust(&mut config);
     let running = mskflow::start(&config)
         .await
         .map_err(|e| format!("{e:#}"))?;

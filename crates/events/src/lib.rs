@@ -14,6 +14,7 @@ pub mod intake;
 pub mod operations;
 pub mod outcomes;
 pub mod scheduling;
+pub mod subscription;
 pub mod types;
 
 pub use intake::IntakeEvent;
@@ -40,6 +41,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
     all.extend(outcomes::schemas());
     all.extend(operations::schemas());
     all.extend(audit::schemas());
+    all.extend(subscription::schemas());
     all
 }
 

@@ -24,8 +24,11 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-fn rec_code(status: StatusCode) -> (&'static str, &'static str) {
-    match status.as_u16() {
+/// The standard's code for an HTTP status, where it names one. Statuses it
+/// has no receiver code for (406, 412, 413, 415, 504, ...) carry only the FHIR issue
+/// code, rather than a code the code system does not define.
+fn rec_code(status: StatusCode) -> Option<(&'static str, &'static str)> {
+    Some(match status.as_u16() {
         400 => (
             "REC_BAD_REQUEST",
             "400: The Receiver was unable to process the request.",
@@ -43,29 +46,25 @@ fn rec_code(status: StatusCode) -> (&'static str, &'static str) {
             "REC_METHOD_NOT_ALLOWED",
             "405: The Receiver does not support this method.",
         ),
+        408 => ("REC_TIMEOUT", "408: The Receiver timed out."),
         409 => (
             "REC_CONFLICT",
             "409: The Receiver has already processed this request.",
-        ),
-        413 => (
-            "REC_PAYLOAD_TOO_LARGE",
-            "413: The request body is too large.",
-        ),
-        415 => (
-            "REC_UNSUPPORTED_MEDIA_TYPE",
-            "415: The Receiver does not accept this content type.",
         ),
         422 => (
             "REC_UNPROCESSABLE_ENTITY",
             "422: The Receiver could not process the resource.",
         ),
-        503 => ("REC_UNAVAILABLE", "503: The Receiver is unavailable."),
-        504 => ("REC_GATEWAY_TIMEOUT", "504: The Receiver timed out."),
-        _ => (
+        503 => (
+            "REC_SERVICE_UNAVAILABLE",
+            "503: The Receiver is unavailable.",
+        ),
+        500..=502 => (
             "REC_SERVER_ERROR",
             "500: The Receiver has encountered an error.",
         ),
-    }
+        _ => return None,
+    })
 }
 
 impl ApiError {
@@ -115,13 +114,13 @@ impl ApiError {
 
     /// The OperationOutcome body, each issue carrying the standard's error code.
     pub fn outcome(&self) -> serde_json::Value {
-        let (code, display) = rec_code(self.status);
+        let rec = rec_code(self.status);
         let issues: Vec<Issue> = self
             .issues
             .iter()
             .cloned()
             .map(|mut i| {
-                if i.details.is_none() {
+                if let (None, Some((code, display))) = (&i.details, rec) {
                     i.details = Some((
                         HTTP_ERROR_SYSTEM.to_owned(),
                         code.to_owned(),
@@ -226,5 +225,40 @@ pub fn from_grpc(status: &tonic::Status) -> ApiError {
             format!("intake timed out: {}", status.message()),
         ),
         _ => ApiError::internal(format!("intake failed: {}", status.message())),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test code")]
+mod tests {
+    use super::*;
+
+    fn details_code(e: &ApiError) -> Option<String> {
+        e.outcome()["issue"][0]["details"]["coding"][0]["code"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn statuses_carry_the_standards_codes_and_no_invented_ones() {
+        let unavailable = ApiError::unavailable("store down");
+        assert_eq!(
+            details_code(&unavailable).as_deref(),
+            Some("REC_SERVICE_UNAVAILABLE")
+        );
+        assert_eq!(unavailable.outcome()["issue"][0]["code"], "transient");
+        let duplicate = ApiError::new(StatusCode::CONFLICT, IssueType::Duplicate, "seen");
+        assert_eq!(details_code(&duplicate).as_deref(), Some("REC_CONFLICT"));
+        let stale = ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            IssueType::Conflict,
+            "stale",
+        );
+        assert_eq!(details_code(&stale), None);
+        assert_eq!(stale.outcome()["issue"][0]["code"], "conflict");
+        assert_eq!(
+            details_code(&ApiError::internal("boom")).as_deref(),
+            Some("REC_SERVER_ERROR")
+        );
     }
 }

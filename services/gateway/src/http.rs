@@ -46,6 +46,9 @@ pub struct AppState {
     pub intake_timeout: Duration,
     /// Readiness fails when the views are further behind the log than this.
     pub max_view_lag: u64,
+    /// Registered referrer endpoints (URL prefixes): the only places
+    /// notifications and subscriptions may point to.
+    pub referrer_endpoints: Vec<String>,
 }
 
 type State = web::Data<AppState>;
@@ -93,6 +96,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(
                 web::resource("/ServiceRequest/{id}")
                     .route(web::get().to(read_service_request))
+                    .route(web::put().to(update_service_request))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/Subscription")
+                    .route(web::post().to(crate::subscription::create))
+                    .route(web::get().to(crate::subscription::search))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/Subscription/{id}")
+                    .route(web::get().to(crate::subscription::read))
+                    .route(web::delete().to(crate::subscription::delete))
                     .default_service(web::to(not_allowed)),
             )
             .service(
@@ -377,14 +393,14 @@ fn header_uuid(req: &HttpRequest, name: &str) -> Result<Uuid, ApiError> {
 }
 
 /// `X-Request-Id` and `X-Correlation-Id`, required on every write.
-fn request_ids(req: &HttpRequest) -> Result<(Uuid, Uuid), ApiError> {
+pub(crate) fn request_ids(req: &HttpRequest) -> Result<(Uuid, Uuid), ApiError> {
     Ok((
         header_uuid(req, X_REQUEST_ID)?,
         header_uuid(req, X_CORRELATION_ID)?,
     ))
 }
 
-fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+pub(crate) fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -408,7 +424,7 @@ fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 /// Read the body, refusing more than the configured limit without buffering it.
-async fn read_body(
+pub(crate) async fn read_body(
     state: &AppState,
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -594,11 +610,46 @@ async fn cancel(
         )
         .at("ServiceRequest.identifier"));
     }
+    let view = cancel_referral(
+        state,
+        request_id,
+        correlation_id,
+        &parsed.service_request_status,
+        parsed.referral.into(),
+        None,
+    )
+    .await?;
+    let base = base_url(state, req);
+    let body = render::response_message(&base, &parsed.message_id, &view);
+    Ok(HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .insert_header((
+            header::LOCATION,
+            format!("{base}/Task/{}", view.referral_id),
+        ))
+        .body(body.to_string()))
+}
+
+/// Cancel a referral through intake (the one cancellation path, for the
+/// `update` message and for `PUT /ServiceRequest/{id}`) and wait until the
+/// views show it. With `expected_version`, intake records the cancellation
+/// only if the referral is still at that version (checked by the event
+/// log's append, so of two racing cancellations one wins); otherwise it
+/// answers ABORTED (409 `conflict` here).
+async fn cancel_referral(
+    state: &AppState,
+    request_id: Uuid,
+    correlation_id: Uuid,
+    status: &str,
+    referral: pb::Referral,
+    expected_version: Option<u64>,
+) -> Result<crate::views::ReferralView, ApiError> {
     let mut request = tonic::Request::new(pb::CancelReferralRequest {
         request_id: request_id.to_string(),
         correlation_id: correlation_id.to_string(),
-        status: parsed.service_request_status.clone(),
-        referral: Some(parsed.referral.into()),
+        status: status.to_owned(),
+        referral: Some(referral),
+        expected_version,
     });
     request.set_timeout(state.intake_timeout);
     let (traceparent, _) = mskflow_telemetry::current_trace_context();
@@ -614,7 +665,7 @@ async fn cancel(
     let referral_id = Uuid::parse_str(&answer.referral_id)
         .map_err(|_| ApiError::internal("intake answered with an invalid referral id"))?;
     tracing::info!(%referral_id, %request_id, "referral cancelled by its sender");
-    let view = state
+    state
         .views
         .wait_for(referral_id, answer.version, state.wait_timeout)
         .await
@@ -622,13 +673,163 @@ async fn cancel(
             ApiError::unavailable(format!(
                 "referral {referral_id} was cancelled; poll Task/{referral_id}"
             ))
-        })?;
-    let base = base_url(state, req);
-    let body = render::response_message(&base, &parsed.message_id, &view);
-    Ok(HttpResponse::Ok()
-        .content_type(FHIR_JSON)
-        .insert_header((header::LOCATION, format!("{base}/Task/{referral_id}")))
-        .body(body.to_string()))
+        })
+}
+
+/// `If-Match: W/"n"` (or `"n"`): the version an update is made against;
+/// `None` without the header or for `*`.
+fn if_match(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = req.headers().get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let raw = raw.to_str().unwrap_or_default().trim();
+    if raw == "*" {
+        return Ok(None);
+    }
+    raw.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| {
+            ApiError::bad_request(
+                IssueType::Invalid,
+                "If-Match must be a version ETag such as W/\"3\"",
+            )
+        })
+}
+
+/// Elements of a ServiceRequest a client may send differently from the
+/// server's copy without changing anything.
+const UPDATE_IGNORED: &[&str] = &["id", "meta", "text", "status"];
+
+/// `PUT /ServiceRequest/{id}`: the only change accepted is the referrer's
+/// cancellation (`status` `revoked` or `entered-in-error`), through the same
+/// path as the `update` message. `If-Match` is honoured (412 on a stale
+/// version); the answer is shaped by `Prefer` like a create's.
+async fn update_service_request(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path, "ServiceRequest")?;
+    visible(&state, &req, id, "ServiceRequest")?;
+    let (request_id, correlation_id) = request_ids(&req)?;
+    check_content_type(&req)?;
+    let expected = if_match(&req)?;
+    let body = read_body(&state, &req, payload).await?;
+    let sent: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            IssueType::Structure,
+            format!(
+                "the body is not JSON: {}",
+                mskflow_eventlog::json_error_reason(&e)
+            ),
+        )
+    })?;
+    if sent["resourceType"] != "ServiceRequest" {
+        return Err(
+            ApiError::bad_request(IssueType::Invalid, "the body must be a ServiceRequest")
+                .at("ServiceRequest.resourceType"),
+        );
+    }
+    if sent["id"] != id.to_string().as_str() {
+        return Err(ApiError::bad_request(
+            IssueType::Invalid,
+            "ServiceRequest.id must be the id in the URL",
+        )
+        .at("ServiceRequest.id"));
+    }
+    let view = state
+        .views
+        .read(|v| v.referral(&id).cloned())
+        .ok_or_else(|| ApiError::not_found(format!("ServiceRequest/{id} is not known")))?;
+    crate::auth::principal(&req)?.check_sender(
+        view.details
+            .sender
+            .ods_code
+            .as_ref()
+            .map(mskflow_events::OdsCode::as_str),
+    )?;
+    let current = render::service_request(&view);
+    let empty = serde_json::Map::new();
+    let sent_fields = sent.as_object().unwrap_or(&empty);
+    let current_fields = current.as_object().unwrap_or(&empty);
+    if let Some(changed) = sent_fields
+        .keys()
+        .chain(current_fields.keys())
+        .filter(|k| !UPDATE_IGNORED.contains(&k.as_str()))
+        .find(|k| sent_fields.get(*k) != current_fields.get(*k))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueType::NotSupported,
+            format!("ServiceRequest.{changed} cannot be changed: an update may only cancel a referral; cancel and send a new referral instead"),
+        )
+        .at(format!("ServiceRequest.{changed}")));
+    }
+    let status = sent["status"].as_str().ok_or_else(|| {
+        ApiError::bad_request(IssueType::Required, "ServiceRequest.status is required")
+            .at("ServiceRequest.status")
+    })?;
+    let base = base_url(&state, &req);
+    if current["status"] == status {
+        // Nothing to change.
+        if expected.is_some_and(|v| v != view.version) {
+            return Err(stale(id));
+        }
+        return Ok(created(&req, StatusCode::OK, &base, &view));
+    }
+    if !matches!(status, "revoked" | "entered-in-error") {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueType::NotSupported,
+            "an update may only cancel a referral (ServiceRequest.status revoked or entered-in-error)",
+        )
+        .at("ServiceRequest.status"));
+    }
+    if view.details.service_request_identifier.is_none() {
+        // Intake finds a referral to cancel by its sender and identifier.
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueType::BusinessRule,
+            "this referral was sent without a ServiceRequest.identifier and cannot be cancelled by its sender",
+        )
+        .at("ServiceRequest.identifier"));
+    }
+    let mut referral = view.details.clone();
+    referral.sender.message_id = None;
+    let updated = cancel_referral(
+        &state,
+        request_id,
+        correlation_id,
+        status,
+        referral.into(),
+        expected,
+    )
+    .await
+    .map_err(|e| {
+        let conflict = e.status == StatusCode::CONFLICT
+            && e.issues
+                .first()
+                .is_some_and(|i| i.code == IssueType::Conflict);
+        if expected.is_some() && conflict {
+            stale(id)
+        } else {
+            e
+        }
+    })?;
+    Ok(created(&req, StatusCode::OK, &base, &updated))
+}
+
+/// 412: the resource is no longer at the version of `If-Match`.
+fn stale(id: Uuid) -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        IssueType::Conflict,
+        format!("ServiceRequest/{id} has changed since the version in If-Match; read it again"),
+    )
+    .at("ServiceRequest.meta.versionId")
 }
 
 /// `Prefer: return=minimal | representation | OperationOutcome`.

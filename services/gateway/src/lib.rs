@@ -15,6 +15,7 @@ pub mod patient;
 pub mod projection;
 pub mod render;
 pub mod search;
+pub mod subscription;
 pub mod views;
 
 use std::future::Future;
@@ -201,6 +202,7 @@ impl Service {
             wait_timeout: Duration::from_secs(10),
             intake_timeout: Duration::from_secs(30),
             max_view_lag: self.options.max_view_lag,
+            referrer_endpoints: self.options.referrer_endpoints.clone(),
         });
         let authenticator = web::Data::from(self.authenticator.clone());
         let (recorder, auditing) = audit::Recorder::start(self.log.clone());

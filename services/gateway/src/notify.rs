@@ -8,7 +8,17 @@
 //! duplicate answer, and given up (dead letter) after the last attempt. Every
 //! attempt is an event on `notify-{message id}`; the message id is derived
 //! from the event that caused it, so a redelivered event sends nothing new.
+//!
+//! Active FHIR Subscriptions ([`crate::subscription`]) of the referral's
+//! organisation are told too, each with its own message id (subscription id
+//! and causing event) and its own strictly increasing counter: the worker
+//! replays the log from the start, so the counters are rebuilt in the same
+//! log order after a restart (on the embedded log, whose order is total; on
+//! Kafka a subscription's creation and a referral's change sit on different
+//! topics, so a change made while a subscription was being created may be
+//! counted on one side of it or the other after a replay).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use mskflow_eventlog::{Envelope, EventLog};
@@ -16,13 +26,18 @@ use uuid::Uuid;
 
 use crate::delivery::{Consume, Message, Options, Outbox};
 use crate::render;
-use crate::views::Views;
+use crate::subscription::{self, SubscriptionView};
+use crate::views::{ReferralView, Views};
 
 /// The worker's consumer name.
 pub const CONSUMER: &str = "gateway-notifications";
 
 /// Namespace of notification message ids (UUIDv5 of the causing event).
 const NOTIFY_NAMESPACE: Uuid = Uuid::from_u128(0x2f6b_0d41_8a3c_4e97_b512_6c0e_9d7a_31f8);
+
+/// Namespace of subscription notification ids (UUIDv5 of the subscription
+/// id and the causing event id).
+const SUBSCRIPTION_NAMESPACE: Uuid = Uuid::from_u128(0x9d42_7e15_c3a0_4f6b_8e21_5a7c_0b93_d6e4);
 
 /// Events that change what the referrer sees on its Task.
 pub const NOTIFYING: &[&str] = &[
@@ -48,6 +63,9 @@ pub struct Worker {
     registered: Vec<String>,
     base_url: String,
     views: Views,
+    /// Per subscription: notifications numbered so far and the event that
+    /// numbered the last one.
+    counters: BTreeMap<Uuid, (u64, Uuid)>,
 }
 
 impl Worker {
@@ -62,6 +80,7 @@ impl Worker {
             registered,
             base_url,
             views: Views::default(),
+            counters: BTreeMap::new(),
         }
     }
 
@@ -97,34 +116,86 @@ impl Consume for Worker {
         let Some(referral_id) = referral_of(envelope) else {
             return Ok(());
         };
-        let Some(view) = self.views.referral(&referral_id) else {
+        let Some(view) = self.views.referral(&referral_id).cloned() else {
             return Ok(());
         };
-        let Some(endpoint) = view
+        if let Some(endpoint) = view
             .details
             .sender
             .endpoint
             .clone()
             .filter(|e| self.registered(e))
-        else {
-            return Ok(());
-        };
-        let message_id = Uuid::new_v5(&NOTIFY_NAMESPACE, envelope.event_id.as_bytes());
-        let stream = format!("notify-{message_id}");
-        if self.outbox.settled(&stream).await? {
-            return Ok(());
+        {
+            let message_id = Uuid::new_v5(&NOTIFY_NAMESPACE, envelope.event_id.as_bytes());
+            let stream = format!("notify-{message_id}");
+            if !self.outbox.settled(&stream).await? {
+                let request_message = view.details.sender.message_id.clone().unwrap_or_default();
+                let mut bundle = render::response_message(&self.base_url, &request_message, &view);
+                bundle["id"] = serde_json::json!(message_id.to_string());
+                let msg = Message {
+                    stream,
+                    message_id,
+                    referral_id,
+                    url: endpoint,
+                    body: bundle.to_string(),
+                    label: "referrer".to_owned(),
+                };
+                self.outbox.send(msg, envelope).await?;
+            }
         }
-        let request_message = view.details.sender.message_id.clone().unwrap_or_default();
-        let mut bundle = render::response_message(&self.base_url, &request_message, view);
-        bundle["id"] = serde_json::json!(message_id.to_string());
-        let msg = Message {
-            stream,
-            message_id,
-            referral_id,
-            url: endpoint,
-            body: bundle.to_string(),
-            label: "referrer".to_owned(),
-        };
-        self.outbox.send(msg, envelope).await
+        self.notify_subscribers(envelope, &view).await
+    }
+}
+
+impl Worker {
+    /// Tell every active subscription of the referral's organisation, in
+    /// order of subscription. The counter of each (`events-since-subscription-start`)
+    /// moves once per causing event, also when the handler is retried.
+    async fn notify_subscribers(
+        &mut self,
+        envelope: &Envelope,
+        view: &ReferralView,
+    ) -> Result<(), mskflow_eventlog::Error> {
+        let matching: Vec<SubscriptionView> = self
+            .views
+            .subscriptions()
+            .filter(|s| s.matches(view) && self.registered(&s.endpoint))
+            .cloned()
+            .collect();
+        let mut numbered = Vec::with_capacity(matching.len());
+        for s in matching {
+            let counter = self.counters.entry(s.id).or_insert((0, Uuid::nil()));
+            if counter.1 != envelope.event_id {
+                *counter = (counter.0 + 1, envelope.event_id);
+            }
+            numbered.push((s, counter.0));
+        }
+        for (s, number) in numbered {
+            let mut name = s.id.as_bytes().to_vec();
+            name.extend_from_slice(envelope.event_id.as_bytes());
+            let message_id = Uuid::new_v5(&SUBSCRIPTION_NAMESPACE, &name);
+            let stream = format!("notify-{message_id}");
+            if self.outbox.settled(&stream).await? {
+                continue;
+            }
+            let bundle = subscription::notification(
+                &self.base_url,
+                &s,
+                number,
+                view,
+                envelope.occurred_at,
+                message_id,
+            );
+            let msg = Message {
+                stream,
+                message_id,
+                referral_id: view.referral_id,
+                url: s.endpoint.clone(),
+                body: bundle.to_string(),
+                label: "subscription".to_owned(),
+            };
+            self.outbox.send(msg, envelope).await?;
+        }
+        Ok(())
     }
 }

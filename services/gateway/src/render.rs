@@ -703,6 +703,20 @@ pub fn message_definition() -> Value {
 /// routes. `token_url` is the authorisation server's token endpoint,
 /// advertised with the SMART `oauth-uris` extension when configured.
 pub fn capability_statement(base: &str, token_url: Option<&str>) -> Value {
+    // Update is the referrer's cancellation only, with If-Match honoured.
+    let mut service_request = resource_capability(
+        Resource::ServiceRequest,
+        &[
+            "read",
+            "vread",
+            "history-instance",
+            "create",
+            "update",
+            "search-type",
+        ],
+    );
+    service_request["versioning"] = json!("versioned-update");
+    service_request["updateCreate"] = json!(false);
     let mut statement = json!({
         "resourceType": "CapabilityStatement",
         "id": "mskflow-gateway",
@@ -729,7 +743,7 @@ pub fn capability_statement(base: &str, token_url: Option<&str>) -> Value {
                 "description": "Every request except GET /metadata needs Authorization: Bearer <JWT>. 401 for a missing, invalid or expired token; 403 when its scopes do not cover the interaction. Referrers see only the referrals their organisation sent. Every access to patient data is recorded (AuditEvent)."
             },
             "resource": [
-                resource_capability(Resource::ServiceRequest, &["read", "vread", "history-instance", "create", "search-type"]),
+                service_request,
                 resource_capability(Resource::Task, &["read", "vread", "history-instance", "search-type"]),
                 {
                     "type": "Patient",
@@ -783,6 +797,13 @@ pub fn capability_statement(base: &str, token_url: Option<&str>) -> Value {
                     "type": "MessageDefinition",
                     "interaction": [{"code": "read"}, {"code": "search-type"}],
                     "searchParam": []
+                },
+                {
+                    "type": "Subscription",
+                    "profile": crate::subscription::SUBSCRIPTION_PROFILE,
+                    "documentation": format!("Topic-based subscriptions (Subscriptions R5 Backport for R4): topic {}, channel rest-hook to a registered referrer endpoint, payload application/fhir+json with payload content empty, id-only (default) or full-resource; limited to the referrals of the token's organisation", crate::subscription::TOPIC),
+                    "interaction": [{"code": "read"}, {"code": "create"}, {"code": "delete"}, {"code": "search-type"}],
+                    "searchParam": [{"name": "status", "type": "token"}]
                 },
                 {
                     "type": "AuditEvent",

@@ -18,6 +18,7 @@ use mskflow_events::scheduling::{
     BookedSession, ClassScheduled, DischargeReason as RehabDischargeReason, Programme,
     SchedulingEvent, SlotPublished,
 };
+use mskflow_events::subscription::SubscriptionEvent;
 use mskflow_events::types::{FcpPriority, Pathway, RedFlag, RedirectDestination, Urgency};
 use serde::Serialize;
 use uuid::Uuid;
@@ -418,12 +419,17 @@ pub struct Views {
     /// `referrals`, so not serialised.
     #[serde(skip)]
     patients: BTreeMap<String, Vec<Uuid>>,
+    /// FHIR Subscriptions, active and off.
+    subscriptions: BTreeMap<Uuid, crate::subscription::SubscriptionView>,
 }
 
 impl Views {
     /// Apply one event. Returns whether it changed anything. Events of other
     /// services are ignored; events already applied are skipped.
     pub fn apply(&mut self, envelope: &Envelope) -> Result<bool, Error> {
+        if SubscriptionEvent::TYPES.contains(&envelope.event_type.as_str()) {
+            return self.apply_subscription(envelope);
+        }
         if AssessmentEvent::TYPES.contains(&envelope.event_type.as_str()) {
             return self.apply_assessment(envelope);
         }
@@ -920,6 +926,38 @@ impl Views {
         self.referrals.get(id)
     }
 
+    /// Every subscription, active and off, by id.
+    pub fn subscriptions(&self) -> impl Iterator<Item = &crate::subscription::SubscriptionView> {
+        self.subscriptions.values()
+    }
+
+    fn apply_subscription(&mut self, envelope: &Envelope) -> Result<bool, Error> {
+        let event: SubscriptionEvent =
+            mskflow_eventlog::decode(envelope).map_err(|source| Error::Decode {
+                event_id: envelope.event_id,
+                event_type: envelope.event_type.clone(),
+                source,
+            })?;
+        let id = match &event {
+            SubscriptionEvent::SubscriptionCreated(e) => e.subscription_id,
+            SubscriptionEvent::SubscriptionDeleted(e) => e.subscription_id,
+        };
+        let current = self.subscriptions.remove(&id);
+        if let Some(s) = &current
+            && envelope.sequence <= s.version
+        {
+            self.subscriptions.insert(id, s.clone());
+            return Ok(false);
+        }
+        match crate::subscription::SubscriptionView::evolve(current, envelope, &event) {
+            Some(s) => {
+                self.subscriptions.insert(id, s);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// The referrals that carried the patient with this NHS number, in the
     /// order received (empty when none did).
     pub fn referrals_of_patient(&self, nhs_number: &str) -> Vec<&ReferralView> {
@@ -1146,6 +1184,101 @@ mod tests {
             Err(Error::UnknownReferral { .. })
         ));
         assert!(views.is_empty());
+        Ok(())
+    }
+
+    fn subscription_envelope(
+        event: &SubscriptionEvent,
+        id: Uuid,
+        sequence: u64,
+    ) -> Result<Envelope, serde_json::Error> {
+        let new = mskflow_eventlog::new_event(event, 1, Utc::now())?;
+        Ok(Envelope {
+            event_id: new.event_id,
+            stream_id: mskflow_events::subscription::stream_id(id),
+            sequence,
+            position: 100 + sequence,
+            occurred_at: new.occurred_at,
+            recorded_at: new.occurred_at,
+            causation_id: None,
+            correlation_id: Uuid::nil(),
+            traceparent: None,
+            tracestate: None,
+            event_type: new.event_type,
+            schema_version: 1,
+            payload: new.payload,
+        })
+    }
+
+    #[test]
+    fn subscriptions_replay_idempotently_and_match_only_their_organisation()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use mskflow_events::subscription::{SubscriptionCreated, SubscriptionDeleted};
+        let id = Uuid::from_u128(42);
+        let created = subscription_envelope(
+            &SubscriptionEvent::SubscriptionCreated(SubscriptionCreated {
+                subscription_id: id,
+                owner_ods: "A81001".to_owned(),
+                client_id: "gp".to_owned(),
+                topic: crate::subscription::TOPIC.to_owned(),
+                endpoint: "https://gp.example/fhir".to_owned(),
+                payload_content: "full-resource".to_owned(),
+                filter: None,
+                reason: None,
+            }),
+            id,
+            1,
+        )?;
+        let deleted = subscription_envelope(
+            &SubscriptionEvent::SubscriptionDeleted(SubscriptionDeleted {
+                subscription_id: id,
+                client_id: "gp".to_owned(),
+            }),
+            id,
+            2,
+        )?;
+        let mut views = Views::default();
+        assert!(views.apply(&created)?);
+        assert!(
+            !views.apply(&created)?,
+            "a redelivered event changes nothing"
+        );
+        let mut referral = log()?
+            .first()
+            .map(|e| {
+                let mut v = Views::default();
+                v.apply(e).map(|_| v)
+            })
+            .transpose()?
+            .and_then(|v| v.referrals().next().cloned())
+            .ok_or("no referral")?;
+        let active = views
+            .subscriptions()
+            .next()
+            .ok_or("no subscription")?
+            .clone();
+        assert!(active.active);
+        assert!(
+            !active.matches(&referral),
+            "a referral with no sender is no one's"
+        );
+        referral.details.sender.ods_code = Some(mskflow_events::OdsCode::parse("a81001")?);
+        assert!(active.matches(&referral));
+        referral.details.sender.ods_code = Some(mskflow_events::OdsCode::parse("B82002")?);
+        assert!(
+            !active.matches(&referral),
+            "another organisation's referral"
+        );
+        referral.details.sender.ods_code = Some(mskflow_events::OdsCode::parse("A81001")?);
+        assert!(views.apply(&deleted)?);
+        assert!(
+            !views.apply(&created)?,
+            "an old event does not turn it back on"
+        );
+        let off = views.subscriptions().next().ok_or("no subscription")?;
+        assert!(!off.active);
+        assert_eq!(off.version, 2);
+        assert!(!off.matches(&referral), "an off subscription hears nothing");
         Ok(())
     }
 }

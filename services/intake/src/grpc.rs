@@ -221,7 +221,14 @@ impl IntakeService for IntakeGrpc {
             let details = ReferralDetails::try_from(referral).map_err(|e| e.into_status())?;
             match self
                 .intake
-                .cancel(request_id, correlation_id, traceparent, &details, status)
+                .cancel(
+                    request_id,
+                    correlation_id,
+                    traceparent,
+                    &details,
+                    status,
+                    body.expected_version,
+                )
                 .await?
             {
                 Ok(done) => Ok(Response::new(pb::SubmitReferralResponse {

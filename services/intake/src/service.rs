@@ -311,6 +311,7 @@ impl Intake {
         traceparent: Option<String>,
         details: &ReferralDetails,
         status: mskflow_events::intake::CancellationStatus,
+        expected_version: Option<u64>,
     ) -> Result<Result<Submitted, Rejection>, Error> {
         if details.service_request_identifier.is_none() {
             return Ok(Err(Rejection::Refused(DomainError::NotFound)));
@@ -333,6 +334,11 @@ impl Intake {
         let Some(state) = self.get(referral_id).await? else {
             return Ok(Err(Rejection::Refused(DomainError::NotFound)));
         };
+        // The caller's version (If-Match) is the one the append checks, so
+        // of two cancellations at the same version only one is recorded.
+        if expected_version.is_some_and(|v| v != state.version) {
+            return Err(Error::Conflict { referral_id });
+        }
         let events = match domain::handle(
             &state,
             Command::Cancel {
