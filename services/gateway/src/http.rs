@@ -509,7 +509,7 @@ async fn submit(
     let referral_id = Uuid::parse_str(&submitted.referral_id)
         .map_err(|_| ApiError::internal("intake answered with an invalid referral id"))?;
     tracing::info!(%referral_id, %request_id, version = submitted.version, "referral recorded");
-    state
+    let view = state
         .views
         .wait_for(referral_id, submitted.version, state.wait_timeout)
         .await
@@ -519,7 +519,20 @@ async fn submit(
                 IssueType::Transient,
                 format!("referral {referral_id} was recorded but its Task is not yet readable; poll Task/{referral_id}"),
             )
-        })
+        })?;
+    with_sent(state, view).await
+}
+
+/// `view` with the referral as sent read back from the log (the views do
+/// not keep it in memory: see [`crate::sent`]).
+pub(crate) async fn with_sent(
+    state: &AppState,
+    mut view: crate::views::ReferralView,
+) -> Result<crate::views::ReferralView, ApiError> {
+    crate::sent::fill(state.log.as_ref(), &mut view)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot read the referral as sent: {e}")))?;
+    Ok(view)
 }
 
 async fn process_message(
@@ -665,7 +678,7 @@ async fn cancel_referral(
     let referral_id = Uuid::parse_str(&answer.referral_id)
         .map_err(|_| ApiError::internal("intake answered with an invalid referral id"))?;
     tracing::info!(%referral_id, %request_id, "referral cancelled by its sender");
-    state
+    let view = state
         .views
         .wait_for(referral_id, answer.version, state.wait_timeout)
         .await
@@ -673,7 +686,8 @@ async fn cancel_referral(
             ApiError::unavailable(format!(
                 "referral {referral_id} was cancelled; poll Task/{referral_id}"
             ))
-        })
+        })?;
+    with_sent(state, view).await
 }
 
 /// `If-Match: W/"n"` (or `"n"`): the version an update is made against;
@@ -751,6 +765,7 @@ async fn update_service_request(
             .as_ref()
             .map(mskflow_events::OdsCode::as_str),
     )?;
+    let view = with_sent(&state, view).await?;
     let current = render::service_request(&view);
     let empty = serde_json::Map::new();
     let sent_fields = sent.as_object().unwrap_or(&empty);
@@ -956,6 +971,7 @@ async fn create_service_request(
     )?;
     let base = base_url(&state, &req);
     if let Some(existing) = existing_for(&state, &req)? {
+        let existing = with_sent(&state, existing).await?;
         return Ok(created(&req, StatusCode::OK, &base, &existing));
     }
     let view = submit(&state, &req, request_id, correlation_id, referral.into()).await?;
@@ -1001,17 +1017,19 @@ async fn read_service_request(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path, "ServiceRequest")?;
     let principal = crate::auth::principal(&req)?;
+    let referral = state
+        .views
+        .read(|v| v.referral(&id).filter(|r| principal.may_see(r)).cloned());
+    if let Some(view) = referral {
+        let view = with_sent(&state, view).await?;
+        return Ok(read_response(&render::service_request(&view), view.version));
+    }
     state
         .views
         .read(|v| {
-            v.referral(&id)
-                .filter(|r| principal.may_see(r))
-                .map(|r| read_response(&render::service_request(r), r.version))
-                .or_else(|| {
-                    v.onward_referral(&id)
-                        .filter(|(r, _)| principal.may_see(r))
-                        .map(|(r, o)| read_response(&render::onward_service_request(r, o), 1))
-                })
+            v.onward_referral(&id)
+                .filter(|(r, _)| principal.may_see(r))
+                .map(|(r, o)| read_response(&render::onward_service_request(r, o), 1))
         })
         .ok_or_else(|| ApiError::not_found(format!("ServiceRequest/{id} is not known")))
 }
@@ -1026,8 +1044,9 @@ fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
     )
 }
 
-/// Run a search and answer a `searchset` Bundle with paging links.
-fn search(
+/// Run a search and answer a `searchset` Bundle with paging links. A
+/// ServiceRequest page reads its referrals as sent back from the log.
+async fn search(
     state: &AppState,
     req: &HttpRequest,
     resource: search::Resource,
@@ -1038,11 +1057,27 @@ fn search(
         .map_err(|e| ApiError::bad_request(IssueType::NotSupported, e.0))?;
     let base = base_url(state, req);
     let principal = crate::auth::principal(req)?;
-    let (total, page) = state.views.read(|views| {
-        let (total, matched) = search.page(views, |r| principal.may_see(r));
-        let page: Vec<Value> = matched.into_iter().map(render_one).collect();
-        (total, page)
-    });
+    let (total, page) = if resource == search::Resource::ServiceRequest {
+        let (total, mut matched) = state.views.read(|views| {
+            let (total, matched) = search.page(views, |r| principal.may_see(r));
+            (total, matched.into_iter().cloned().collect::<Vec<_>>())
+        });
+        crate::sent::fill_all(state.log.as_ref(), &mut matched)
+            .await
+            .map_err(|e| {
+                ApiError::unavailable(format!("cannot read the referrals as sent: {e}"))
+            })?;
+        (
+            total,
+            matched.iter().map(render_one).collect::<Vec<Value>>(),
+        )
+    } else {
+        state.views.read(|views| {
+            let (total, matched) = search.page(views, |r| principal.may_see(r));
+            let page: Vec<Value> = matched.into_iter().map(render_one).collect();
+            (total, page)
+        })
+    };
     let link = |offset: usize| {
         format!(
             "{base}/{}?{}",
@@ -1064,7 +1099,7 @@ fn search(
 }
 
 async fn search_tasks(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    search(&state, &req, search::Resource::Task, render::task)
+    search(&state, &req, search::Resource::Task, render::task).await
 }
 
 async fn search_service_requests(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -1074,6 +1109,7 @@ async fn search_service_requests(state: State, req: HttpRequest) -> Result<HttpR
         search::Resource::ServiceRequest,
         render::service_request,
     )
+    .await
 }
 
 /// Every version of a referral's resource, rebuilt from the log: version
@@ -1110,6 +1146,7 @@ async fn versions(
     }
     let mut views = crate::views::Views::default();
     let mut out = Vec::new();
+    let sent = crate::sent::from_events(&events).unwrap_or_default();
     for e in &events {
         views
             .apply(e)
@@ -1120,7 +1157,9 @@ async fn versions(
             } else {
                 v.version
             };
-            out.push((version, v.clone()));
+            let mut v = v.clone();
+            v.details.fhir_json.clone_from(&sent);
+            out.push((version, v));
         }
     }
     Ok(out)

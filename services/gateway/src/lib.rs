@@ -15,6 +15,7 @@ pub mod patient;
 pub mod projection;
 pub mod render;
 pub mod search;
+pub mod sent;
 pub mod subscription;
 pub mod views;
 

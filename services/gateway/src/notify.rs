@@ -59,6 +59,8 @@ pub const NOTIFYING: &[&str] = &[
 #[derive(Debug)]
 pub struct Worker {
     outbox: Outbox,
+    /// The log, to read back the referral as sent (not kept in the views).
+    log: Arc<dyn EventLog>,
     /// Registered referrer endpoints (prefixes); nothing else is called.
     registered: Vec<String>,
     base_url: String,
@@ -76,7 +78,8 @@ impl Worker {
         base_url: String,
     ) -> Self {
         Self {
-            outbox: Outbox::new(log, options),
+            outbox: Outbox::new(log.clone(), options),
+            log,
             registered,
             base_url,
             views: Views::default(),
@@ -129,6 +132,8 @@ impl Consume for Worker {
             let message_id = Uuid::new_v5(&NOTIFY_NAMESPACE, envelope.event_id.as_bytes());
             let stream = format!("notify-{message_id}");
             if !self.outbox.settled(&stream).await? {
+                let mut view = view.clone();
+                crate::sent::fill(self.log.as_ref(), &mut view).await?;
                 let request_message = view.details.sender.message_id.clone().unwrap_or_default();
                 let mut bundle = render::response_message(&self.base_url, &request_message, &view);
                 bundle["id"] = serde_json::json!(message_id.to_string());

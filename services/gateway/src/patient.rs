@@ -1,7 +1,8 @@
 //! `Patient`: the patient exactly as the referrer sent them.
 //!
 //! The gateway keeps no patient record of its own: each referral carries its
-//! Patient as sent (kept in `ReferralDetails::fhir_json`). The `Patient/{id}`
+//! Patient as sent (in `ReferralDetails::fhir_json` on its `ReferralReceived`
+//! event, read back from the log: see [`crate::sent`]). The `Patient/{id}`
 //! view gathers every referral that carried the same NHS number, in the order
 //! received: version `n` is the Patient as the `n`-th of them sent it, and the
 //! id is the id of the first (ids are never derived from the NHS number).
@@ -19,7 +20,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::http::{AppState, FHIR_JSON, base_url};
+use crate::http::{AppState, FHIR_JSON, base_url, with_sent};
 use crate::views::{ReferralView, Views};
 use crate::{render, search};
 
@@ -83,14 +84,14 @@ pub async fn read(
 ) -> Result<HttpResponse, ApiError> {
     let id = patient_id(&path)?;
     let principal = crate::auth::principal(&req)?;
-    state
-        .views
-        .read(|views| {
-            versions_of(views, &id, &principal)
-                .last()
-                .map(|(n, view)| resource_response(&render::patient(id, *n, view), *n, view))
-        })
-        .ok_or_else(|| not_known(id))
+    let latest = state.views.read(|views| {
+        versions_of(views, &id, &principal)
+            .last()
+            .map(|(n, view)| (*n, (*view).clone()))
+    });
+    let (n, view) = latest.ok_or_else(|| not_known(id))?;
+    let view = with_sent(&state, view).await?;
+    Ok(resource_response(&render::patient(id, n, &view), n, &view))
 }
 
 /// `GET /Patient/{id}/_history/{vid}`: one version (vread).
@@ -107,7 +108,7 @@ pub async fn vread(
             "Patient/{id}/_history/{raw_version} is not a version"
         ))
     })?;
-    state.views.read(|views| {
+    let (n, view) = state.views.read(|views| {
         let versions = versions_of(views, &id, &principal);
         if versions.is_empty() {
             return Err(not_known(id));
@@ -115,9 +116,11 @@ pub async fn vread(
         versions
             .into_iter()
             .find(|(n, _)| *n == version)
-            .map(|(n, view)| resource_response(&render::patient(id, n, view), n, view))
+            .map(|(n, view)| (n, view.clone()))
             .ok_or_else(|| ApiError::not_found(format!("Patient/{id} has no version {version}")))
-    })
+    })?;
+    let view = with_sent(&state, view).await?;
+    Ok(resource_response(&render::patient(id, n, &view), n, &view))
 }
 
 /// `GET /Patient/{id}/_history`: a `history` Bundle, newest first.
@@ -129,20 +132,23 @@ pub async fn history(
     let id = patient_id(&path)?;
     let principal = crate::auth::principal(&req)?;
     let base = base_url(&state, &req);
-    let entries: Vec<Value> = state.views.read(|views| {
+    let versions: Vec<(usize, ReferralView)> = state.views.read(|views| {
         versions_of(views, &id, &principal)
             .into_iter()
             .rev()
-            .map(|(n, view)| {
-                json!({
-                    "fullUrl": format!("{base}/Patient/{id}"),
-                    "resource": render::patient(id, n, view),
-                    "request": {"method": if n <= 1 { "POST" } else { "PUT" }, "url": format!("Patient/{id}")},
-                    "response": {"status": if n <= 1 { "201" } else { "200" }, "etag": format!("W/\"{n}\"")},
-                })
-            })
+            .map(|(n, view)| (n, view.clone()))
             .collect()
     });
+    let mut entries: Vec<Value> = Vec::with_capacity(versions.len());
+    for (n, view) in versions {
+        let view = with_sent(&state, view).await?;
+        entries.push(json!({
+            "fullUrl": format!("{base}/Patient/{id}"),
+            "resource": render::patient(id, n, &view),
+            "request": {"method": if n <= 1 { "POST" } else { "PUT" }, "url": format!("Patient/{id}")},
+            "response": {"status": if n <= 1 { "201" } else { "200" }, "etag": format!("W/\"{n}\"")},
+        }));
+    }
     if entries.is_empty() {
         return Err(not_known(id));
     }
@@ -180,14 +186,20 @@ pub async fn search(
             })
             .collect();
         let total = matched.len();
-        let page: Vec<Value> = matched
+        let page: Vec<(Uuid, usize, ReferralView)> = matched
             .into_iter()
             .skip(search.offset)
             .take(search.count)
-            .map(|(id, n, view)| render::patient(id, n, view))
+            .map(|(id, n, view)| (id, n, view.clone()))
             .collect();
         (total, page)
     });
+    let mut rendered = Vec::with_capacity(page.len());
+    for (id, n, view) in page {
+        let view = with_sent(&state, view).await?;
+        rendered.push(render::patient(id, n, &view));
+    }
+    let page = rendered;
     let link = |offset: usize| format!("{base}/Patient?{}", search::with_offset(&pairs, offset));
     let mut links = vec![("self", link(search.offset)), ("first", link(0))];
     if search.offset > 0 {

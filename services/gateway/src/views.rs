@@ -320,6 +320,8 @@ pub struct ReferralView {
     pub correlation_id: Uuid,
     pub created: DateTime<Utc>,
     pub last_updated: DateTime<Utc>,
+    /// As received, except `fhir_json`, which is empty here: the referral as
+    /// sent is read back from the log when needed ([`crate::sent`]).
     pub details: ReferralDetails,
     pub rule_set_version: Option<String>,
     pub rule_id: Option<String>,
@@ -490,7 +492,12 @@ impl Views {
                         correlation_id: envelope.correlation_id,
                         created: envelope.recorded_at,
                         last_updated: envelope.recorded_at,
-                        details: e.referral,
+                        // The referral as sent is not kept in memory: see
+                        // `crate::sent`.
+                        details: ReferralDetails {
+                            fhir_json: String::new(),
+                            ..e.referral
+                        },
                         rule_set_version: None,
                         rule_id: None,
                         decision: None,
@@ -1148,6 +1155,35 @@ mod tests {
             )?);
         }
         Ok(out)
+    }
+
+    #[test]
+    fn the_referral_as_sent_stays_in_the_log_not_in_the_views()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let id = Uuid::from_u128(42);
+        let sent = r#"{"resourceType":"Bundle","type":"message"}"#;
+        let received = envelope(
+            &IntakeEvent::ReferralReceived(ReferralReceived {
+                referral_id: id,
+                request_id: id,
+                referral: ReferralDetails {
+                    fhir_json: sent.to_owned(),
+                    ..details()?
+                },
+            }),
+            id,
+            1,
+            1,
+        )?;
+        let mut views = Views::default();
+        views.apply(&received)?;
+        let view = views.referral(&id).ok_or("missing")?;
+        assert!(view.details.fhir_json.is_empty());
+        assert_eq!(
+            crate::sent::from_events(std::slice::from_ref(&received)).as_deref(),
+            Some(sent)
+        );
+        Ok(())
     }
 
     #[test]
