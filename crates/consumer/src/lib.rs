@@ -26,7 +26,7 @@ use mskflow_events::operations::{
     DEAD_LETTER_STREAM_PREFIX, DeadLetterDiscarded, DeadLetterResolved, DeadLetterRetryRequested,
     EventDeadLettered, OperationsEvent, dead_letter_stream,
 };
-use tracing::Span;
+use tracing::{Instrument as _, Span};
 use uuid::Uuid;
 
 pub use mskflow_events::operations::{DeadLetter, DeadLetterStatus, DeadLetters};
@@ -286,6 +286,92 @@ impl DeadLetterQueue {
                 .await?;
                 Ok(RetryOutcome::FailedAgain { attempts })
             }
+        }
+    }
+}
+
+/// How a durable consumer treats a handler's failure ([`consume`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The log is closed (shutdown): stop, without dead-lettering.
+    Stop,
+    /// Transient (the store is unavailable, a version race): retry the same
+    /// event after a pause, for as long as it takes.
+    Retry,
+    /// The event can never be handled: set it aside on the dead-letter
+    /// stream and move on.
+    Poison,
+}
+
+/// What differs between the durable consumers: how one event is handled,
+/// and what a failure means. [`consume`] does the rest.
+pub trait EventHandler: Sync {
+    /// What handling an event gives back.
+    type Handled;
+    /// The handler's error.
+    type Error: From<mskflow_eventlog::Error> + std::fmt::Display;
+    /// Handle one event (idempotently: it may be delivered again).
+    fn handle_event(
+        &self,
+        envelope: &Envelope,
+    ) -> impl std::future::Future<Output = Result<Self::Handled, Self::Error>> + Send;
+    /// What a failure means to the consumer loop.
+    fn classify(error: &Self::Error) -> Failure;
+    /// The answer for a retry request or a dead-lettered event.
+    fn ignored() -> Self::Handled;
+}
+
+/// Handle one event the way every durable consumer does, in its `consume`
+/// span ([`consume_span`]): carry out an operator's retry request for this
+/// consumer, or hand the event to the handler, retrying what it classifies
+/// as [`Failure::Retry`] and dead-lettering what it classifies as
+/// [`Failure::Poison`], so one bad event cannot stop every referral behind
+/// it.
+pub async fn consume<T: EventHandler>(
+    handler: &T,
+    dead_letters: &DeadLetterQueue,
+    envelope: &Envelope,
+) -> Result<T::Handled, T::Error> {
+    let span = consume_span(dead_letters.consumer(), envelope);
+    async {
+        let metadata = metadata_for(&Span::current(), envelope);
+        if let Some(request) = dead_letters.retry_request(envelope) {
+            dead_letters
+                .retry(&request, &metadata, async |original: &Envelope| {
+                    Ok::<_, T::Error>(handle_retrying(handler, original).await?.map(|_| ()))
+                })
+                .await?;
+            return Ok(T::ignored());
+        }
+        match handle_retrying(handler, envelope).await? {
+            Ok(h) => Ok(h),
+            Err(reason) => {
+                dead_letters.record(envelope, &reason, &metadata).await?;
+                Ok(T::ignored())
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The handler until it passes or fails for good: `Ok(Err(reason))` for an
+/// event that can never be handled (the reason names no payload content).
+async fn handle_retrying<T: EventHandler>(
+    handler: &T,
+    envelope: &Envelope,
+) -> Result<Result<T::Handled, String>, T::Error> {
+    loop {
+        match handler.handle_event(envelope).await {
+            Ok(h) => return Ok(Ok(h)),
+            Err(e) => match T::classify(&e) {
+                Failure::Stop => return Err(e),
+                Failure::Retry => {
+                    tracing::warn!(position = envelope.position, error = %e, "transient failure; retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+                Failure::Poison => return Ok(Err(e.to_string())),
+            },
         }
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use mskflow_consumer::DeadLetterQueue;
 use mskflow_eventlog::{Envelope, ExpectedVersion, StartFrom, Subscription, decode};
 use mskflow_events::intake::IntakeEvent;
-use tracing::{Instrument, Span};
+use tracing::Span;
 use uuid::Uuid;
 
 use crate::Error;
@@ -133,52 +133,12 @@ impl Consumer {
         }
     }
 
-    /// Handle one event, retrying store failures until they pass. An event
-    /// that can never be handled (it does not decode) comes back as
-    /// `Ok(Err(reason))`; the reason names no payload content.
-    async fn handle_retrying(&self, envelope: &Envelope) -> Result<Result<Handled, String>, Error> {
-        loop {
-            match self.handle(envelope).await {
-                Ok(h) => return Ok(Ok(h)),
-                Err(Error::Store(mskflow_eventlog::Error::Closed)) => {
-                    return Err(Error::Store(mskflow_eventlog::Error::Closed));
-                }
-                Err(Error::Store(e)) => {
-                    tracing::warn!(position = envelope.position, error = %e, "store failure; retrying");
-                    tokio::time::sleep(RETRY).await;
-                }
-                Err(e) => return Ok(Err(e.to_string())),
-            }
-        }
-    }
-
     /// Handle one event in its `consume` span: carry out a retry request
-    /// for this consumer, or handle the event and dead-letter it if it can
-    /// never be handled, so it cannot stop every referral behind it.
+    /// for this consumer, or handle the event (store failures retried until
+    /// they pass) and dead-letter it if it can never be handled, so it
+    /// cannot stop every referral behind it.
     async fn consume(&self, envelope: &Envelope) -> Result<Handled, Error> {
-        let span = mskflow_consumer::consume_span(CONSUMER, envelope);
-        async {
-            let metadata = mskflow_consumer::metadata_for(&Span::current(), envelope);
-            if let Some(request) = self.dead_letters.retry_request(envelope) {
-                self.dead_letters
-                    .retry(&request, &metadata, async |original: &Envelope| {
-                        Ok::<_, Error>(self.handle_retrying(original).await?.map(|_| ()))
-                    })
-                    .await?;
-                return Ok(Handled::Ignored);
-            }
-            match self.handle_retrying(envelope).await? {
-                Ok(h) => Ok(h),
-                Err(reason) => {
-                    self.dead_letters
-                        .record(envelope, &reason, &metadata)
-                        .await?;
-                    Ok(Handled::Ignored)
-                }
-            }
-        }
-        .instrument(span)
-        .await
+        mskflow_consumer::consume(self, &self.dead_letters, envelope).await
     }
 
     /// Handle a batch, then wait until the read model has seen what it
@@ -237,16 +197,45 @@ impl Consumer {
             // A batch in hand is finished before shutdown is honoured, so
             // its checkpoint can be committed.
             match self.handle_batch(&batch).await {
-                Ok(_) => match self.commit().await {
-                    Ok(()) => {}
-                    Err(Error::Store(mskflow_eventlog::Error::Closed)) => break,
-                    Err(e) => return Err(e),
-                },
+                Ok(_) => {}
                 Err(Error::Store(mskflow_eventlog::Error::Closed)) => break,
                 Err(e) => return Err(e),
+            }
+            match self.sub.commit().await {
+                Ok(()) => {}
+                Err(mskflow_eventlog::Error::Closed) => break,
+                // Not committed: the batch is delivered again and handled
+                // idempotently (a broker outage must not stop the consumer).
+                Err(e) => {
+                    tracing::warn!(error = %e, "assessment consumer could not commit; events will be redelivered")
+                }
             }
         }
         tracing::info!(consumer = CONSUMER, "assessment consumer stopped");
         Ok(())
+    }
+}
+
+impl mskflow_consumer::EventHandler for Consumer {
+    type Handled = Handled;
+    type Error = Error;
+
+    fn handle_event(
+        &self,
+        envelope: &Envelope,
+    ) -> impl std::future::Future<Output = Result<Handled, Error>> + Send {
+        self.handle(envelope)
+    }
+
+    fn classify(error: &Error) -> mskflow_consumer::Failure {
+        match error {
+            Error::Store(mskflow_eventlog::Error::Closed) => mskflow_consumer::Failure::Stop,
+            Error::Store(_) => mskflow_consumer::Failure::Retry,
+            _ => mskflow_consumer::Failure::Poison,
+        }
+    }
+
+    fn ignored() -> Handled {
+        Handled::Ignored
     }
 }

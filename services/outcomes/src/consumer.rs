@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use mskflow_consumer::DeadLetterQueue;
 use mskflow_eventlog::{Envelope, StartFrom, Subscription};
-use tracing::{Instrument, Span};
+use tracing::Span;
 
 use crate::Error;
 use crate::service::{Handled, Outcomes};
@@ -56,54 +56,12 @@ impl Consumer {
         })
     }
 
-    /// Handle one event, retrying store failures until they pass. An event
-    /// that can never be handled comes back as `Ok(Err(reason))`; the reason
-    /// names no payload content. The events it causes carry the current
-    /// span's trace context (the envelope's if the span is not traced).
-    async fn handle_retrying(&self, envelope: &Envelope) -> Result<Result<Handled, String>, Error> {
-        let envelope = &mskflow_consumer::with_trace_of(&Span::current(), envelope);
-        loop {
-            match self.outcomes.handle_event(envelope).await {
-                Ok(h) => return Ok(Ok(h)),
-                Err(Error::Store(mskflow_eventlog::Error::Closed)) => {
-                    return Err(Error::Store(mskflow_eventlog::Error::Closed));
-                }
-                Err(e @ (Error::Store(_) | Error::Conflict { .. })) => {
-                    tracing::warn!(position = envelope.position, error = %e, "store failure; retrying");
-                    tokio::time::sleep(RETRY).await;
-                }
-                Err(e) => return Ok(Err(e.to_string())),
-            }
-        }
-    }
-
     /// Handle one event in its `consume` span: carry out a retry request
-    /// for this consumer, or handle the event and dead-letter it if it can
-    /// never be handled, so it cannot stop every referral behind it.
+    /// for this consumer, or handle the event (store failures retried until
+    /// they pass) and dead-letter it if it can never be handled, so it
+    /// cannot stop every referral behind it.
     async fn consume(&self, envelope: &Envelope) -> Result<Handled, Error> {
-        let span = mskflow_consumer::consume_span(CONSUMER, envelope);
-        async {
-            let metadata = mskflow_consumer::metadata_for(&Span::current(), envelope);
-            if let Some(request) = self.dead_letters.retry_request(envelope) {
-                self.dead_letters
-                    .retry(&request, &metadata, async |original: &Envelope| {
-                        Ok::<_, Error>(self.handle_retrying(original).await?.map(|_| ()))
-                    })
-                    .await?;
-                return Ok(Handled::Ignored);
-            }
-            match self.handle_retrying(envelope).await? {
-                Ok(h) => Ok(h),
-                Err(reason) => {
-                    self.dead_letters
-                        .record(envelope, &reason, &metadata)
-                        .await?;
-                    Ok(Handled::Ignored)
-                }
-            }
-        }
-        .instrument(span)
-        .await
+        mskflow_consumer::consume(self, &self.dead_letters, envelope).await
     }
 
     /// Handle a batch (durably); does not commit.
@@ -166,5 +124,28 @@ impl Consumer {
         }
         tracing::info!(consumer = CONSUMER, "outcomes consumer stopped");
         Ok(())
+    }
+}
+
+impl mskflow_consumer::EventHandler for Consumer {
+    type Handled = Handled;
+    type Error = Error;
+
+    async fn handle_event(&self, envelope: &Envelope) -> Result<Handled, Error> {
+        self.outcomes
+            .handle_event(&mskflow_consumer::with_trace_of(&Span::current(), envelope))
+            .await
+    }
+
+    fn classify(error: &Error) -> mskflow_consumer::Failure {
+        match error {
+            Error::Store(mskflow_eventlog::Error::Closed) => mskflow_consumer::Failure::Stop,
+            Error::Store(_) | Error::Conflict { .. } => mskflow_consumer::Failure::Retry,
+            _ => mskflow_consumer::Failure::Poison,
+        }
+    }
+
+    fn ignored() -> Handled {
+        Handled::Ignored
     }
 }
