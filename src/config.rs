@@ -45,6 +45,34 @@ pub struct Gateway {
     pub max_view_lag: u64,
     /// Bearer-token authentication of the FHIR API.
     pub auth: Auth,
+    /// HTTPS on the gateway's listener; plain HTTP when unset.
+    pub tls: Tls,
+}
+
+/// `[gateway.tls]`: HTTPS (and optionally mutual TLS) on the gateway's
+/// listener. Off by default; with a certificate and key the listener serves
+/// HTTPS only (TLS 1.2 or later).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain (leaf first).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundle: when set, every client must present a certificate
+    /// issued by one of these CAs (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl Tls {
+    /// The gateway's options.
+    pub fn options(&self) -> mskflow_gateway::tls::Options {
+        mskflow_gateway::tls::Options {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            client_ca_file: self.client_ca_file.clone(),
+        }
+    }
 }
 
 /// `[gateway.auth]`: how the FHIR API checks bearer tokens. There is no mode
@@ -109,6 +137,24 @@ pub struct Outbound {
     pub max_attempts: u32,
     /// Delay before the second attempt, doubled for each further one.
     pub initial_backoff_ms: u64,
+    /// Extra PEM CA bundle trusted for HTTPS receivers (HSCN or internal
+    /// CAs), besides the system trust store.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to receivers (mutual TLS).
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl Outbound {
+    /// The gateway's outbound TLS options.
+    pub fn tls(&self) -> mskflow_gateway::tls::OutboundOptions {
+        mskflow_gateway::tls::OutboundOptions {
+            ca_file: self.ca_file.clone(),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,10 +215,14 @@ impl Default for Config {
                     endpoints: Default::default(),
                     max_attempts: 6,
                     initial_backoff_ms: 500,
+                    ca_file: None,
+                    client_cert_file: None,
+                    client_key_file: None,
                 },
                 referrer_endpoints: Vec::new(),
                 max_view_lag: 10_000,
                 auth: Auth::default(),
+                tls: Tls::default(),
             },
             intake: Intake {
                 grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
@@ -280,6 +330,54 @@ mod tests {
             Config::load(Some(&file)).is_err(),
             "mode none must not load"
         );
+        Ok(())
+    }
+
+    #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment's Jail API returns its own error type"
+    )]
+    fn tls_is_off_by_default_and_set_from_file_or_environment()
+    -> Result<(), Box<dyn std::error::Error>> {
+        assert_eq!(Config::default().gateway.tls, Tls::default());
+        assert!(!Config::default().gateway.tls.options().is_on());
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("mskflow.toml");
+        std::fs::write(
+            &file,
+            "[gateway.tls]\ncert_file = \"/etc/mskflow/tls/tls.crt\"\n[gateway.outbound]\nca_file = \"/etc/mskflow/hscn-ca.pem\"\n",
+        )?;
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "MSKFLOW__GATEWAY__TLS__KEY_FILE",
+                "/etc/mskflow/tls/tls.key",
+            );
+            jail.set_env(
+                "MSKFLOW__GATEWAY__TLS__CLIENT_CA_FILE",
+                "/etc/mskflow/ca.pem",
+            );
+            let c = Config::load(Some(&file)).map_err(|e| e.to_string())?;
+            let tls = c.gateway.tls.options();
+            assert_eq!(
+                tls.cert_file,
+                Some(PathBuf::from("/etc/mskflow/tls/tls.crt"))
+            );
+            assert_eq!(
+                tls.key_file,
+                Some(PathBuf::from("/etc/mskflow/tls/tls.key"))
+            );
+            assert_eq!(
+                tls.client_ca_file,
+                Some(PathBuf::from("/etc/mskflow/ca.pem"))
+            );
+            assert_eq!(
+                c.gateway.outbound.tls().ca_file,
+                Some(PathBuf::from("/etc/mskflow/hscn-ca.pem"))
+            );
+            assert_eq!(c.gateway.outbound.max_attempts, 6);
+            Ok(())
+        });
         Ok(())
     }
 

@@ -125,11 +125,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 initial_backoff: std::time::Duration::from_millis(
                     config.gateway.outbound.initial_backoff_ms,
                 ),
+                tls: config.gateway.outbound.tls(),
                 ..Default::default()
             },
             referrer_endpoints: config.gateway.referrer_endpoints.clone(),
             max_view_lag: config.gateway.max_view_lag,
             auth: config.gateway.auth.options(),
+            tls: config.gateway.tls.options(),
         },
         log.clone(),
     )

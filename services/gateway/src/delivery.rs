@@ -37,6 +37,8 @@ pub struct Options {
     pub initial_backoff: Duration,
     /// Per-attempt timeout.
     pub timeout: Duration,
+    /// HTTPS to receivers: extra trusted CAs and a client certificate.
+    pub tls: crate::tls::OutboundOptions,
 }
 
 impl Default for Options {
@@ -46,8 +48,16 @@ impl Default for Options {
             max_attempts: 6,
             initial_backoff: Duration::from_millis(500),
             timeout: Duration::from_secs(10),
+            tls: crate::tls::OutboundOptions::default(),
         }
     }
+}
+
+/// The outbound HTTP client: HTTPS with the system trust store, the extra
+/// CA bundle and client certificate of `options.tls`, and the per-attempt
+/// timeout.
+pub fn client(options: &Options) -> Result<reqwest::Client, crate::tls::Error> {
+    crate::tls::client(&options.tls, options.timeout)
 }
 
 /// How an attempt ended.
@@ -80,11 +90,18 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// An outbox sending with [`client`]. The gateway checks the TLS
+    /// settings at start-up ([`client`] there); should they fail here all the
+    /// same, the client falls back to the system trust store alone and no
+    /// client certificate, so a receiver that needs either refuses it.
     pub fn new(log: Arc<dyn EventLog>, options: &Options) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(options.timeout)
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+        let client = client(options).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "outbound TLS settings unusable; using the system trust store only");
+            reqwest::Client::builder()
+                .timeout(options.timeout)
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new())
+        });
         Self {
             log,
             client,

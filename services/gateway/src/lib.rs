@@ -17,6 +17,7 @@ pub mod render;
 pub mod search;
 pub mod sent;
 pub mod subscription;
+pub mod tls;
 pub mod views;
 
 use std::future::Future;
@@ -55,6 +56,8 @@ pub struct Options {
     pub max_view_lag: u64,
     /// Bearer-token authentication of `/fhir` (dev mode by default).
     pub auth: auth::Options,
+    /// HTTPS (and mutual TLS) on the listener; plain HTTP when off.
+    pub tls: tls::Options,
 }
 
 impl Default for Options {
@@ -70,6 +73,7 @@ impl Default for Options {
             referrer_endpoints: Vec::new(),
             max_view_lag: 10_000,
             auth: auth::Options::default(),
+            tls: tls::Options::default(),
         }
     }
 }
@@ -96,12 +100,24 @@ pub enum Error {
     Server(#[source] std::io::Error),
     #[error("authentication: {0}")]
     Auth(#[from] auth::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
+}
+
+/// The listener's TLS settings, ready for the server.
+struct Acceptor(openssl::ssl::SslAcceptorBuilder);
+
+impl std::fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Acceptor")
+    }
 }
 
 /// A built gateway, listening but not yet serving.
 #[derive(Debug)]
 pub struct Service {
     listener: TcpListener,
+    acceptor: Option<Acceptor>,
     options: Options,
     log: Arc<dyn EventLog>,
     views: Arc<ViewStore>,
@@ -118,6 +134,9 @@ impl Service {
     /// intake client (connected lazily, so start-up order does not matter).
     pub async fn build(options: Options, log: Arc<dyn EventLog>) -> Result<Self, Error> {
         let authenticator = Arc::new(auth::Authenticator::new(&options.auth)?);
+        let acceptor = tls::acceptor(&options.tls)?.map(Acceptor);
+        // Found now rather than at the first delivery.
+        delivery::client(&options.outbound)?;
         let listener = TcpListener::bind(options.http_addr).map_err(|source| Error::Bind {
             addr: options.http_addr,
             source,
@@ -155,6 +174,7 @@ impl Service {
         }
         Ok(Self {
             listener,
+            acceptor,
             options,
             log,
             views,
@@ -166,6 +186,11 @@ impl Service {
                     outcomes,
                 ),
         })
+    }
+
+    /// Whether the listener serves HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.acceptor.is_some()
     }
 
     /// The bound HTTP address.
@@ -188,10 +213,15 @@ impl Service {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
+        let scheme = if self.acceptor.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let public_base = match (&self.options.base_url, self.listener.local_addr()) {
             (Some(b), _) => b.clone(),
-            (None, Ok(addr)) => format!("http://{addr}/fhir"),
-            (None, Err(_)) => "http://localhost/fhir".to_owned(),
+            (None, Ok(addr)) => format!("{scheme}://{addr}/fhir"),
+            (None, Err(_)) => format!("{scheme}://localhost/fhir"),
         };
         let state = web::Data::new(http::AppState {
             views: self.views.clone(),
@@ -225,8 +255,11 @@ impl Service {
         .shutdown_timeout(10)
         // A request head not complete in 5 s gets 408 and the connection is
         // closed (slow-loris); the body has `http::BODY_TIMEOUT`.
-        .client_request_timeout(Duration::from_secs(5))
-        .listen(self.listener)
+        .client_request_timeout(Duration::from_secs(5));
+        let server = match self.acceptor {
+            Some(Acceptor(builder)) => server.listen_openssl(self.listener, builder),
+            None => server.listen(self.listener),
+        }
         .map_err(Error::Server)?
         .run();
         let handle = server.handle();

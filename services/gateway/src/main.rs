@@ -58,6 +58,27 @@ struct Args {
     /// ODS codes of provider organisations (may read every referral).
     #[arg(long, env = "MSKFLOW_GATEWAY_AUTH_PROVIDER_ODS", value_delimiter = ',')]
     auth_provider_ods: Vec<String>,
+    /// PEM certificate chain for HTTPS; the listener serves HTTPS only when
+    /// set (with --tls-key-file).
+    #[arg(long, env = "MSKFLOW_GATEWAY_TLS_CERT_FILE")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of the HTTPS certificate.
+    #[arg(long, env = "MSKFLOW_GATEWAY_TLS_KEY_FILE")]
+    tls_key_file: Option<std::path::PathBuf>,
+    /// PEM CA bundle for client certificates: when set, every client must
+    /// present a certificate issued by one of them (mutual TLS).
+    #[arg(long, env = "MSKFLOW_GATEWAY_TLS_CLIENT_CA_FILE")]
+    tls_client_ca_file: Option<std::path::PathBuf>,
+    /// Extra PEM CA bundle trusted for outbound HTTPS (besides the system
+    /// trust store).
+    #[arg(long, env = "MSKFLOW_GATEWAY_OUTBOUND_CA_FILE")]
+    outbound_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate presented to outbound receivers (mutual TLS).
+    #[arg(long, env = "MSKFLOW_GATEWAY_OUTBOUND_CLIENT_CERT_FILE")]
+    outbound_client_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of the outbound client certificate.
+    #[arg(long, env = "MSKFLOW_GATEWAY_OUTBOUND_CLIENT_KEY_FILE")]
+    outbound_client_key_file: Option<std::path::PathBuf>,
     /// Log format: json or pretty.
     #[arg(long, env = "MSKFLOW_LOG_FORMAT", default_value = "json")]
     log_format: mskflow_telemetry::LogFormat,
@@ -94,12 +115,25 @@ async fn main() -> anyhow::Result<()> {
                 provider_ods: args.auth_provider_ods,
                 ..Default::default()
             },
+            tls: mskflow_gateway::tls::Options {
+                cert_file: args.tls_cert_file,
+                key_file: args.tls_key_file,
+                client_ca_file: args.tls_client_ca_file,
+            },
+            outbound: mskflow_gateway::delivery::Options {
+                tls: mskflow_gateway::tls::OutboundOptions {
+                    ca_file: args.outbound_ca_file,
+                    client_cert_file: args.outbound_client_cert_file,
+                    client_key_file: args.outbound_client_key_file,
+                },
+                ..Default::default()
+            },
             ..Default::default()
         },
         store.log.clone(),
     )
     .await?;
-    tracing::info!(addr = %service.local_addr()?, "gateway listening");
+    tracing::info!(addr = %service.local_addr()?, tls = service.is_tls(), "gateway listening");
     let result = service.run(mskflow_telemetry::shutdown_signal()).await;
     store.close().await;
     telemetry.shutdown();
