@@ -49,10 +49,13 @@ enum Command {
         #[arg(long)]
         reset_consumer: Option<String>,
     },
-    /// Events a consumer could not handle: list, retry or discard them.
+    /// Events a consumer could not handle: list, retry or discard them
+    /// (in the embedded store, or on Kafka when brokers are named).
     DeadLetters {
         #[command(subcommand)]
         action: DeadLetterAction,
+        #[command(flatten)]
+        store: mskflow_store::StoreArgs,
     },
     /// Write the analysts' stream (pseudonymised, no patient identifiers)
     /// to files: analyst-events.jsonl and analyst-events.csv.
@@ -164,18 +167,24 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", mskflow::ops::replay(&config, reset_consumer).await?);
             Ok(())
         }
-        Command::DeadLetters { action } => {
+        Command::DeadLetters { action, store } => {
             let out = match action {
                 DeadLetterAction::List { consumer } => {
-                    mskflow::ops::dead_letters_list(&config, consumer.as_deref()).await?
+                    mskflow::ops::dead_letters_list(&config, &store, consumer.as_deref()).await?
                 }
                 DeadLetterAction::Retry {
                     event_id,
                     consumer,
                     by,
                 } => {
-                    mskflow::ops::dead_letters_retry(&config, &consumer, event_id, &operator(by)?)
-                        .await?
+                    mskflow::ops::dead_letters_retry(
+                        &config,
+                        &store,
+                        &consumer,
+                        event_id,
+                        &operator(by)?,
+                    )
+                    .await?
                 }
                 DeadLetterAction::Discard {
                     event_id,
@@ -185,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
                 } => {
                     mskflow::ops::dead_letters_discard(
                         &config,
+                        &store,
                         &consumer,
                         event_id,
                         &reason,

@@ -12,6 +12,39 @@ use crate::Config;
 
 const BATCH: usize = 1000;
 
+/// The log the dead-letter commands work on: Kafka when `store` names
+/// brokers (`--kafka-brokers` / `MSKFLOW_KAFKA_BROKERS`), otherwise the
+/// embedded store of `config`.
+struct OpsLog {
+    log: std::sync::Arc<dyn mskflow_eventlog::EventLog>,
+    embedded: Option<SqliteEventLog>,
+}
+
+impl OpsLog {
+    async fn open(config: &Config, store: &mskflow_store::StoreArgs) -> anyhow::Result<Self> {
+        if store.kafka_brokers.is_some() {
+            let opened = mskflow_store::open(store, "mskflow-ops")
+                .await
+                .context("opening the Kafka event log")?;
+            return Ok(Self {
+                log: opened.log,
+                embedded: None,
+            });
+        }
+        let embedded = open_store(config)?;
+        Ok(Self {
+            log: std::sync::Arc::new(embedded.clone()),
+            embedded: Some(embedded),
+        })
+    }
+
+    async fn close(&self) {
+        if let Some(s) = &self.embedded {
+            s.close().await;
+        }
+    }
+}
+
 /// Open the configured store (the services may be running: WAL allows it).
 pub(crate) fn open_store(config: &Config) -> anyhow::Result<SqliteEventLog> {
     let path = config.event_store_path();
@@ -214,7 +247,11 @@ fn known_consumer(consumer: &str) -> anyhow::Result<()> {
 
 /// `mskflow dead-letters list`: the open dead letters (set aside and
 /// neither resolved nor discarded), of one consumer or all.
-pub async fn dead_letters_list(config: &Config, consumer: Option<&str>) -> anyhow::Result<String> {
+pub async fn dead_letters_list(
+    config: &Config,
+    store: &mskflow_store::StoreArgs,
+    consumer: Option<&str>,
+) -> anyhow::Result<String> {
     let consumers: Vec<&str> = match consumer {
         Some(c) => {
             known_consumer(c)?;
@@ -222,9 +259,9 @@ pub async fn dead_letters_list(config: &Config, consumer: Option<&str>) -> anyho
         }
         None => CONSUMERS.to_vec(),
     };
-    let store = open_store(config)?;
-    let letters = mskflow_consumer::load_all(&store, &consumers).await;
-    store.close().await;
+    let ops = OpsLog::open(config, store).await?;
+    let letters = mskflow_consumer::load_all(ops.log.as_ref(), &consumers).await;
+    ops.close().await;
     let letters = letters?;
     let mut out = String::new();
     let mut open = 0usize;
@@ -259,14 +296,15 @@ pub async fn dead_letters_list(config: &Config, consumer: Option<&str>) -> anyho
 /// letter again. The running consumer carries it out and records the result.
 pub async fn dead_letters_retry(
     config: &Config,
+    store: &mskflow_store::StoreArgs,
     consumer: &str,
     event_id: uuid::Uuid,
     by: &str,
 ) -> anyhow::Result<String> {
     known_consumer(consumer)?;
-    let store = open_store(config)?;
-    let result = mskflow_consumer::request_retry(&store, consumer, event_id, by).await;
-    store.close().await;
+    let ops = OpsLog::open(config, store).await?;
+    let result = mskflow_consumer::request_retry(ops.log.as_ref(), consumer, event_id, by).await;
+    ops.close().await;
     result?.with_context(|| format!("retry of {event_id} for consumer '{consumer}'"))?;
     Ok(format!(
         "retry of {event_id} requested from consumer '{consumer}': it is tried again when the consumer runs\n"
@@ -277,6 +315,7 @@ pub async fn dead_letters_retry(
 /// reason.
 pub async fn dead_letters_discard(
     config: &Config,
+    store: &mskflow_store::StoreArgs,
     consumer: &str,
     event_id: uuid::Uuid,
     reason: &str,
@@ -284,9 +323,9 @@ pub async fn dead_letters_discard(
 ) -> anyhow::Result<String> {
     known_consumer(consumer)?;
     anyhow::ensure!(!reason.trim().is_empty(), "a reason is required");
-    let store = open_store(config)?;
-    let result = mskflow_consumer::discard(&store, consumer, event_id, reason, by).await;
-    store.close().await;
+    let ops = OpsLog::open(config, store).await?;
+    let result = mskflow_consumer::discard(ops.log.as_ref(), consumer, event_id, reason, by).await;
+    ops.close().await;
     result?.with_context(|| format!("discard of {event_id} for consumer '{consumer}'"))?;
     Ok(format!(
         "dead letter {event_id} of consumer '{consumer}' discarded\n"

@@ -6,11 +6,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
+use common::kafka::{KafkaSystem, connect, eventually, kafka_env, kafka_reader, mskflow_cli};
 use common::*;
 use mskflow_eventlog_kafka::testing::{Broker, unique_prefix};
 use mskflow_proto::assessment::v1 as apb;
@@ -22,123 +19,6 @@ use mskflow_proto::scheduling::v1::scheduling_service_client::SchedulingServiceC
 use serde_json::Value;
 use uuid::Uuid;
 
-/// A service process, killed when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn check_alive(&mut self) -> TestResult {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return Err(format!("{} exited ({status}):\n{}", self.name, self.output()).into());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_addr() -> TestResult<String> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
-}
-
-/// The service binaries sit next to the `mskflow` binary (`cargo test
-/// --workspace --all-targets` builds them).
-fn binary(name: &str) -> TestResult<PathBuf> {
-    let root = Path::new(env!("CARGO_BIN_EXE_mskflow"))
-        .parent()
-        .ok_or("no target dir")?;
-    let path = root.join(name);
-    if !path.exists() {
-        return Err(format!(
-            "{} is not built: run `cargo build --workspace --bins` (make test does)",
-            path.display()
-        )
-        .into());
-    }
-    Ok(path)
-}
-
-fn spawn(
-    name: &str,
-    bin: &str,
-    dir: &Path,
-    env: &[(String, String)],
-    args: &[String],
-) -> TestResult<Proc> {
-    let log = dir.join(format!("{name}.log"));
-    let file = std::fs::File::create(&log)?;
-    let child = Command::new(binary(bin)?)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("RUST_LOG", "info")
-        .env("MSKFLOW_LOG_FORMAT", "pretty")
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .spawn()?;
-    Ok(Proc {
-        name: name.to_owned(),
-        child,
-        log,
-    })
-}
-
-async fn wait_http_ready(url: &str, procs: &mut [&mut Proc]) -> TestResult {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok(r) = reqwest::get(url).await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        for p in procs.iter_mut() {
-            p.check_alive()?;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let logs: Vec<String> = procs
-                .iter()
-                .map(|p| format!("--- {}\n{}", p.name, p.output()))
-                .collect();
-            return Err(format!("{url} not ready in 90 s\n{}", logs.join("\n")).into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> TestResult<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = TestResult<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await? {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!("{what}: not reached in {secs} s").into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_services_as_processes_carry_a_referral_over_kafka() -> TestResult {
     let broker = Broker::start()?;
@@ -146,123 +26,21 @@ async fn five_services_as_processes_carry_a_referral_over_kafka() -> TestResult 
     let dir = tmp.path();
     let prefix = unique_prefix("deploy");
 
-    let kafka_env: Vec<(String, String)> = vec![
-        ("MSKFLOW_KAFKA_BROKERS".into(), broker.bootstrap()),
-        ("MSKFLOW_KAFKA_TOPIC_PREFIX".into(), prefix.clone()),
-        ("MSKFLOW_KAFKA_PARTITIONS".into(), "3".into()),
-        ("MSKFLOW_KAFKA_REPLICATION".into(), "1".into()),
-        ("MSKFLOW_KAFKA_SESSION_TIMEOUT_MS".into(), "6000".into()),
-    ];
+    let kafka_env = kafka_env(&broker, &prefix);
 
     // The topic set, through the operator's command.
     for (action, expect) in [("check", false), ("create", true), ("check", true)] {
-        let out = Command::new(env!("CARGO_BIN_EXE_mskflow"))
-            .args(["topics", action])
-            .envs(kafka_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.success(), expect, "topics {action}: {text}");
+        let (ok, text) = mskflow_cli(&kafka_env, &["topics", action])?;
+        assert_eq!(ok, expect, "topics {action}: {text}");
     }
 
-    let intake_grpc = free_addr()?;
-    let outcomes_grpc = free_addr()?;
-    let assessment_grpc = [free_addr()?, free_addr()?];
-    let scheduling_grpc = free_addr()?;
-    let http = free_addr()?;
-    let mut env = kafka_env.clone();
-    env.extend(test_auth_env(dir)?.into_iter().map(|(k, v)| {
-        // The gateway binary's own variables.
-        let k = k
-            .replace("MSKFLOW__GATEWAY__AUTH__MODE", "MSKFLOW_GATEWAY_AUTH_MODE")
-            .replace(
-                "MSKFLOW__GATEWAY__AUTH__HS256_SECRET_FILE",
-                "MSKFLOW_GATEWAY_AUTH_HS256_SECRET_FILE",
-            );
-        (k, v)
-    }));
-    let ops = |a: &str| -> TestResult<Vec<String>> {
-        Ok(vec![
-            "--grpc-addr".into(),
-            a.to_owned(),
-            "--ops-addr".into(),
-            free_addr()?,
-        ])
-    };
-    let mut intake = spawn("intake", "mskflow-intake", dir, &env, &ops(&intake_grpc)?)?;
-    let mut assessment_a = spawn(
-        "assessment-a",
-        "mskflow-assessment",
-        dir,
-        &env,
-        &ops(&assessment_grpc[0])?,
-    )?;
-    let mut assessment_b = spawn(
-        "assessment-b",
-        "mskflow-assessment",
-        dir,
-        &env,
-        &ops(&assessment_grpc[1])?,
-    )?;
-    let mut scheduling = spawn(
-        "scheduling",
-        "mskflow-scheduling",
-        dir,
-        &env,
-        &ops(&scheduling_grpc)?,
-    )?;
-    let mut outcomes = spawn(
-        "outcomes",
-        "mskflow-outcomes",
-        dir,
-        &env,
-        &ops(&outcomes_grpc)?,
-    )?;
-    let mut gateway = spawn(
-        "gateway",
-        "mskflow-gateway",
-        dir,
-        &env,
-        &[
-            "--http-addr".into(),
-            http.clone(),
-            "--intake-url".into(),
-            format!("http://{intake_grpc}"),
-            "--outcomes-url".into(),
-            format!("http://{outcomes_grpc}"),
-        ],
-    )?;
-    wait_http_ready(
-        &format!("http://{http}/health/ready"),
-        &mut [
-            &mut intake,
-            &mut assessment_a,
-            &mut assessment_b,
-            &mut scheduling,
-            &mut outcomes,
-            &mut gateway,
-        ],
-    )
-    .await?;
-
-    let app = App::remote(format!("http://{http}/fhir"));
-    let connect = |addr: String| async move {
-        eventually("gRPC connect", 60, || {
-            let addr = addr.clone();
-            async move {
-                Ok(
-                    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-                        .connect()
-                        .await
-                        .ok(),
-                )
-            }
-        })
-        .await
-    };
-    let mut assessment = AssessmentServiceClient::new(connect(assessment_grpc[0].clone()).await?);
-    let scheduling_client = SchedulingServiceClient::new(connect(scheduling_grpc.clone()).await?);
-    let outcomes_client = OutcomesServiceClient::new(connect(outcomes_grpc.clone()).await?);
+    // Two assessment instances.
+    let mut system = KafkaSystem::start(dir, &kafka_env, 2).await?;
+    let app = system.app();
+    let assessment_grpc = system.assessment_grpc.clone();
+    let mut assessment = AssessmentServiceClient::new(connect(&assessment_grpc[0]).await?);
+    let scheduling_client = SchedulingServiceClient::new(connect(&system.scheduling_grpc).await?);
+    let outcomes_client = OutcomesServiceClient::new(connect(&system.outcomes_grpc).await?);
 
     // 1. The referral: HTTP → gateway → gRPC → intake → Kafka → gateway views.
     let answer = app.post_message(&new_referral_message()?).await?;
@@ -281,7 +59,7 @@ async fn five_services_as_processes_carry_a_referral_over_kafka() -> TestResult 
     })
     .await?;
     assert_eq!(task["status"], "accepted");
-    let mut other = AssessmentServiceClient::new(connect(assessment_grpc[1].clone()).await?);
+    let mut other = AssessmentServiceClient::new(connect(&assessment_grpc[1]).await?);
     for client in [&mut assessment, &mut other] {
         let listed = eventually("on the worklist", 30, || {
             let mut c = client.clone();
@@ -377,7 +155,7 @@ async fn five_services_as_processes_carry_a_referral_over_kafka() -> TestResult 
     let mut ids = vec![id.clone()];
     for n in 0..20 {
         if n == 5 {
-            assessment_a.kill();
+            system.assessment[0].kill();
         }
         let answer = app.post_message(&new_referral_message()?).await?;
         let status = answer.status();
@@ -415,13 +193,7 @@ async fn five_services_as_processes_carry_a_referral_over_kafka() -> TestResult 
         "a referral listed twice: {worklist:?}"
     );
     // The record itself: one AssessmentRequested per referral on Kafka.
-    let mut options = mskflow_eventlog_kafka::Options::new(broker.bootstrap(), "test-reader");
-    options.topics = mskflow_eventlog_kafka::TopicSettings {
-        prefix: prefix.clone(),
-        partitions: 3,
-        replication: 1,
-    };
-    let reader = mskflow_eventlog_kafka::KafkaEventLog::open(options).await?;
+    let reader = kafka_reader(&broker, &prefix).await?;
     for i in &ids {
         let stream =
             mskflow_eventlog::EventLog::read_stream(&reader, &format!("assessment-{i}"), 1).await?;
@@ -434,10 +206,10 @@ async fn five_services_as_processes_carry_a_referral_over_kafka() -> TestResult 
             "referral {i}: {requested} AssessmentRequested"
         );
     }
-    gateway.check_alive()?;
-    intake.check_alive()?;
-    assessment_b.check_alive()?;
-    scheduling.check_alive()?;
-    outcomes.check_alive()?;
+    system.gateway.check_alive()?;
+    system.intake.check_alive()?;
+    system.assessment[1].check_alive()?;
+    system.scheduling.check_alive()?;
+    system.outcomes.check_alive()?;
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a subset")]
 
+pub mod kafka;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};

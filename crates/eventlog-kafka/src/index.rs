@@ -88,6 +88,9 @@ pub struct Index {
     event_ids: HashSet<Uuid>,
     applied: HashMap<Tp, i64>,
     outcomes: HashMap<(String, i32, i64), Outcome>,
+    /// Which append each decoded record carried (its writer checks that the
+    /// offset the brokers acknowledged holds its own record).
+    appends: HashMap<(String, i32, i64), Uuid>,
     waiting: HashMap<Tp, VecDeque<Incoming>>,
     stalled: usize,
 }
@@ -158,7 +161,10 @@ impl Index {
         let key = (incoming.topic.clone(), incoming.partition, incoming.offset);
         let outcome = match incoming.record {
             Err(reason) => Outcome::Undecodable { reason },
-            Ok(record) => self.decide(record),
+            Ok(record) => {
+                self.appends.insert(key.clone(), record.append_id);
+                self.decide(record)
+            }
         };
         self.applied
             .insert((incoming.topic, incoming.partition), incoming.offset + 1);
@@ -260,6 +266,14 @@ impl Index {
     /// The decision on one record, once applied.
     pub fn outcome(&self, topic: &str, partition: i32, offset: i64) -> Option<&Outcome> {
         self.outcomes.get(&(topic.to_owned(), partition, offset))
+    }
+
+    /// The append id of the record at this place, once applied (none for
+    /// an undecodable record).
+    pub fn append_at(&self, topic: &str, partition: i32, offset: i64) -> Option<Uuid> {
+        self.appends
+            .get(&(topic.to_owned(), partition, offset))
+            .copied()
     }
 
     /// Next offset to apply in a partition.

@@ -73,7 +73,13 @@ pub struct Options {
     /// Consumer group session timeout. Lower is faster failover and more
     /// spurious rebalances; 10 s is a common production value.
     pub session_timeout: Duration,
-    /// How long an append waits for the brokers and the index.
+    /// How long an append may take in all: the brokers' acknowledgement
+    /// and this instance's index reading the record back. When the brokers
+    /// are down an append fails with `Error::Unavailable` after this long
+    /// (the producer gives the record up at the same deadline, so a failed
+    /// append is not written later). A record the brokers did store before
+    /// the failure is decided like any other: a retry of the same append
+    /// finds it (`WrongExpectedVersion` or `DuplicateEvent`).
     pub append_timeout: Duration,
     /// Extra librdkafka settings (`security.protocol`, `ssl.ca.location`,
     /// `sasl.mechanisms`, …), applied to every client.
@@ -88,7 +94,7 @@ impl Options {
             client_id: client_id.into(),
             topics: TopicSettings::default(),
             session_timeout: Duration::from_secs(10),
-            append_timeout: Duration::from_secs(30),
+            append_timeout: Duration::from_secs(5),
             extra: Vec::new(),
         }
     }
@@ -102,6 +108,11 @@ impl Options {
         }
         c
     }
+}
+
+/// A duration as librdkafka milliseconds (at least 1).
+fn millis(d: Duration) -> String {
+    d.as_millis().clamp(1, i32::MAX as u128).to_string()
 }
 
 fn unavailable(context: impl Into<String>, e: KafkaError) -> Error {
@@ -174,9 +185,61 @@ pub struct KafkaEventLog {
 
 struct Inner {
     options: Options,
-    producer: FutureProducer,
+    /// The producer and its generation (bumped each time it is replaced).
+    producer: RwLock<(u64, FutureProducer)>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
+}
+
+/// The idempotent producer every append of one log sends with. The time
+/// it waits for an acknowledgement is the append timeout, so a record is
+/// either acknowledged within an append or given up by then.
+fn new_producer(options: &Options) -> Result<FutureProducer, Error> {
+    options
+        .client_config("producer")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", millis(options.append_timeout))
+        .set("request.timeout.ms", millis(options.append_timeout))
+        .create()
+        .map_err(|e| unavailable("creating the producer", e))
+}
+
+impl Inner {
+    fn producer(&self) -> (u64, FutureProducer) {
+        match self.producer.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replace the producer after the brokers refused its records (not a
+    /// timeout: a broker that restarted may no longer accept an idempotent
+    /// producer's sequence, and would refuse every later record of it). A
+    /// new producer gets a new producer id. Only the first of several
+    /// appends that saw the same producer fail replaces it.
+    fn replace_producer(&self, failed: u64) {
+        let mut guard = match self.producer.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if guard.0 != failed {
+            return;
+        }
+        match new_producer(&self.options) {
+            Ok(p) => {
+                tracing::warn!(
+                    generation = failed + 1,
+                    "producer replaced after refused records"
+                );
+                *guard = (failed + 1, p);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "replacing the producer failed; keeping the old one")
+            }
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -202,14 +265,7 @@ impl KafkaEventLog {
         let names = options.topics.names();
         check_topics(&options).await?;
 
-        let producer: FutureProducer = options
-            .client_config("producer")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", "30000")
-            .create()
-            .map_err(|e| unavailable("creating the producer", e))?;
+        let producer = new_producer(&options)?;
 
         let consumer: StreamConsumer<Logging> = options
             .client_config("index")
@@ -253,7 +309,7 @@ impl KafkaEventLog {
         let log = Self {
             inner: Arc::new(Inner {
                 options,
-                producer,
+                producer: RwLock::new((0, producer)),
                 shared,
                 stop,
             }),
@@ -300,6 +356,10 @@ impl KafkaEventLog {
         &self.inner.options.topics
     }
 }
+
+/// The least time an append waits for its own index after the brokers
+/// acknowledged the record.
+const INDEX_GRACE: Duration = Duration::from_secs(1);
 
 /// Where each topic-partition ends (its high watermark).
 type Ends = HashMap<(String, i32), i64>;
@@ -424,6 +484,7 @@ impl EventLog for KafkaEventLog {
                 reason: "no events".to_owned(),
             });
         }
+        let deadline = tokio::time::Instant::now() + self.inner.options.append_timeout;
         let shared = &self.inner.shared;
         // A writer that is already behind cannot win: refuse without a
         // round trip. (Being level locally proves nothing: the decision is
@@ -470,7 +531,8 @@ impl EventLog for KafkaEventLog {
             stream_id: stream_id.to_owned(),
             reason: mskflow_eventlog::json_error_reason(&e),
         })?;
-        let append_id = record.append_id.to_string();
+        let append_uuid = record.append_id;
+        let append_id = append_uuid.to_string();
         let format = FORMAT.to_string();
         let mut hdrs = OwnedHeaders::new()
             .insert(Header {
@@ -495,26 +557,61 @@ impl EventLog for KafkaEventLog {
                 value: Some(tp.as_str()),
             });
         }
-        let delivery = self
-            .inner
-            .producer
-            .send(
-                FutureRecord::to(&topic)
-                    .key(partition_key(stream_id))
-                    .payload(&body)
-                    .headers(hdrs),
-                Timeout::After(self.inner.options.append_timeout),
-            )
-            .await
-            .map_err(|(e, _)| unavailable(format!("producing to {topic}"), e))?;
+        let (generation, producer) = self.inner.producer();
+        let send = producer.send(
+            FutureRecord::to(&topic)
+                .key(partition_key(stream_id))
+                .payload(&body)
+                .headers(hdrs),
+            Timeout::After(self.inner.options.append_timeout),
+        );
+        let delivery = match tokio::time::timeout_at(deadline, send).await {
+            Ok(Ok(delivery)) => delivery,
+            Ok(Err((e, _))) => {
+                tracing::warn!(%topic, error = %e, "append not acknowledged by the brokers");
+                if !matches!(
+                    e.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::QueueFull)
+                ) {
+                    self.inner.replace_producer(generation);
+                }
+                return Err(unavailable(format!("producing to {topic}"), e));
+            }
+            Err(_) => {
+                tracing::warn!(%topic, "append not acknowledged by the brokers in time");
+                return Err(Error::Unavailable {
+                    context: format!("producing to {topic}"),
+                    source: "the brokers did not acknowledge the record in time".into(),
+                });
+            }
+        };
+        // The record is stored; what remains is reading it back. Give the
+        // index at least a moment even when the acknowledgement was slow.
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(INDEX_GRACE);
         let outcome = shared
-            .outcome(
-                &topic,
-                delivery.partition,
-                delivery.offset,
-                Some(self.inner.options.append_timeout),
-            )
+            .outcome(&topic, delivery.partition, delivery.offset, Some(left))
             .await?;
+        // The place must hold this very record. A broker that lost
+        // acknowledged records (storage not flushed before a crash) hands
+        // their offsets out again; the index, which had applied the lost
+        // records, would otherwise answer with another record's decision.
+        let found = shared.read(|i| i.append_at(&topic, delivery.partition, delivery.offset));
+        if found != Some(append_uuid) {
+            tracing::error!(
+                %topic,
+                partition = delivery.partition,
+                offset = delivery.offset,
+                "the acknowledged offset holds another record; brokers reused an offset"
+            );
+            return Err(Error::Unavailable {
+                context: format!("{topic}/{}@{}", delivery.partition, delivery.offset),
+                source:
+                    "the brokers acknowledged the record at an offset that holds another record"
+                        .into(),
+            });
+        }
         match outcome {
             Outcome::Accepted {
                 first,
@@ -597,17 +694,21 @@ impl EventLog for KafkaEventLog {
                     .subscribe(&refs)
                     .map_err(|e| unavailable(format!("subscribing {group}"), e))?;
                 Ok(Box::new(GroupSubscription {
+                    log: self.clone(),
+                    name: consumer.to_owned(),
                     group,
                     consumer: Arc::new(kafka),
                     shared: self.inner.shared.clone(),
                     uncommitted: HashMap::new(),
+                    commit_pending: false,
+                    handed_out: false,
                 }))
             }
         }
     }
 
     async fn ping(&self) -> Result<(), Error> {
-        let producer = self.inner.producer.clone();
+        let (_, producer) = self.inner.producer();
         let brokers = self.inner.options.brokers.clone();
         tokio::task::spawn_blocking(move || {
             use rdkafka::producer::Producer as _;
@@ -673,11 +774,25 @@ impl Subscription for LocalSubscription {
 
 /// A durable consumer: one member of the consumer group of its name.
 struct GroupSubscription {
+    /// Where records it cannot read are set aside.
+    log: KafkaEventLog,
+    /// The consumer's name (`assessment`, …).
+    name: String,
     group: String,
     consumer: Arc<StreamConsumer<Logging>>,
     shared: Arc<Shared>,
     /// Next offset to commit per partition handed out since the last commit.
     uncommitted: HashMap<(String, i32), i64>,
+    /// The last commit failed because the brokers could not be reached; its
+    /// offsets are back in `uncommitted` and are committed again as soon as
+    /// the brokers answer, even while no new records arrive. Also set when
+    /// only records without events for this consumer (refused or
+    /// undecodable) were read since the last commit: their offsets are
+    /// committed while idle, so the group's lag reaches zero.
+    commit_pending: bool,
+    /// Events were returned since the last commit (only the handler may
+    /// commit those).
+    handed_out: bool,
 }
 
 impl fmt::Debug for GroupSubscription {
@@ -688,7 +803,93 @@ impl fmt::Debug for GroupSubscription {
     }
 }
 
+/// The event type shown for a dead-lettered record that did not decode.
+pub const UNDECODABLE_RECORD: &str = "(undecodable record)";
+
+/// Names the dead letters of undecodable records (by topic, partition and
+/// offset).
+const UNDECODABLE_NAMESPACE: Uuid = Uuid::from_u128(0x6d73_6b66_6c6f_775f_756e_6465_636f_6465);
+
+/// How often a durable consumer tries a failed commit again while idle.
+const COMMIT_RETRY: Duration = Duration::from_secs(1);
+
 impl GroupSubscription {
+    /// Put offsets of a failed commit back, unless newer ones were handed
+    /// out since.
+    fn keep_uncommitted(&mut self, offsets: Vec<((String, i32), i64)>) {
+        for (tp, next) in offsets {
+            let slot = self.uncommitted.entry(tp).or_insert(next);
+            *slot = (*slot).max(next);
+        }
+        self.commit_pending = true;
+    }
+
+    /// Set aside a record no reader can decode on this consumer's
+    /// dead-letter stream (`deadletter-{consumer}`), so operators see it in
+    /// `mskflow dead-letters`, and move on. The dead letter's id is derived
+    /// from the record's place, so a redelivery records nothing new. The
+    /// reason names the decode failure, never the record's content.
+    async fn dead_letter(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        reason: &str,
+    ) -> Result<(), Error> {
+        use mskflow_events::operations::{EventDeadLettered, OperationsEvent, dead_letter_stream};
+        let place = format!("{topic}/{partition}@{offset}");
+        let record_id = Uuid::new_v5(&UNDECODABLE_NAMESPACE, place.as_bytes());
+        let event = OperationsEvent::EventDeadLettered(EventDeadLettered {
+            consumer: self.name.clone(),
+            event_id: record_id,
+            stream_id: format!("kafka:{topic}/{partition}"),
+            sequence: 0,
+            position: u64::try_from(offset).unwrap_or_default(),
+            event_type: UNDECODABLE_RECORD.to_owned(),
+            reason: reason.to_owned(),
+            attempts: 1,
+        });
+        let mut new =
+            mskflow_eventlog::new_event(&event, mskflow_events::SCHEMA_VERSION, chrono::Utc::now())
+                .map_err(|e| Error::InvalidAppend {
+                    stream_id: dead_letter_stream(&self.name),
+                    reason: mskflow_eventlog::json_error_reason(&e),
+                })?;
+        new.event_id = Uuid::new_v5(
+            &UNDECODABLE_NAMESPACE,
+            format!("{}/dead-lettered/{place}", self.name).as_bytes(),
+        );
+        tracing::error!(
+            consumer = %self.name,
+            %topic,
+            partition,
+            offset,
+            reason,
+            "undecodable record; dead-lettered"
+        );
+        let stream = dead_letter_stream(&self.name);
+        let metadata = Metadata {
+            causation_id: None,
+            correlation_id: record_id,
+            traceparent: None,
+            tracestate: None,
+        };
+        loop {
+            match self
+                .log
+                .append(&stream, ExpectedVersion::Any, vec![new.clone()], &metadata)
+                .await
+            {
+                Ok(_) | Err(Error::DuplicateEvent { .. }) => return Ok(()),
+                Err(e @ Error::Unavailable { .. }) => {
+                    tracing::warn!(consumer = %self.name, error = %e, "store failure writing a dead letter; retrying");
+                    tokio::time::sleep(COMMIT_RETRY).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     async fn collect(
         &mut self,
         first: (String, i32, i64),
@@ -704,10 +905,19 @@ impl GroupSubscription {
         let mut out = Vec::new();
         for (topic, partition, offset) in places {
             let outcome = self.shared.outcome(&topic, partition, offset, None).await?;
-            if let Outcome::Accepted { first, count, .. } = outcome {
-                out.extend(self.shared.read(|i| i.slice(first, count)));
+            match outcome {
+                Outcome::Accepted { first, count, .. } => {
+                    out.extend(self.shared.read(|i| i.slice(first, count)));
+                }
+                Outcome::Undecodable { reason } => {
+                    self.dead_letter(&topic, partition, offset, &reason).await?;
+                }
+                Outcome::WrongVersion { .. } | Outcome::Duplicate { .. } => {}
             }
             self.uncommitted.insert((topic, partition), offset + 1);
+        }
+        if !out.is_empty() {
+            self.handed_out = true;
         }
         Ok(out)
     }
@@ -717,7 +927,18 @@ impl GroupSubscription {
 impl Subscription for GroupSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error> {
         loop {
-            let first = match self.consumer.recv().await {
+            let received = if self.commit_pending {
+                match tokio::time::timeout(COMMIT_RETRY, self.consumer.recv()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.commit().await?;
+                        continue;
+                    }
+                }
+            } else {
+                self.consumer.recv().await
+            };
+            let first = match received {
                 Ok(m) => (m.topic().to_owned(), m.partition(), m.offset()),
                 Err(e) => {
                     tracing::warn!(group = %self.group, error = %e, "consumer error; retrying");
@@ -727,7 +948,12 @@ impl Subscription for GroupSubscription {
             };
             let batch = self.collect(first, max.max(1)).await?;
             if !batch.is_empty() {
+                // The handler commits this batch (and anything kept).
+                self.commit_pending = false;
                 return Ok(batch);
+            }
+            if !self.handed_out && !self.uncommitted.is_empty() {
+                self.commit_pending = true;
             }
         }
     }
@@ -742,12 +968,18 @@ impl Subscription for GroupSubscription {
 
     /// Commit what was handed out. A commit refused because a rebalance
     /// took the partitions away is not an error: the new owner handles
-    /// those events again, and handlers are idempotent.
+    /// those events again, and handlers are idempotent. Nor is a commit the
+    /// brokers cannot take now (an outage): the offsets are kept and
+    /// committed once the brokers answer; until then a restart would see
+    /// those events again, which handlers tolerate the same way.
     async fn commit(&mut self) -> Result<(), Error> {
         let pending: Vec<((String, i32), i64)> = self.uncommitted.drain().collect();
+        self.commit_pending = false;
+        self.handed_out = false;
         if pending.is_empty() {
             return Ok(());
         }
+        let keep = pending.clone();
         let consumer = self.consumer.clone();
         let group = self.group.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -766,7 +998,10 @@ impl Subscription for GroupSubscription {
         })
         .await;
         match result {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                tracing::debug!(%group, "offsets committed");
+                Ok(())
+            }
             Ok(Err(e)) => {
                 let rebalancing = matches!(
                     e.rdkafka_error_code(),
@@ -779,10 +1014,11 @@ impl Subscription for GroupSubscription {
                 );
                 if rebalancing {
                     tracing::info!(%group, error = %e, "commit refused during a rebalance; the events will be handled again");
-                    Ok(())
                 } else {
-                    Err(unavailable(format!("committing offsets of {group}"), e))
+                    tracing::warn!(%group, error = %e, "commit failed; kept and tried again");
+                    self.keep_uncommitted(keep);
                 }
+                Ok(())
             }
             Err(e) => Err(Error::Unavailable {
                 context: format!("committing offsets of {group}"),
@@ -934,4 +1170,45 @@ async fn check_topics(options: &Options) -> Result<(), Error> {
         context: "checking the topic set".to_owned(),
         source: format!("{list} (run `mskflow topics create`)").into(),
     })
+}
+
+/// How far a durable consumer's group is behind: for every partition of the
+/// topic set, the high watermark minus the group's committed offset (a
+/// partition the group never committed counts from its low watermark).
+/// Zero when the group has committed everything stored.
+pub async fn group_lag(options: &Options, consumer: &str) -> Result<u64, Error> {
+    let group = options.topics.group(consumer);
+    let client: BaseConsumer = options
+        .client_config("lag")
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| unavailable("creating the lag client", e))?;
+    let names = options.topics.names();
+    tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(10);
+        let (tpl, _) = whole_topics(&client, &names)?;
+        let committed = client
+            .committed_offsets(tpl, timeout)
+            .map_err(|e| unavailable(format!("committed offsets of {group}"), e))?;
+        let mut lag = 0u64;
+        for e in committed.elements() {
+            let (low, high) = client
+                .fetch_watermarks(e.topic(), e.partition(), timeout)
+                .map_err(|err| {
+                    unavailable(format!("end of {}/{}", e.topic(), e.partition()), err)
+                })?;
+            let at = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => low,
+            };
+            lag += u64::try_from(high - at).unwrap_or_default();
+        }
+        Ok(lag)
+    })
+    .await
+    .map_err(|e| Error::Unavailable {
+        context: "reading consumer lag".to_owned(),
+        source: Box::new(e),
+    })?
 }

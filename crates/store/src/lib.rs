@@ -36,6 +36,10 @@ pub struct StoreArgs {
         default_value_t = 10_000
     )]
     pub kafka_session_timeout_ms: u64,
+    /// How long an append may wait for the brokers (and the read-back)
+    /// before it fails as unavailable (gRPC `UNAVAILABLE`, HTTP 503).
+    #[arg(long, env = "MSKFLOW_KAFKA_APPEND_TIMEOUT_MS", default_value_t = 5_000)]
+    pub kafka_append_timeout_ms: u64,
     /// Extra librdkafka settings, `key=value`, comma separated
     /// (`security.protocol=ssl,ssl.ca.location=/etc/kafka/ca.pem`).
     #[arg(long, env = "MSKFLOW_KAFKA_OPTIONS", value_delimiter = ',')]
@@ -74,6 +78,7 @@ impl StoreArgs {
             replication: self.kafka_replication,
         };
         options.session_timeout = Duration::from_millis(self.kafka_session_timeout_ms);
+        options.append_timeout = Duration::from_millis(self.kafka_append_timeout_ms);
         for kv in self.kafka_option.iter().filter(|s| !s.trim().is_empty()) {
             let (k, v) = kv
                 .split_once('=')
