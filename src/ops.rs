@@ -161,10 +161,19 @@ pub async fn status(config: &Config, gateway_url: Option<String>) -> anyhow::Res
     )?;
     store.close().await;
 
-    let url = gateway_url.unwrap_or_else(|| format!("http://{}", config.gateway.addr));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()?;
+    let tls = config.gateway.tls.cert_file.as_ref();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = gateway_url.unwrap_or_else(|| format!("{scheme}://{}", config.gateway.addr));
+    let mut client = reqwest::Client::builder().timeout(Duration::from_secs(3));
+    // The gateway's own certificate chain is trusted for this check (it
+    // may be issued by a private CA); a gateway that requires client
+    // certificates answers the handshake with an error, reported below.
+    if let Some(chain) = tls.and_then(|f| std::fs::read(f).ok()) {
+        for cert in reqwest::Certificate::from_pem_bundle(&chain).unwrap_or_default() {
+            client = client.add_root_certificate(cert);
+        }
+    }
+    let client = client.build()?;
     let health = match client.get(format!("{url}/health/ready")).send().await {
         Ok(res) => {
             let code = res.status().as_u16();

@@ -15,6 +15,37 @@ pub struct Proc {
     pub name: String,
     child: Child,
     log: PathBuf,
+    launch: Launch,
+}
+
+/// How a process was started, to start it again.
+#[derive(Clone)]
+struct Launch {
+    bin: PathBuf,
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+impl Launch {
+    fn start(&self, log: &Path, append: bool) -> TestResult<Child> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(log)?;
+        Ok(Command::new(&self.bin)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info")
+            .env("MSKFLOW_LOG_FORMAT", "pretty")
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()?)
+    }
 }
 
 impl Proc {
@@ -25,6 +56,14 @@ impl Proc {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGKILL the process and start it again with the same arguments (its
+    /// log continues in the same file).
+    pub fn restart(&mut self) -> TestResult {
+        self.kill();
+        self.child = self.launch.start(&self.log, true)?;
+        Ok(())
     }
 
     pub fn check_alive(&mut self) -> TestResult {
@@ -70,21 +109,18 @@ pub fn spawn(
     args: &[String],
 ) -> TestResult<Proc> {
     let log = dir.join(format!("{name}.log"));
-    let file = std::fs::File::create(&log)?;
-    let child = Command::new(binary(bin)?)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("RUST_LOG", "info")
-        .env("MSKFLOW_LOG_FORMAT", "pretty")
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .spawn()?;
+    let launch = Launch {
+        bin: binary(bin)?,
+        dir: dir.to_path_buf(),
+        env: env.to_vec(),
+        args: args.to_vec(),
+    };
+    let child = launch.start(&log, false)?;
     Ok(Proc {
         name: name.to_owned(),
         child,
         log,
+        launch,
     })
 }
 

@@ -11,7 +11,8 @@
 //!   same way, in partition order, so optimistic concurrency holds across
 //!   instances and a stale writer is refused (`WrongExpectedVersion`).
 //! * **Causal order**: each record carries its writer's applied frontier;
-//!   readers apply it only after what its writer had seen.
+//!   readers apply it only after what its writer had seen (except the
+//!   gateway topic: audit and delivery attempts cause nothing elsewhere).
 //! * **Reads**: every instance folds every topic into a local in-memory
 //!   index (`read_stream`, `StartFrom::Beginning` subscriptions: views and
 //!   indexes that need everything).
@@ -511,6 +512,15 @@ impl EventLog for KafkaEventLog {
             }
             Ok(i.frontier())
         })?;
+        // The gateway topic (audit, delivery and notification attempts)
+        // causes nothing on any other stream, so no record waits for it:
+        // otherwise every record would wait until a reader had caught up
+        // with the audit trail, which after an outage is a long backlog.
+        let gateway_topic = self.inner.options.topics.service_topic("gateway");
+        let frontier: Vec<_> = frontier
+            .into_iter()
+            .filter(|f| f.topic != gateway_topic)
+            .collect();
         let topic = self.inner.options.topics.topic_for_stream(stream_id);
         let event_types = events
             .iter()

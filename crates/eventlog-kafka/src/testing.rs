@@ -65,6 +65,29 @@ impl Broker {
         Ok(())
     }
 
+    /// Freeze the broker (SIGSTOP): it keeps its connections and its state
+    /// but answers nothing, as a hung broker or a network black hole does,
+    /// until [`Broker::resume`].
+    pub fn pause(&mut self) -> io::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Let a [`Broker::pause`]d broker run again (SIGCONT).
+    pub fn resume(&mut self) -> io::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&mut self, signal: &str) -> io::Result<()> {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("kill {signal} failed: {status}")))
+        }
+    }
+
     /// Kill the broker process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) -> io::Result<()> {
         if self.child.try_wait()?.is_none() {

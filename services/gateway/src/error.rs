@@ -219,6 +219,13 @@ pub fn from_grpc(status: &tonic::Status) -> ApiError {
         Code::Unavailable | Code::ResourceExhausted => {
             ApiError::unavailable(format!("intake unavailable: {}", status.message()))
         }
+        // The call broke off (intake restarting, the connection dropped):
+        // whether it was recorded is unknown, so the sender retries with the
+        // same X-Request-Id and gets 409 if it was.
+        Code::Unknown | Code::Cancelled => ApiError::unavailable(format!(
+            "intake call interrupted: {}; retry with the same X-Request-Id",
+            status.message()
+        )),
         Code::DeadlineExceeded => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             IssueType::Timeout,
@@ -259,6 +266,14 @@ mod tests {
         assert_eq!(
             details_code(&ApiError::internal("boom")).as_deref(),
             Some("REC_SERVER_ERROR")
+        );
+        // A call cut off by a restarting intake is transient, not a 500.
+        let cut = from_grpc(&tonic::Status::unknown("transport error"));
+        assert_eq!(cut.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(cut.outcome()["issue"][0]["code"], "transient");
+        assert_eq!(
+            from_grpc(&tonic::Status::internal("bug")).status,
+            StatusCode::INTERNAL_SERVER_ERROR
         );
     }
 }
