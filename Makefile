@@ -4,7 +4,7 @@ CARGO   ?= cargo
 PROFILE ?= dev
 ARGS    ?=
 
-.PHONY: run test build lint fmt bench schemas clean-data broker deny
+.PHONY: run test build lint fmt bench schemas clean-data broker deny fuzz
 
 ## Build and start every service in one process on the embedded event store.
 run:
@@ -16,6 +16,13 @@ run:
 test: lint deny broker
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
+	$(MAKE) fuzz
+
+## Every fuzz target for FUZZ_SECONDS each (cargo-fuzz is installed once
+## into ~/.cache/mskflow/tools); a crash fails the run.
+FUZZ_SECONDS ?= 30
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 ## The Kafka-protocol broker used by the tests (nisshi, built from crates.io).
 broker:
