@@ -30,7 +30,9 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --root "$tools"
 fi
 
-cargo fuzz build --fuzz-dir fuzz
+# FUZZ_FLAGS: extra cargo fuzz flags for build and run, e.g. "--dev --sanitizer none".
+read -r -a flags <<<"${FUZZ_FLAGS:-}"
+cargo fuzz build --fuzz-dir fuzz "${flags[@]}"
 mapfile -t targets < <(cargo fuzz list --fuzz-dir fuzz)
 
 failed=0
@@ -43,7 +45,7 @@ for target in "${targets[@]}"; do
     before=$(find "$artifacts" -type f | wc -l)
     echo "== $target: ${seconds}s" >&2
     status=0
-    cargo fuzz run --fuzz-dir fuzz "$target" "$work" "fuzz/corpus/$target" -- \
+    cargo fuzz run --fuzz-dir fuzz "${flags[@]}" "$target" "$work" "fuzz/corpus/$target" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 >"$log" 2>&1 || status=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
