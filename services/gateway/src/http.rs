@@ -584,15 +584,26 @@ async fn process_message(
         parsed.referral.into(),
     )
     .await?;
-    let base = base_url(&state, &req);
-    let body = render::response_message(&base, &parsed.message_id, &view);
-    Ok(HttpResponse::Ok()
+    Ok(message_response(&state, &req, &parsed.message_id, &view))
+}
+
+/// The `servicerequest-response` message answering a `$process-message`,
+/// with the referral's Task as `Location`.
+fn message_response(
+    state: &AppState,
+    req: &HttpRequest,
+    message_id: &str,
+    view: &crate::views::ReferralView,
+) -> HttpResponse {
+    let base = base_url(state, req);
+    let body = render::response_message(&base, message_id, view);
+    HttpResponse::Ok()
         .content_type(FHIR_JSON)
         .insert_header((
             header::LOCATION,
             format!("{base}/Task/{}", view.referral_id),
         ))
-        .body(body.to_string()))
+        .body(body.to_string())
 }
 
 /// A Booking and Referral Standard `update`: cancellation when the
@@ -632,15 +643,7 @@ async fn cancel(
         None,
     )
     .await?;
-    let base = base_url(state, req);
-    let body = render::response_message(&base, &parsed.message_id, &view);
-    Ok(HttpResponse::Ok()
-        .content_type(FHIR_JSON)
-        .insert_header((
-            header::LOCATION,
-            format!("{base}/Task/{}", view.referral_id),
-        ))
-        .body(body.to_string()))
+    Ok(message_response(state, req, &parsed.message_id, &view))
 }
 
 /// Cancel a referral through intake (the one cancellation path, for the
