@@ -1,17 +1,20 @@
 //! The `/analytics` views over real sockets: four referrals from three
 //! practices in four deprivation deciles are carried through FCP assessment
 //! (one missed appointment, one onward referral to orthopaedics), an
-//! ESCAPE-pain class (one missed session) and MSK-HQ at first contact and
-//! discharge; the views' numbers and CSV match the hand-computed values.
+//! ESCAPE-pain class (one missed session), MSK-HQ at first contact and
+//! discharge, then discharge and the follow-up questionnaire six months on;
+//! the views' numbers and CSV match the hand-computed values.
 
 mod common;
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use common::*;
 use mskflow_proto::assessment::v1 as apb;
 use mskflow_proto::assessment::v1::assessment_service_client::AssessmentServiceClient;
+use mskflow_proto::outcomes::v1 as opb;
+use mskflow_proto::outcomes::v1::outcomes_service_client::OutcomesServiceClient;
 use mskflow_proto::scheduling::v1 as spb;
 use mskflow_proto::scheduling::v1::scheduling_service_client::SchedulingServiceClient;
 use serde_json::{Value, json};
@@ -92,6 +95,60 @@ fn nearest_rank_92(sorted: &[i64]) -> i64 {
     sorted[rank - 1]
 }
 
+/// POST an MSK-HQ QuestionnaireResponse for `referral` at `timepoint`.
+async fn submit_msk_hq(
+    app: &App,
+    items: &[String],
+    referral: &str,
+    timepoint: &str,
+    values: &[i64],
+) -> TestResult {
+    let response = json!({
+        "resourceType": "QuestionnaireResponse",
+        "status": "completed",
+        "meta": {"tag": [{"system": "https://fhir.mskflow.org/CodeSystem/prom-timepoint", "code": timepoint}]},
+        "questionnaire": "https://fhir.mskflow.org/Questionnaire/msk-hq",
+        "basedOn": [{"reference": format!("ServiceRequest/{referral}")}],
+        "item": items.iter().zip(values).map(|(l, v)| json!({"linkId": l, "answer": [{"valueInteger": v}]})).collect::<Vec<_>>()
+    });
+    let r = app
+        .post("QuestionnaireResponse", &response, Uuid::new_v4())
+        .await?;
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await?);
+    Ok(())
+}
+
+/// The MSK-HQ questionnaire of `referral` at `timepoint`, once it exists and
+/// `check` holds (the outcomes consumer works asynchronously).
+async fn msk_hq_state(
+    client: &mut OutcomesServiceClient<tonic::transport::Channel>,
+    referral: &str,
+    timepoint: &str,
+    check: impl Fn(&opb::QuestionnaireState) -> bool,
+) -> TestResult<opb::QuestionnaireState> {
+    let mut last = None;
+    for _ in 0..100 {
+        let outcomes = client
+            .get_outcomes(opb::GetOutcomesRequest {
+                referral_id: referral.to_owned(),
+            })
+            .await?
+            .into_inner();
+        if let Some(q) = outcomes
+            .questionnaires
+            .into_iter()
+            .find(|q| q.measure == "msk-hq" && q.timepoint == timepoint)
+        {
+            if check(&q) {
+                return Ok(q);
+            }
+            last = Some(q);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("MSK-HQ {timepoint} questionnaire for {referral}: {last:?}").into())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_count_waits_outcomes_dnas_and_conversions() -> TestResult {
     let app = spawn_app().await?;
@@ -100,6 +157,8 @@ async fn views_count_waits_outcomes_dnas_and_conversions() -> TestResult {
         AssessmentServiceClient::connect(format!("http://{}", running.assessment_addr)).await?;
     let mut scheduling =
         SchedulingServiceClient::connect(format!("http://{}", running.scheduling_addr)).await?;
+    let mut outcomes_service =
+        OutcomesServiceClient::connect(format!("http://{}", running.outcomes_addr)).await?;
 
     // The index lists the views; bad splits and formats are refused.
     let (status, index) = get_view(&app, "").await?;
@@ -321,18 +380,7 @@ async fn views_count_waits_outcomes_dnas_and_conversions() -> TestResult {
         (2, "discharge", scores(3, 1)),
     ];
     for (i, timepoint, values) in answers {
-        let response = json!({
-            "resourceType": "QuestionnaireResponse",
-            "status": "completed",
-            "meta": {"tag": [{"system": "https://fhir.mskflow.org/CodeSystem/prom-timepoint", "code": timepoint}]},
-            "questionnaire": "https://fhir.mskflow.org/Questionnaire/msk-hq",
-            "basedOn": [{"reference": format!("ServiceRequest/{}", ids[i])}],
-            "item": items.iter().zip(&values).map(|(l, v)| json!({"linkId": l, "answer": [{"valueInteger": v}]})).collect::<Vec<_>>()
-        });
-        let r = app
-            .post("QuestionnaireResponse", &response, Uuid::new_v4())
-            .await?;
-        assert_eq!(r.status().as_u16(), 201, "{}", r.text().await?);
+        submit_msk_hq(&app, &items, &ids[i], timepoint, &values).await?;
     }
 
     // Wait until the follower has seen the whole journey.
@@ -528,6 +576,110 @@ async fn views_count_waits_outcomes_dnas_and_conversions() -> TestResult {
         )
     );
 
+    // Discharge: referrals 0 and 2 from the class, referral 1 (referred on to
+    // orthopaedics) from FCP. Each gets its follow-up questionnaire, due six
+    // months (the default) after its discharge.
+    let before = Utc::now();
+    for i in [0, 2] {
+        scheduling
+            .discharge(spb::DischargeRequest {
+                referral_id: ids[i].clone(),
+                reason: "goals-met".to_owned(),
+            })
+            .await?;
+    }
+    assessment
+        .discharge_episode(apb::DischargeEpisodeRequest {
+            referral_id: ids[1].clone(),
+            reason: "assessment-outcome".to_owned(),
+            notify_referrer: false,
+        })
+        .await?;
+    let after = Utc::now();
+    let six_months = chrono::Months::new(6);
+    // Due times are kept to the second.
+    let earliest = before
+        .trunc_subsecs(0)
+        .checked_add_months(six_months)
+        .ok_or("date")?;
+    let latest = after.checked_add_months(six_months).ok_or("date")?;
+    for i in [0, 1, 2] {
+        // An earlier discharge (the FCP episode's) scheduled it first; the
+        // later one moves it.
+        msk_hq_state(&mut outcomes_service, &ids[i], "follow-up", |q| {
+            let due = DateTime::parse_from_rfc3339(&q.due).map(|d| d.with_timezone(&Utc));
+            q.status == "due" && due.is_ok_and(|d| earliest <= d && d <= latest)
+        })
+        .await?;
+    }
+    // The follow-up is sent to referral 0, then completed by 0, 1 and 2:
+    // 0: 28 -> 35 (+7, reaches the MIC of 5); 1: 28 -> 31 (+3);
+    // 2: 14 -> 14 (0).
+    let sent = outcomes_service
+        .mark_sent(opb::MarkSentRequest {
+            referral_id: ids[0].clone(),
+            measure: "msk-hq".to_owned(),
+            timepoint: "follow-up".to_owned(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(sent.status, "sent");
+    assert!(sent.sent_at.is_some());
+    for (i, values) in [(0, scores(7, 3)), (1, scores(11, 3)), (2, vec![1; 14])] {
+        submit_msk_hq(&app, &items, &ids[i], "follow-up", &values).await?;
+    }
+    let done = msk_hq_state(&mut outcomes_service, &ids[0], "follow-up", |q| {
+        q.status == "completed"
+    })
+    .await?;
+    assert_eq!(done.score.as_ref().map(|s| s.value), Some(35.0));
+    assert!(done.sent_at.is_some() && done.completed_at.is_some());
+    let changes = outcomes_service
+        .get_outcomes(opb::GetOutcomesRequest {
+            referral_id: ids[0].clone(),
+        })
+        .await?
+        .into_inner()
+        .changes;
+    let change = changes
+        .iter()
+        .find(|c| c.measure == "msk-hq" && c.to == "follow-up")
+        .ok_or("no follow-up change")?;
+    assert_eq!(
+        (
+            change.from.as_str(),
+            change.baseline,
+            change.later,
+            change.change,
+            change.reached_minimal_important_change
+        ),
+        ("first-contact", 28.0, 35.0, 7.0, true)
+    );
+
+    // Outcome change at follow-up. ESCAPE-pain: referrals 0 (+7, reached)
+    // and 2 (0): baseline (28 + 14) / 2 = 21, later (35 + 14) / 2 = 24.5,
+    // change (7 + 0) / 2 = 3.5, 1 of 2 reached = 0.5. No programme:
+    // referral 1, 28 -> 31, +3, not reached. Discharge rows are unchanged.
+    view_when(&app, "/outcomes", |t| sum(t, "episodes") == 6).await?;
+    let csv = client()
+        .get(format!("{}/analytics/outcomes?format=csv", root(&app)))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert_eq!(
+        csv,
+        format!(
+            "pathway,programme,timepoint,episodes,mean_baseline,mean_later,mean_change,reached_mic,reached_mic_share\n\
+             {pathway},escape-pain,discharge,2,21.0,29.5,8.5,1,0.5\n\
+             {pathway},escape-pain,follow-up,2,21.0,24.5,3.5,1,0.5\n\
+             {pathway},none,discharge,1,28.0,30.0,2.0,0,0.0\n\
+             {pathway},none,follow-up,1,28.0,31.0,3.0,0,0.0\n"
+        )
+    );
+    let (_, outcomes) = get_view(&app, "/outcomes").await?;
+    let (_, dna) = get_view(&app, "/dna").await?;
+
     // `mskflow export` writes the same views as CSV files.
     let out = tempfile::tempdir()?;
     let secret = out.path().join("secret");
@@ -568,5 +720,7 @@ async fn views_count_waits_outcomes_dnas_and_conversions() -> TestResult {
     let again = spawn_app_in(&dir).await?;
     let replayed = view_when(&again, "/dna", |t| sum(t, "booked") > 0).await?;
     assert_eq!(replayed, dna);
+    let (_, replayed) = get_view(&again, "/outcomes").await?;
+    assert_eq!(replayed, outcomes);
     Ok(())
 }
