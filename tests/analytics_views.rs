@@ -179,6 +179,18 @@ async fn views_count_waits_outcomes_dnas_and_conversions() -> TestResult {
         (status, issue_codes(&outcome)),
         (400, vec!["code-invalid".to_owned()])
     );
+    // A bearer token allowed to read `Analytics` is required.
+    let url = format!("{}/analytics/waits", root(&app));
+    let res = reqwest::Client::new().get(&url).send().await?;
+    assert_eq!(res.status().as_u16(), 401);
+    assert_eq!(issue_codes(&res.json().await?), ["login"]);
+    let referrer = token_for(&claims(TEST_CLIENT, TEST_ODS, "system/ServiceRequest.cruds"))?;
+    let res = client_with_token(&referrer).get(&url).send().await?;
+    assert_eq!(res.status().as_u16(), 403);
+    assert_eq!(issue_codes(&res.json().await?), ["forbidden"]);
+    let analyst = token_for(&claims(TEST_CLIENT, TEST_ODS, "system/Analytics.read"))?;
+    let res = client_with_token(&analyst).get(&url).send().await?;
+    assert_eq!(res.status().as_u16(), 200);
     let (status, outcome) = get_view(&app, "/referrals").await?;
     assert_eq!(
         (status, issue_codes(&outcome)),

@@ -8,6 +8,11 @@
 //!   format 400, each with an OperationOutcome; 503 until the first replay
 //!   of the log has finished.
 //!
+//! Every request needs a bearer token whose scopes allow reading
+//! `Analytics` (`system/Analytics.read`, or a wildcard such as
+//! `system/*.read`): 401 `login` without a valid one, 403 `forbidden` when
+//! its scopes do not allow it.
+//!
 //! The views are aggregates (no pseudonyms, no identifiers); what each
 //! holds is defined in `mskflow_analytics::views`. Deprivation deciles come
 //! from the illustrative postcode lookup shipped with `mskflow-analytics`
@@ -185,14 +190,21 @@ impl AnalyticsStore {
 /// `web::Data<AnalyticsStore>` in the app data.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/analytics")
-            .route(web::get().to(index))
-            .default_service(web::to(not_allowed)),
-    )
-    .service(
-        web::resource("/analytics/{view}")
-            .route(web::get().to(view))
-            .default_service(web::to(not_allowed)),
+        web::scope("/analytics")
+            // A bearer token allowed to read `Analytics`.
+            .wrap(actix_web::middleware::from_fn(
+                crate::auth::authorise_analytics,
+            ))
+            .service(
+                web::resource("")
+                    .route(web::get().to(index))
+                    .default_service(web::to(not_allowed)),
+            )
+            .service(
+                web::resource("/{view}")
+                    .route(web::get().to(view))
+                    .default_service(web::to(not_allowed)),
+            ),
     );
 }
 

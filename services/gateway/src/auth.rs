@@ -720,30 +720,12 @@ pub async fn authorise(
     if let Ok(h) = &nhsd {
         record.nhsd(h);
     }
-    let principal = match bearer(req.headers()) {
-        None => Err(InvalidToken("an access token is required".to_owned())),
-        Some(token) => auth.verify(token),
-    };
-    let res = match principal {
+    let res = match authenticate(&auth, &req) {
         Err(InvalidToken(reason)) => req.into_response(unauthorized(&reason)),
         Ok(principal) => {
             record.principal(&principal);
             if !allowed(&principal, &resource, access) {
-                let e = ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    IssueType::Forbidden,
-                    format!(
-                        "the access token's scopes do not allow {} on {resource}",
-                        match access {
-                            Access::Create => "create",
-                            Access::Read => "read",
-                            Access::Update => "update",
-                            Access::Delete => "delete",
-                            Access::Search => "search",
-                        }
-                    ),
-                );
-                req.into_response(e.error_response())
+                req.into_response(forbidden(&resource, access))
             } else if let (true, Err(e)) = (resource_is_message(req.path()), &nhsd) {
                 req.into_response(e.error_response())
             } else {
@@ -758,6 +740,59 @@ pub async fn authorise(
     match recorder {
         Some(recorder) if record.is_patient_data() => Ok(recorder.finish(record, res).await),
         _ => Ok(res),
+    }
+}
+
+/// The caller named by the request's bearer token.
+fn authenticate(
+    auth: &Authenticator,
+    req: &actix_web::dev::ServiceRequest,
+) -> Result<Principal, InvalidToken> {
+    match bearer(req.headers()) {
+        None => Err(InvalidToken("an access token is required".to_owned())),
+        Some(token) => auth.verify(token),
+    }
+}
+
+/// The 403 answer for a token whose scopes do not grant `access` on
+/// `resource` (`forbidden`, `REC_FORBIDDEN`).
+fn forbidden(resource: &str, access: Access) -> actix_web::HttpResponse {
+    let verb = match access {
+        Access::Create => "create",
+        Access::Read => "read",
+        Access::Update => "update",
+        Access::Delete => "delete",
+        Access::Search => "search",
+    };
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        IssueType::Forbidden,
+        format!("the access token's scopes do not allow {verb} on {resource}"),
+    )
+    .error_response()
+}
+
+/// What the analytics views are granted as: `system/Analytics.read` (or a
+/// wildcard such as `system/*.read`).
+pub const ANALYTICS_RESOURCE: &str = "Analytics";
+
+/// The middleware on `/analytics`: the aggregate views need a valid token
+/// whose scopes allow reading [`ANALYTICS_RESOURCE`]. They hold no patient
+/// data, so the access is not audited and no NHSD headers are required.
+pub async fn authorise_analytics(
+    req: actix_web::dev::ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let Some(auth) = req.app_data::<web::Data<Authenticator>>().cloned() else {
+        let e = ApiError::internal("authentication is not configured");
+        return Ok(req.into_response(e.error_response()));
+    };
+    match authenticate(&auth, &req) {
+        Err(InvalidToken(reason)) => Ok(req.into_response(unauthorized(&reason))),
+        Ok(principal) if !principal.allows(ANALYTICS_RESOURCE, Access::Read) => {
+            Ok(req.into_response(forbidden(ANALYTICS_RESOURCE, Access::Read)))
+        }
+        Ok(_) => Ok(next.call(req).await?.map_into_boxed_body()),
     }
 }
 
