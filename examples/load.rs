@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         seed: 1,
         json: None,
         sample_every: 0.0,
+        questionnaires: false,
     };
     print!("{}", mskflow::load::command(&args).await?);
     Ok(())

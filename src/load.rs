@@ -83,6 +83,12 @@ pub struct LoadArgs {
     /// Seed of the referral mix (the same seed gives the same referrals).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// After the referrals, post one MSK-HQ QuestionnaireResponse (first
+    /// contact) per accepted referral to `POST /fhir/QuestionnaireResponse`
+    /// (scored by the outcomes service, durably recorded) and report how
+    /// many were scored per second.
+    #[arg(long)]
+    pub questionnaires: bool,
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -165,9 +171,143 @@ pub struct Report {
     /// Resident memory and open file descriptors during the run
     /// (`--sample-every`), the first taken before the first request.
     pub samples: Vec<Sample>,
+    /// The QuestionnaireResponse phase (`--questionnaires`).
+    pub questionnaires: Option<QuestionnaireRun>,
     /// The generated mix: red flags and STarT Back risks.
     pub red_flags: u64,
     pub start_back: HashMap<String, u64>,
+}
+
+/// The QuestionnaireResponse phase of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuestionnaireRun {
+    pub posted: u64,
+    /// Answered 201: scored and recorded.
+    pub scored: u64,
+    pub failed: u64,
+    pub failures: HashMap<String, u64>,
+    pub seconds: f64,
+    /// Scored responses per second of the phase.
+    pub throughput: f64,
+    pub latency_ms: Percentiles,
+}
+
+/// Post one MSK-HQ response (first contact, answers drawn from `seed`) for
+/// each of `referrals` (id, sending practice) with `concurrency` clients.
+async fn questionnaire_phase(
+    client: &reqwest::Client,
+    base: &str,
+    tokens: &Arc<HashMap<String, String>>,
+    referrals: Vec<(Uuid, String)>,
+    concurrency: usize,
+    seed: u64,
+) -> anyhow::Result<QuestionnaireRun> {
+    // The item codes from the Questionnaire the gateway serves.
+    let mut req = client.get(format!("{base}/Questionnaire/msk-hq"));
+    if let Some(token) = tokens.values().next() {
+        req = req.bearer_auth(token);
+    }
+    let questionnaire: serde_json::Value = req
+        .send()
+        .await
+        .context("reading Questionnaire/msk-hq")?
+        .error_for_status()
+        .context("reading Questionnaire/msk-hq")?
+        .json()
+        .await?;
+    let link_ids: Vec<String> = questionnaire["item"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i["linkId"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    anyhow::ensure!(!link_ids.is_empty(), "Questionnaire/msk-hq has no items");
+    let (link_ids, referrals) = (Arc::new(link_ids), Arc::new(referrals));
+    let url = format!("{base}/QuestionnaireResponse");
+    let next = Arc::new(AtomicU64::new(0));
+    let bar = indicatif::ProgressBar::new(referrals.len() as u64);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (client, url, next, bar) = (client.clone(), url.clone(), next.clone(), bar.clone());
+        let (tokens, link_ids, referrals) = (tokens.clone(), link_ids.clone(), referrals.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latency = histogram()?;
+            let mut failures: HashMap<String, u64> = HashMap::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((id, practice)) = usize::try_from(i).ok().and_then(|i| referrals.get(i))
+                else {
+                    break;
+                };
+                let mut rng = referrals::Rng::new(seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let items: Vec<serde_json::Value> = link_ids
+                    .iter()
+                    .map(|l| {
+                        serde_json::json!({"linkId": l, "answer": [{"valueInteger": rng.below(5)}]})
+                    })
+                    .collect();
+                let body = serde_json::json!({
+                    "resourceType": "QuestionnaireResponse",
+                    "status": "completed",
+                    "meta": {"tag": [{"system": "https://fhir.mskflow.org/CodeSystem/prom-timepoint", "code": "first-contact"}]},
+                    "questionnaire": "https://fhir.mskflow.org/Questionnaire/msk-hq",
+                    "basedOn": [{"reference": format!("ServiceRequest/{id}")}],
+                    "item": items,
+                });
+                let mut req = client.post(&url);
+                if let Some(token) = tokens.get(practice) {
+                    req = req.bearer_auth(token);
+                }
+                let sent = Instant::now();
+                let res = req
+                    .header("Content-Type", "application/fhir+json")
+                    .header("X-Request-Id", Uuid::new_v4().to_string())
+                    .header("X-Correlation-Id", Uuid::new_v4().to_string())
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                match res {
+                    Ok(res) if res.status().is_success() => {
+                        let _ = res.bytes().await;
+                        let _ = latency.record(micros(sent.elapsed()).min(600_000_000));
+                    }
+                    Ok(res) => {
+                        let status = res.status().as_u16().to_string();
+                        let _ = res.bytes().await;
+                        *failures.entry(status).or_insert(0) += 1;
+                    }
+                    Err(_) => *failures.entry("error".to_owned()).or_insert(0) += 1,
+                }
+                bar.inc(1);
+            }
+            Ok::<_, anyhow::Error>((latency, failures))
+        }));
+    }
+    let mut latency = histogram()?;
+    let mut failures: HashMap<String, u64> = HashMap::new();
+    for t in tasks {
+        let (l, f) = t.await.context("a client task panicked")??;
+        latency.add(&l).context("merging histograms")?;
+        for (k, v) in f {
+            *failures.entry(k).or_insert(0) += v;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let scored = latency.len();
+    Ok(QuestionnaireRun {
+        posted: referrals.len() as u64,
+        scored,
+        failed: failures.values().sum(),
+        failures,
+        seconds,
+        throughput: scored as f64 / seconds.max(1e-9),
+        latency_ms: Percentiles::of(&latency),
+    })
 }
 
 fn histogram() -> anyhow::Result<Histogram<u64>> {
@@ -445,6 +585,8 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
         (None, false) => None,
     };
     let accepted_so_far = Arc::new(AtomicU64::new(0));
+    // Accepted referrals (id, practice), kept for `--questionnaires`.
+    let accepted_ids: Arc<std::sync::Mutex<Vec<(Uuid, String)>>> = Arc::default();
     let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
     let started = Instant::now();
     let sampler = match measured_pid {
@@ -470,6 +612,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
             accepted_so_far.clone(),
         );
         let (rate, e2e) = (args.rate, args.end_to_end);
+        let keep_ids = args.questionnaires.then(|| accepted_ids.clone());
         tasks.push(tokio::spawn(async move {
             let mut r = WorkerResult {
                 latency: histogram()?,
@@ -523,6 +666,11 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
                         if e2e && let Some(id) = id {
                             tracker.lock().await.answered(id, now);
                         }
+                        if let (Some(ids), Some(id)) = (&keep_ids, id)
+                            && let Ok(mut ids) = ids.lock()
+                        {
+                            ids.push((id, referral.practice.clone()));
+                        }
                     }
                     Ok(res) => {
                         let status = res.status().as_u16().to_string();
@@ -554,6 +702,16 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
     }
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
+
+    let questionnaires = if args.questionnaires {
+        let ids = accepted_ids
+            .lock()
+            .map(|mut ids| std::mem::take(&mut *ids))
+            .unwrap_or_default();
+        Some(questionnaire_phase(&client, &base, &tokens, ids, args.concurrency, args.seed).await?)
+    } else {
+        None
+    };
 
     let end_to_end = match follower {
         Some(follower) => {
@@ -613,6 +771,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
         peak_rss_mib: rss.map(|r| r.1),
         replay: replayed,
         samples,
+        questionnaires,
         red_flags,
         start_back,
     })
@@ -687,6 +846,19 @@ impl Report {
                 first.accepted,
                 last.accepted
             )?;
+        }
+        if let Some(q) = &self.questionnaires {
+            writeln!(
+                out,
+                "questionnaires:        {} MSK-HQ responses posted, {} scored, {} failed {:?}",
+                q.posted, q.scored, q.failed, q.failures
+            )?;
+            writeln!(
+                out,
+                "scoring throughput:    {:.0} responses scored/s over {:.2} s",
+                q.throughput, q.seconds
+            )?;
+            pct("latency (response):", &q.latency_ms, out)?;
         }
         if let Some(r) = &self.replay {
             writeln!(
@@ -769,6 +941,7 @@ mod tests {
             seed: 3,
             json: Some(json.clone()),
             sample_every: 0.05,
+            questionnaires: true,
         };
         let text = command(&args).await.unwrap();
         let report: serde_json::Value =
@@ -790,6 +963,20 @@ mod tests {
         assert!(last["open_fds"].as_u64().unwrap() > 3, "{text}");
         assert!(last["rss_mib"].as_f64().unwrap() > 1.0, "{text}");
         assert!(text.contains("open fds"), "{text}");
+        // One MSK-HQ response per accepted referral, each scored.
+        let q = &report["questionnaires"];
+        assert_eq!(
+            (&q["posted"], &q["scored"]),
+            (&serde_json::json!(60), &serde_json::json!(60)),
+            "{text}"
+        );
+        assert_eq!(q["failed"], 0, "{text}");
+        // Replayed after the responses: one more event per referral.
+        assert!(
+            report["replay"]["events"].as_u64().unwrap() >= 180,
+            "{text}"
+        );
+        assert!(text.contains("responses scored/s"), "{text}");
     }
 
     #[test]

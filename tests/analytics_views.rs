@@ -184,7 +184,11 @@ async fn views_count_waits_outcomes_dnas_and_conversions() -> TestResult {
     let res = reqwest::Client::new().get(&url).send().await?;
     assert_eq!(res.status().as_u16(), 401);
     assert_eq!(issue_codes(&res.json().await?), ["login"]);
-    let referrer = token_for(&claims(TEST_CLIENT, TEST_ODS, "system/ServiceRequest.cruds"))?;
+    let referrer = token_for(&claims(
+        TEST_CLIENT,
+        TEST_ODS,
+        "system/ServiceRequest.cruds",
+    ))?;
     let res = client_with_token(&referrer).get(&url).send().await?;
     assert_eq!(res.status().as_u16(), 403);
     assert_eq!(issue_codes(&res.json().await?), ["forbidden"]);
