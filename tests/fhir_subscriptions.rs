@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App as ActixApp, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::http::StatusCode;
+use common::receiver::Receiver;
 use common::*;
 use mskflow_proto::assessment::v1 as apb;
 use mskflow_proto::assessment::v1::assessment_service_client::AssessmentServiceClient;
@@ -18,70 +18,6 @@ use uuid::Uuid;
 
 const TOPIC: &str = mskflow_gateway::subscription::TOPIC;
 const PAYLOAD_CONTENT: &str = mskflow_gateway::subscription::PAYLOAD_CONTENT_URL;
-
-/// What a receiving system saw.
-#[derive(Default)]
-struct Received {
-    /// (path, X-Request-Id, body) of every request.
-    requests: Vec<(String, String, Value)>,
-    /// Answer 503 to this many requests first.
-    fail_first: usize,
-}
-
-type Shared = Arc<Mutex<Received>>;
-
-/// A real HTTP receiver on 127.0.0.1:0 taking any POST; returns its base URL.
-fn receiver(state: Shared) -> TestResult<(String, actix_web::dev::ServerHandle)> {
-    let data = web::Data::new(state);
-    let server = HttpServer::new(move || {
-        ActixApp::new()
-            .app_data(data.clone())
-            .default_service(web::post().to(
-                |req: HttpRequest, body: web::Bytes, state: web::Data<Shared>| async move {
-                    let id = req
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    let mut s = state
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    s.requests.push((req.path().to_owned(), id, json));
-                    if s.requests.len() <= s.fail_first {
-                        HttpResponse::ServiceUnavailable().finish()
-                    } else {
-                        HttpResponse::Ok().finish()
-                    }
-                },
-            ))
-    })
-    .workers(1)
-    .disable_signals()
-    .bind(("127.0.0.1", 0))?;
-    let addr = server.addrs().first().copied().ok_or("no address")?;
-    let server = server.run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    Ok((format!("http://{addr}/fhir"), handle))
-}
-
-fn seen(state: &Shared) -> TestResult<Vec<(String, String, Value)>> {
-    Ok(state.lock().map_err(|_| "poisoned")?.requests.clone())
-}
-
-/// Wait until the receiver has at least `n` requests (or 15 s).
-async fn wait_for_requests(state: &Shared, n: usize) -> TestResult<Vec<(String, String, Value)>> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let s = seen(state)?;
-        if s.len() >= n || tokio::time::Instant::now() > deadline {
-            return Ok(s);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn subscription(endpoint: &str, payload_content: &str) -> Value {
     json!({
@@ -182,13 +118,9 @@ async fn book_assessment(app: &App, referral_id: &str) -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_hears_every_change_in_order_until_it_unsubscribes() -> TestResult {
-    let ours = Arc::new(Mutex::new(Received {
-        fail_first: 1,
-        ..Received::default()
-    }));
-    let theirs = Arc::new(Mutex::new(Received::default()));
-    let (our_url, our_server) = receiver(ours.clone())?;
-    let (their_url, their_server) = receiver(theirs.clone())?;
+    let ours = Receiver::start(1, StatusCode::OK)?;
+    let theirs = Receiver::start(0, StatusCode::OK)?;
+    let (our_url, their_url) = (ours.url.clone(), theirs.url.clone());
     let endpoints = vec![our_url.clone(), their_url.clone()];
     let configure = |c: &mut mskflow::Config| {
         c.gateway.referrer_endpoints = endpoints.clone();
@@ -235,16 +167,19 @@ async fn a_subscriber_hears_every_change_in_order_until_it_unsubscribes() -> Tes
     // Two changes of one referral: triaged, then the FCP appointment booked.
     let (_, referral) = new_referral(&app).await?;
     book_assessment(&app, &referral).await?;
-    let got = wait_for_requests(&ours, 3).await?;
+    let got = ours.wait_for(3).await;
     assert_eq!(
         got.len(),
         3,
         "a failed attempt, its retry, then the booking"
     );
-    assert_eq!(got[0].1, got[1].1, "a retry carries the same X-Request-Id");
-    assert!(got.iter().all(|(path, _, _)| path == "/fhir/notify"));
+    assert_eq!(
+        got[0].request_id, got[1].request_id,
+        "a retry carries the same X-Request-Id"
+    );
+    assert!(got.iter().all(|r| r.path == "/fhir/notify"));
     let mut tasks = Vec::new();
-    for (_, _, bundle) in &got {
+    for bundle in got.iter().map(|r| &r.body) {
         assert_eq!(bundle["resourceType"], "Bundle");
         assert_eq!(bundle["type"], "history");
         let status = &bundle["entry"][0]["resource"];
@@ -295,10 +230,10 @@ async fn a_subscriber_hears_every_change_in_order_until_it_unsubscribes() -> Tes
     assert_eq!(status, 200);
     assert_eq!(after["status"], "active");
     let (bundle, second) = new_referral(&app).await?;
-    let got = wait_for_requests(&ours, 4).await?;
+    let got = ours.wait_for(4).await;
     assert_eq!(got.len(), 4, "only the new change after the restart");
-    assert_eq!(counter(&got[3].2)?, 3, "the count goes on without a gap");
-    assert_eq!(got[3].2["entry"][1]["resource"]["id"], second.as_str());
+    assert_eq!(counter(&got[3].body)?, 3, "the count goes on without a gap");
+    assert_eq!(got[3].body["entry"][1]["resource"]["id"], second.as_str());
 
     // Deleted: turned off, and the next change is not sent.
     let res = client()
@@ -321,17 +256,17 @@ async fn a_subscriber_hears_every_change_in_order_until_it_unsubscribes() -> Tes
     task_when(&app, &second, "cancelled", |t| t["status"] == "cancelled").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        seen(&ours)?.len(),
+        ours.requests().len(),
         4,
         "nothing after the subscription is off"
     );
     assert!(
-        seen(&theirs)?.is_empty(),
+        theirs.requests().is_empty(),
         "another organisation's subscription hears nothing of these referrals"
     );
     check_event_schemas(&app).await?;
-    our_server.stop(true).await;
-    their_server.stop(true).await;
+    ours.stop().await;
+    theirs.stop().await;
     Ok(())
 }
 

@@ -4,53 +4,15 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App as ActixApp, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::http::StatusCode;
+use common::receiver::Receiver;
 use common::*;
 use mskflow_proto::assessment::v1 as apb;
 use mskflow_proto::assessment::v1::assessment_service_client::AssessmentServiceClient;
 use serde_json::Value;
 use uuid::Uuid;
-
-/// What the receiving system saw.
-#[derive(Default)]
-struct Received {
-    /// (X-Request-Id, body) of every request.
-    requests: Vec<(String, Value)>,
-    /// Answer 503 to this many requests first.
-    fail_first: usize,
-}
-
-/// A real HTTP receiver on 127.0.0.1:0; returns its FHIR base URL.
-fn receiver(state: Arc<Mutex<Received>>) -> TestResult<(String, actix_web::dev::ServerHandle)> {
-    let data = web::Data::new(state);
-    let server = HttpServer::new(move || {
-        ActixApp::new().app_data(data.clone()).route(
-            "/fhir/ServiceRequest",
-            web::post().to(|req: HttpRequest, body: web::Bytes, state: web::Data<Arc<Mutex<Received>>>| async move {
-                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-                let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                s.requests.push((id, json));
-                if s.requests.len() <= s.fail_first {
-                    HttpResponse::ServiceUnavailable().finish()
-                } else {
-                    HttpResponse::Created().finish()
-                }
-            }),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .bind(("127.0.0.1", 0))?;
-    let addr = server.addrs().first().copied().ok_or("no address")?;
-    let server = server.run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    Ok((format!("http://{addr}/fhir"), handle))
-}
 
 /// Refer a patient on to `destination` through a full FCP assessment.
 async fn refer_on(app: &App, destination: &str) -> TestResult<String> {
@@ -121,11 +83,8 @@ fn onward_output(task: &Value) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_onward_referral_is_delivered_after_retries() -> TestResult {
-    let received = Arc::new(Mutex::new(Received {
-        fail_first: 2,
-        ..Received::default()
-    }));
-    let (url, server) = receiver(received.clone())?;
+    let receiver = Receiver::start(2, StatusCode::CREATED)?;
+    let url = receiver.url.clone();
     let app = spawn_app_with(|c| {
         c.gateway
             .outbound
@@ -144,13 +103,14 @@ async fn an_onward_referral_is_delivered_after_retries() -> TestResult {
         Some("Orthopaedic service (delivered)")
     );
 
-    let seen = received.lock().map_err(|_| "poisoned")?.requests.clone();
+    let seen = receiver.requests();
     assert_eq!(seen.len(), 3, "two 503s, then accepted");
     assert!(
-        seen.iter().all(|(rid, _)| *rid == seen[0].0),
+        seen.iter().all(|r| r.request_id == seen[0].request_id),
         "the same X-Request-Id on every attempt"
     );
-    let body = &seen[2].1;
+    assert!(seen.iter().all(|r| r.path == "/fhir/ServiceRequest"));
+    let body = &seen[2].body;
     assert_eq!(body["resourceType"], "ServiceRequest");
     assert!(
         body.to_string().contains("9434765919"),
@@ -177,17 +137,14 @@ async fn an_onward_referral_is_delivered_after_retries() -> TestResult {
     assert_eq!(attempts[0].1["http_status"], 503);
     assert_eq!(attempts[2].1["attempts"], 3);
     check_event_schemas(&app).await?;
-    server.stop(true).await;
+    receiver.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_keeps_failing_leaves_a_dead_letter() -> TestResult {
-    let received = Arc::new(Mutex::new(Received {
-        fail_first: usize::MAX,
-        ..Received::default()
-    }));
-    let (url, server) = receiver(received.clone())?;
+    let receiver = Receiver::start(usize::MAX, StatusCode::CREATED)?;
+    let url = receiver.url.clone();
     let app = spawn_app_with(|c| {
         c.gateway
             .outbound
@@ -207,11 +164,7 @@ async fn a_receiver_that_keeps_failing_leaves_a_dead_letter() -> TestResult {
         Some("Diagnostic imaging (failed)")
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        received.lock().map_err(|_| "poisoned")?.requests.len(),
-        3,
-        "no attempt after giving up"
-    );
+    assert_eq!(receiver.requests().len(), 3, "no attempt after giving up");
 
     // A destination with no endpoint is recorded as failed at once.
     let id = refer_on(&app, "rheumatology").await?;
@@ -219,17 +172,14 @@ async fn a_receiver_that_keeps_failing_leaves_a_dead_letter() -> TestResult {
         onward_output(t).is_some_and(|d| d == "Rheumatology service (failed)")
     })
     .await?;
-    server.stop(true).await;
+    receiver.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_referrer_hears_of_every_change_in_order_after_a_failed_delivery() -> TestResult {
-    let received = Arc::new(Mutex::new(Received {
-        fail_first: 1,
-        ..Received::default()
-    }));
-    let (url, server) = receiver(received.clone())?;
+    let receiver = Receiver::start(1, StatusCode::CREATED)?;
+    let url = receiver.url.clone();
     let endpoint = format!("{url}/ServiceRequest");
     let app = spawn_app_with(|c| {
         c.gateway.referrer_endpoints.push(url.clone());
@@ -275,27 +225,21 @@ async fn the_referrer_hears_of_every_change_in_order_after_a_failed_delivery() -
         })
         .await?;
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let seen = loop {
-        let seen = received.lock().map_err(|_| "poisoned")?.requests.clone();
-        if seen.len() >= 3 || tokio::time::Instant::now() > deadline {
-            break seen;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let seen = receiver.wait_for(3).await;
     assert_eq!(
         seen.len(),
         3,
         "one failed attempt, its retry, then the booking"
     );
     assert_eq!(
-        seen[0].0, seen[1].0,
+        seen[0].request_id, seen[1].request_id,
         "a retry carries the same X-Request-Id"
     );
-    assert_ne!(seen[1].0, seen[2].0);
+    assert_ne!(seen[1].request_id, seen[2].request_id);
     let statuses: Vec<String> = seen
         .iter()
-        .map(|(_, b)| {
+        .map(|r| {
+            let b = &r.body;
             let task = entries_of(b, "Task")
                 .first()
                 .map(|t| business(t).to_owned())
@@ -307,6 +251,6 @@ async fn the_referrer_hears_of_every_change_in_order_after_a_failed_delivery() -
         .collect();
     assert_eq!(statuses, vec!["triaged", "triaged", "assessment-booked"]);
     check_event_schemas(&app).await?;
-    server.stop(true).await;
+    receiver.stop().await;
     Ok(())
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses a subset")]
 
 pub mod kafka;
+pub mod receiver;
 
 use std::path::{Path, PathBuf};
 
