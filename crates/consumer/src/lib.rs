@@ -309,7 +309,7 @@ pub trait EventHandler: Sync {
     /// What handling an event gives back.
     type Handled;
     /// The handler's error.
-    type Error: From<mskflow_eventlog::Error> + std::fmt::Display;
+    type Error: From<mskflow_eventlog::Error> + std::fmt::Display + Send;
     /// Handle one event (idempotently: it may be delivered again).
     fn handle_event(
         &self,
@@ -319,6 +319,132 @@ pub trait EventHandler: Sync {
     fn classify(error: &Self::Error) -> Failure;
     /// The answer for a retry request or a dead-lettered event.
     fn ignored() -> Self::Handled;
+    /// Called after every event of a batch is handled, before the batch is
+    /// committed (e.g. to wait until a read model has seen what the batch
+    /// appended). Nothing by default.
+    fn after_batch(
+        &self,
+        _handled: &[Self::Handled],
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// Events a durable consumer asks for at a time.
+pub const BATCH: usize = 256;
+
+/// A durable consumer: a service's [`EventHandler`] on its own
+/// checkpointed subscription, with its dead-letter queue.
+///
+/// Delivery is at-least-once: the checkpoint is committed only after every
+/// event of a batch is handled (and [`EventHandler::after_batch`] passed),
+/// so after a crash the batch is delivered again and the handler must be
+/// idempotent. A failed commit is logged and the batch is handled again
+/// later; a broker outage does not stop the consumer.
+#[derive(Debug)]
+pub struct Durable<H> {
+    handler: H,
+    sub: Box<dyn mskflow_eventlog::Subscription>,
+    dead_letters: DeadLetterQueue,
+}
+
+impl<H: EventHandler + Send> Durable<H> {
+    /// Subscribe `handler` as the consumer `name` from its stored
+    /// checkpoint.
+    pub async fn open(
+        log: Arc<dyn EventLog>,
+        name: &str,
+        handler: H,
+    ) -> Result<Self, mskflow_eventlog::Error> {
+        let sub = log
+            .subscribe(name, mskflow_eventlog::StartFrom::Checkpoint)
+            .await?;
+        Ok(Self {
+            handler,
+            sub,
+            dead_letters: DeadLetterQueue::new(log, name),
+        })
+    }
+
+    /// The service's handler.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// Handle a batch (each event through [`consume`]), then
+    /// [`EventHandler::after_batch`]. Does not commit.
+    async fn handle_batch(&self, batch: &[Envelope]) -> Result<Vec<H::Handled>, H::Error> {
+        let mut handled = Vec::with_capacity(batch.len());
+        for envelope in batch {
+            handled.push(consume(&self.handler, &self.dead_letters, envelope).await?);
+        }
+        self.handler.after_batch(&handled).await?;
+        Ok(handled)
+    }
+
+    /// Handle every event available now, without committing.
+    pub async fn process_available(&mut self) -> Result<Vec<H::Handled>, H::Error> {
+        let mut all = Vec::new();
+        loop {
+            let batch = self.sub.poll_batch(BATCH).await?;
+            if batch.is_empty() {
+                return Ok(all);
+            }
+            all.extend(self.handle_batch(&batch).await?);
+        }
+    }
+
+    /// Record that everything returned so far is handled.
+    pub async fn commit(&mut self) -> Result<(), H::Error> {
+        Ok(self.sub.commit().await?)
+    }
+
+    /// Consume until `shutdown` completes, committing after each batch. A
+    /// batch in hand is finished before shutdown is honoured, so its
+    /// checkpoint can be committed. Returns when the log is closed, or with
+    /// the handler's error when it fails for good outside an event (an
+    /// event that can never be handled is dead-lettered instead).
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), H::Error>
+    where
+        H: Sync,
+        H::Handled: Send,
+    {
+        tokio::pin!(shutdown);
+        let name = self.dead_letters.consumer().to_owned();
+        tracing::info!(consumer = %name, "consumer started");
+        loop {
+            let batch = tokio::select! {
+                () = &mut shutdown => break,
+                batch = self.sub.next_batch(BATCH) => batch,
+            };
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(mskflow_eventlog::Error::Closed) => break,
+                Err(e) => {
+                    tracing::warn!(consumer = %name, error = %e, "consumer cannot read the log; retrying");
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            };
+            match self.handle_batch(&batch).await {
+                Ok(_) => {}
+                Err(e) if H::classify(&e) == Failure::Stop => break,
+                Err(e) => return Err(e),
+            }
+            match self.sub.commit().await {
+                Ok(()) => {}
+                Err(mskflow_eventlog::Error::Closed) => break,
+                Err(e) => {
+                    tracing::warn!(consumer = %name, error = %e, "consumer could not commit; events will be redelivered");
+                }
+            }
+        }
+        tracing::info!(consumer = %name, "consumer stopped");
+        Ok(())
+    }
 }
 
 /// Handle one event the way every durable consumer does, in its `consume`

@@ -12,12 +12,9 @@
 //! `deadletter-assessment` (see `mskflow-consumer`), and operators' retry
 //! requests on that stream are carried out here.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use mskflow_consumer::DeadLetterQueue;
-use mskflow_eventlog::{Envelope, ExpectedVersion, StartFrom, Subscription, decode};
+use mskflow_eventlog::{Envelope, ExpectedVersion, decode};
 use mskflow_events::intake::IntakeEvent;
 use tracing::Span;
 use uuid::Uuid;
@@ -28,10 +25,6 @@ use crate::service::{Assessment, stream_id};
 
 /// The consumer's name (its checkpoint in the log).
 pub const CONSUMER: &str = "assessment";
-/// Events per batch.
-const BATCH: usize = 256;
-/// Pause before retrying a store failure.
-const RETRY: Duration = Duration::from_millis(250);
 
 /// What handling one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,29 +37,22 @@ pub enum Handled {
     Ignored,
 }
 
-/// The consumer, subscribed from its checkpoint.
-#[derive(Debug)]
-pub struct Consumer {
-    assessment: Arc<Assessment>,
-    sub: Box<dyn Subscription>,
-    dead_letters: DeadLetterQueue,
+/// The durable `assessment` consumer.
+pub type Consumer = mskflow_consumer::Durable<Requester>;
+
+/// Subscribe as [`CONSUMER`] from the stored checkpoint.
+pub async fn open(assessment: Arc<Assessment>) -> Result<Consumer, Error> {
+    let log = assessment.log().clone();
+    Ok(Consumer::open(log, CONSUMER, Requester { assessment }).await?)
 }
 
-impl Consumer {
-    /// Subscribe as [`CONSUMER`] from the stored checkpoint.
-    pub async fn open(assessment: Arc<Assessment>) -> Result<Self, Error> {
-        let sub = assessment
-            .log()
-            .subscribe(CONSUMER, StartFrom::Checkpoint)
-            .await?;
-        let dead_letters = DeadLetterQueue::new(assessment.log().clone(), CONSUMER);
-        Ok(Self {
-            assessment,
-            sub,
-            dead_letters,
-        })
-    }
+/// What the consumer does with a triage: request the FCP assessment.
+#[derive(Debug)]
+pub struct Requester {
+    assessment: Arc<Assessment>,
+}
 
+impl Requester {
     /// Handle one event. Appended events carry the current span's trace
     /// context (the envelope's if the span is not traced).
     pub async fn handle(&self, envelope: &Envelope) -> Result<Handled, Error> {
@@ -132,91 +118,9 @@ impl Consumer {
             Err(e) => Err(e.into()),
         }
     }
-
-    /// Handle one event in its `consume` span: carry out a retry request
-    /// for this consumer, or handle the event (store failures retried until
-    /// they pass) and dead-letter it if it can never be handled, so it
-    /// cannot stop every referral behind it.
-    async fn consume(&self, envelope: &Envelope) -> Result<Handled, Error> {
-        mskflow_consumer::consume(self, &self.dead_letters, envelope).await
-    }
-
-    /// Handle a batch, then wait until the read model has seen what it
-    /// appended. Does not commit.
-    async fn handle_batch(&self, batch: &[Envelope]) -> Result<Vec<Handled>, Error> {
-        let mut handled = Vec::with_capacity(batch.len());
-        let mut position = 0;
-        for envelope in batch {
-            let h = self.consume(envelope).await?;
-            if let Handled::Requested { position: p, .. } = h {
-                position = position.max(p);
-            }
-            handled.push(h);
-        }
-        if position > 0 {
-            self.assessment.wait_for(position).await?;
-        }
-        Ok(handled)
-    }
-
-    /// Handle every event available now, without committing.
-    pub async fn process_available(&mut self) -> Result<Vec<Handled>, Error> {
-        let mut all = Vec::new();
-        loop {
-            let batch = self.sub.poll_batch(BATCH).await?;
-            if batch.is_empty() {
-                return Ok(all);
-            }
-            all.extend(self.handle_batch(&batch).await?);
-        }
-    }
-
-    /// Record that everything returned so far is handled.
-    pub async fn commit(&mut self) -> Result<(), Error> {
-        Ok(self.sub.commit().await?)
-    }
-
-    /// Consume until `shutdown` completes; commit after each batch.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
-        tokio::pin!(shutdown);
-        tracing::info!(consumer = CONSUMER, "assessment consumer started");
-        loop {
-            let batch = tokio::select! {
-                () = &mut shutdown => break,
-                batch = self.sub.next_batch(BATCH) => batch,
-            };
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(mskflow_eventlog::Error::Closed) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "consumer cannot read the log; retrying");
-                    tokio::time::sleep(RETRY).await;
-                    continue;
-                }
-            };
-            // A batch in hand is finished before shutdown is honoured, so
-            // its checkpoint can be committed.
-            match self.handle_batch(&batch).await {
-                Ok(_) => {}
-                Err(Error::Store(mskflow_eventlog::Error::Closed)) => break,
-                Err(e) => return Err(e),
-            }
-            match self.sub.commit().await {
-                Ok(()) => {}
-                Err(mskflow_eventlog::Error::Closed) => break,
-                // Not committed: the batch is delivered again and handled
-                // idempotently (a broker outage must not stop the consumer).
-                Err(e) => {
-                    tracing::warn!(error = %e, "assessment consumer could not commit; events will be redelivered")
-                }
-            }
-        }
-        tracing::info!(consumer = CONSUMER, "assessment consumer stopped");
-        Ok(())
-    }
 }
 
-impl mskflow_consumer::EventHandler for Consumer {
+impl mskflow_consumer::EventHandler for Requester {
     type Handled = Handled;
     type Error = Error;
 
@@ -237,5 +141,20 @@ impl mskflow_consumer::EventHandler for Consumer {
 
     fn ignored() -> Handled {
         Handled::Ignored
+    }
+
+    /// Wait until the worklist has seen every episode the batch requested.
+    async fn after_batch(&self, handled: &[Handled]) -> Result<(), Error> {
+        let position = handled
+            .iter()
+            .filter_map(|h| match h {
+                Handled::Requested { position, .. } => Some(*position),
+                _ => None,
+            })
+            .max();
+        if let Some(position) = position {
+            self.assessment.wait_for(position).await?;
+        }
+        Ok(())
     }
 }

@@ -139,7 +139,7 @@ impl Service {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, Error> {
         let assessment = Arc::new(Assessment::open(log, options.policy, clock).await?);
-        let consumer = Consumer::open(Arc::clone(&assessment)).await?;
+        let consumer = consumer::open(Arc::clone(&assessment)).await?;
         let listener = TcpListener::bind(options.grpc_addr)
             .await
             .map_err(|source| Error::Bind {

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{BoxError, TestResult, as_log, at, open_assessment, open_store, triage};
-use mskflow_assessment::{Consumer, Options, Policy, Service};
+use mskflow_assessment::{Options, Policy, Service};
 use mskflow_eventlog_sqlite::SqliteEventLog;
 use mskflow_events::types::{FcpPriority, Pathway};
 use mskflow_proto::assessment::v1 as pb;
@@ -172,7 +172,7 @@ async fn book_then_get_and_the_checkpoint_survives_shutdown() -> TestResult {
     app.stop().await?;
     // The consumer committed: a restart delivers nothing again.
     let assessment = open_assessment(as_log(&app.store), Policy::default()).await?;
-    let mut consumer = Consumer::open(assessment).await?;
+    let mut consumer = mskflow_assessment::consumer::open(assessment).await?;
     let redelivered = consumer.process_available().await?;
     assert!(redelivered.is_empty(), "{redelivered:?}");
     app.store.close().await;

@@ -10,7 +10,7 @@ use common::{
 };
 use mskflow_assessment::consumer::Handled;
 use mskflow_assessment::service::{slot_stream_id, stream_id};
-use mskflow_assessment::{AssessmentRecord, Consumer, DomainError, Policy, Rejection, Status};
+use mskflow_assessment::{AssessmentRecord, DomainError, Policy, Rejection, Status};
 use mskflow_eventlog::{ExpectedVersion, Metadata, new_event};
 use mskflow_events::assessment::{
     DecisionAid, DischargeReason, DistressScreen, FcpSlotBooked, OnwardDestination, Outcome, Party,
@@ -30,7 +30,7 @@ async fn triage_becomes_one_worklist_entry_even_when_delivered_twice() -> TestRe
     let assessment = open_assessment(Arc::clone(&log), Policy::default()).await?;
 
     // First delivery, then a "crash": no commit.
-    let mut first = Consumer::open(Arc::clone(&assessment)).await?;
+    let mut first = mskflow_assessment::consumer::open(Arc::clone(&assessment)).await?;
     let handled = first.process_available().await?;
     let requested: Vec<Uuid> = handled
         .iter()
@@ -43,7 +43,7 @@ async fn triage_becomes_one_worklist_entry_even_when_delivered_twice() -> TestRe
     drop(first);
 
     // Redelivered from the old checkpoint: nothing new is appended.
-    let mut second = Consumer::open(Arc::clone(&assessment)).await?;
+    let mut second = mskflow_assessment::consumer::open(Arc::clone(&assessment)).await?;
     let handled = second.process_available().await?;
     let again: Vec<Uuid> = handled
         .iter()
@@ -58,7 +58,7 @@ async fn triage_becomes_one_worklist_entry_even_when_delivered_twice() -> TestRe
     drop(second);
 
     // After the commit nothing is delivered again.
-    let mut third = Consumer::open(Arc::clone(&assessment)).await?;
+    let mut third = mskflow_assessment::consumer::open(Arc::clone(&assessment)).await?;
     assert!(third.process_available().await?.is_empty());
 
     for id in [a, b] {

@@ -15,12 +15,9 @@
 //! `deadletter-outcomes` (see `mskflow-consumer`), and operators' retry
 //! requests on that stream are carried out here.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use mskflow_consumer::DeadLetterQueue;
-use mskflow_eventlog::{Envelope, StartFrom, Subscription};
+use mskflow_eventlog::Envelope;
 use tracing::Span;
 
 use crate::Error;
@@ -28,106 +25,23 @@ use crate::service::{Handled, Outcomes};
 
 /// The consumer's name (its checkpoint in the log).
 pub const CONSUMER: &str = "outcomes";
-/// Events per batch.
-const BATCH: usize = 256;
-/// Pause before retrying a store failure.
-const RETRY: Duration = Duration::from_millis(250);
 
-/// The consumer, subscribed from its checkpoint.
+/// The durable `outcomes` consumer.
+pub type Consumer = mskflow_consumer::Durable<Scheduler>;
+
+/// Subscribe as [`CONSUMER`] from the stored checkpoint.
+pub async fn open(outcomes: Arc<Outcomes>) -> Result<Consumer, Error> {
+    let log = outcomes.log().clone();
+    Ok(Consumer::open(log, CONSUMER, Scheduler { outcomes }).await?)
+}
+
+/// What the consumer does with an event: schedule questionnaires.
 #[derive(Debug)]
-pub struct Consumer {
+pub struct Scheduler {
     outcomes: Arc<Outcomes>,
-    sub: Box<dyn Subscription>,
-    dead_letters: DeadLetterQueue,
 }
 
-impl Consumer {
-    /// Subscribe as [`CONSUMER`] from the stored checkpoint.
-    pub async fn open(outcomes: Arc<Outcomes>) -> Result<Self, Error> {
-        let sub = outcomes
-            .log()
-            .subscribe(CONSUMER, StartFrom::Checkpoint)
-            .await?;
-        let dead_letters = DeadLetterQueue::new(outcomes.log().clone(), CONSUMER);
-        Ok(Self {
-            outcomes,
-            sub,
-            dead_letters,
-        })
-    }
-
-    /// Handle one event in its `consume` span: carry out a retry request
-    /// for this consumer, or handle the event (store failures retried until
-    /// they pass) and dead-letter it if it can never be handled, so it
-    /// cannot stop every referral behind it.
-    async fn consume(&self, envelope: &Envelope) -> Result<Handled, Error> {
-        mskflow_consumer::consume(self, &self.dead_letters, envelope).await
-    }
-
-    /// Handle a batch (durably); does not commit.
-    async fn handle_batch(&self, batch: &[Envelope]) -> Result<Vec<Handled>, Error> {
-        let mut handled = Vec::with_capacity(batch.len());
-        for envelope in batch {
-            handled.push(self.consume(envelope).await?);
-        }
-        Ok(handled)
-    }
-
-    /// Handle every event available now, without committing.
-    pub async fn process_available(&mut self) -> Result<Vec<Handled>, Error> {
-        let mut all = Vec::new();
-        loop {
-            let batch = self.sub.poll_batch(BATCH).await?;
-            if batch.is_empty() {
-                return Ok(all);
-            }
-            all.extend(self.handle_batch(&batch).await?);
-        }
-    }
-
-    /// Record that everything returned so far is handled.
-    pub async fn commit(&mut self) -> Result<(), Error> {
-        Ok(self.sub.commit().await?)
-    }
-
-    /// Consume until `shutdown` completes; commit after each batch.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
-        tokio::pin!(shutdown);
-        tracing::info!(consumer = CONSUMER, "outcomes consumer started");
-        loop {
-            let batch = tokio::select! {
-                () = &mut shutdown => break,
-                batch = self.sub.next_batch(BATCH) => batch,
-            };
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(mskflow_eventlog::Error::Closed) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "consumer cannot read the log; retrying");
-                    tokio::time::sleep(RETRY).await;
-                    continue;
-                }
-            };
-            match self.handle_batch(&batch).await {
-                Ok(_) => {}
-                Err(Error::Store(mskflow_eventlog::Error::Closed)) => break,
-                Err(e) => return Err(e),
-            }
-            if let Err(e) = self.sub.commit().await {
-                if matches!(e, mskflow_eventlog::Error::Closed) {
-                    break;
-                }
-                // Not committed: the batch is delivered again and handled
-                // idempotently.
-                tracing::warn!(error = %e, "consumer commit failed");
-            }
-        }
-        tracing::info!(consumer = CONSUMER, "outcomes consumer stopped");
-        Ok(())
-    }
-}
-
-impl mskflow_consumer::EventHandler for Consumer {
+impl mskflow_consumer::EventHandler for Scheduler {
     type Handled = Handled;
     type Error = Error;
 

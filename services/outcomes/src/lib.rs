@@ -242,7 +242,7 @@ impl Service {
             let _ = rx.wait_for(|s| *s).await;
         };
 
-        let consumer = consumer::Consumer::open(self.outcomes()).await?;
+        let consumer = consumer::open(self.outcomes()).await?;
         let consumer_task = tokio::spawn(consumer.run(stopped(stop_rx.clone())));
 
         let outcomes = self.outcomes();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::{TestClock, TestResult, append_pathway_event, as_log, at, open_store};
 use mskflow_eventlog::StartFrom;
 use mskflow_events::outcomes::{Measure, OutcomeEvent, Timepoint};
-use mskflow_outcomes::consumer::Consumer;
+use mskflow_outcomes::consumer;
 use mskflow_outcomes::scoring::answers_in_order;
 use mskflow_outcomes::{LicensedTexts, Outcomes, Policy, Submission, ValueSet};
 use uuid::Uuid;
@@ -58,7 +58,7 @@ async fn emitted_events_match_their_schemas() -> TestResult {
         at(2026, 3, 5),
     )
     .await?;
-    Consumer::open(outcomes.clone())
+    consumer::open(outcomes.clone())
         .await?
         .process_available()
         .await?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use common::{TestClock, TestResult, append_pathway_event, as_log, at, open_store};
 use mskflow_eventlog::{EventLog, decode};
 use mskflow_events::outcomes::{Measure, OutcomeEvent, Timepoint};
-use mskflow_outcomes::consumer::Consumer;
+use mskflow_outcomes::consumer;
 use mskflow_outcomes::domain::DomainError;
 use mskflow_outcomes::scoring::{Problem, answers_in_order};
 use mskflow_outcomes::service::{Handled, stream_id};
@@ -91,7 +91,7 @@ async fn consumer_schedules_exactly_once_even_when_events_are_delivered_twice() 
 
     // First delivery, not committed (as if the process stopped before the
     // commit).
-    let mut consumer = Consumer::open(outcomes.clone()).await?;
+    let mut consumer = consumer::open(outcomes.clone()).await?;
     let first = consumer.process_available().await?;
     assert_eq!(
         first[..4],
@@ -112,7 +112,7 @@ async fn consumer_schedules_exactly_once_even_when_events_are_delivered_twice() 
     assert_eq!(outcome_events(&*log, rid).await?.len(), 6);
 
     // Second delivery of the same events: nothing new.
-    let mut consumer = Consumer::open(outcomes.clone()).await?;
+    let mut consumer = consumer::open(outcomes.clone()).await?;
     let second = consumer.process_available().await?;
     assert!(second.len() >= 4, "{second:?}");
     assert!(
@@ -139,7 +139,7 @@ async fn consumer_schedules_exactly_once_even_when_events_are_delivered_twice() 
     assert!(due.contains(&(Measure::MskHq, Timepoint::FollowUp, at(2026, 8, 10))));
 
     // After the commit nothing is delivered again.
-    let mut consumer = Consumer::open(outcomes.clone()).await?;
+    let mut consumer = consumer::open(outcomes.clone()).await?;
     assert!(consumer.process_available().await?.is_empty());
 
     // A rehab discharge later moves the unsent discharge and follow-up dates.
@@ -197,7 +197,7 @@ async fn consumer_skips_an_event_without_a_referral_id() -> TestResult {
         at(2026, 1, 5),
     )
     .await?;
-    let mut consumer = Consumer::open(outcomes).await?;
+    let mut consumer = consumer::open(outcomes).await?;
     let handled = consumer.process_available().await?;
     assert_eq!(handled[0], Handled::Ignored);
     assert_eq!(
@@ -227,7 +227,7 @@ async fn submitting_answers_records_completion_and_change() -> TestResult {
         at(2026, 1, 5),
     )
     .await?;
-    Consumer::open(outcomes.clone())
+    consumer::open(outcomes.clone())
         .await?
         .process_available()
         .await?;
@@ -354,7 +354,7 @@ async fn overdue_sweep_uses_the_injected_clock_and_survives_a_restart() -> TestR
         at(2026, 1, 5),
     )
     .await?;
-    Consumer::open(outcomes.clone())
+    consumer::open(outcomes.clone())
         .await?
         .process_available()
         .await?;

@@ -11,12 +11,9 @@
 //! `deadletter-scheduling` (see `mskflow-consumer`), and operators' retry
 //! requests on that stream are carried out here.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use mskflow_consumer::DeadLetterQueue;
-use mskflow_eventlog::{Envelope, StartFrom, Subscription, decode};
+use mskflow_eventlog::{Envelope, decode};
 use mskflow_events::assessment::{AssessmentEvent, GroupProgramme, Outcome};
 use mskflow_events::scheduling::{PatientChoices, PatientWaitlisted, Programme};
 use uuid::Uuid;
@@ -27,8 +24,6 @@ use crate::service::{Rejection, Scheduling};
 
 /// The consumer's name (its checkpoint in the log).
 pub const CONSUMER: &str = "scheduling";
-const BATCH: usize = 256;
-const RETRY: Duration = Duration::from_millis(250);
 
 /// What handling one event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,29 +52,23 @@ pub fn programme_for(outcome: &Outcome, one_to_one_sessions: u32) -> Option<(Pro
     }
 }
 
-/// The consumer, subscribed from its checkpoint.
-#[derive(Debug)]
-pub struct Consumer {
-    scheduling: Arc<Scheduling>,
-    sub: Box<dyn Subscription>,
-    dead_letters: DeadLetterQueue,
+/// The durable `scheduling` consumer.
+pub type Consumer = mskflow_consumer::Durable<Waitlister>;
+
+/// Subscribe as [`CONSUMER`] from the stored checkpoint.
+pub async fn open(scheduling: Arc<Scheduling>) -> Result<Consumer, Error> {
+    let log = scheduling.log().clone();
+    Ok(Consumer::open(log, CONSUMER, Waitlister { scheduling }).await?)
 }
 
-impl Consumer {
-    /// Subscribe as [`CONSUMER`] from the stored checkpoint.
-    pub async fn open(scheduling: Arc<Scheduling>) -> Result<Self, Error> {
-        let sub = scheduling
-            .log()
-            .subscribe(CONSUMER, StartFrom::Checkpoint)
-            .await?;
-        let dead_letters = DeadLetterQueue::new(scheduling.log().clone(), CONSUMER);
-        Ok(Self {
-            scheduling,
-            sub,
-            dead_letters,
-        })
-    }
+/// What the consumer does with an assessment outcome: put the patient on
+/// the rehab waiting list.
+#[derive(Debug)]
+pub struct Waitlister {
+    scheduling: Arc<Scheduling>,
+}
 
+impl Waitlister {
     /// The priority and pathway the assessment episode was opened with.
     async fn episode_request(
         &self,
@@ -156,68 +145,9 @@ impl Consumer {
             }
         }
     }
-
-    /// Handle one event in its `consume` span: carry out a retry request
-    /// for this consumer, or handle the event (store failures retried until
-    /// they pass) and dead-letter it if it can never be handled, so it
-    /// cannot stop every patient behind it.
-    async fn consume(&self, envelope: &Envelope) -> Result<Handled, Error> {
-        mskflow_consumer::consume(self, &self.dead_letters, envelope).await
-    }
-
-    /// Handle every event available now, without committing.
-    pub async fn process_available(&mut self) -> Result<Vec<Handled>, Error> {
-        let mut all = Vec::new();
-        loop {
-            let batch = self.sub.poll_batch(BATCH).await?;
-            if batch.is_empty() {
-                return Ok(all);
-            }
-            for e in &batch {
-                all.push(self.consume(e).await?);
-            }
-        }
-    }
-
-    /// Record that everything returned so far is handled.
-    pub async fn commit(&mut self) -> Result<(), Error> {
-        Ok(self.sub.commit().await?)
-    }
-
-    /// Consume until `shutdown` completes; commit after each batch.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
-        tokio::pin!(shutdown);
-        loop {
-            let batch = tokio::select! {
-                () = &mut shutdown => break,
-                batch = self.sub.next_batch(BATCH) => batch,
-            };
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(mskflow_eventlog::Error::Closed) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "scheduling consumer cannot read the log; retrying");
-                    tokio::time::sleep(RETRY).await;
-                    continue;
-                }
-            };
-            for e in &batch {
-                match self.consume(e).await {
-                    Ok(_) => {}
-                    Err(Error::Store(mskflow_eventlog::Error::Closed)) => return Ok(()),
-                    Err(err) => return Err(err),
-                }
-            }
-            if let Err(e) = self.sub.commit().await {
-                tracing::warn!(error = %e, "scheduling consumer could not commit; events will be redelivered");
-            }
-        }
-        let _ = self.sub.commit().await;
-        Ok(())
-    }
 }
 
-impl mskflow_consumer::EventHandler for Consumer {
+impl mskflow_consumer::EventHandler for Waitlister {
     type Handled = Handled;
     type Error = Error;
 

@@ -156,7 +156,7 @@ impl Service {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
         let router = self.router()?;
-        let consumer = consumer::Consumer::open(self.scheduling()).await?;
+        let consumer = consumer::open(self.scheduling()).await?;
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let consuming = tokio::spawn(consumer.run(async move {
             let _ = stop_rx.wait_for(|s| *s).await;

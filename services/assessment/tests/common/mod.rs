@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use mskflow_assessment::{Assessment, Consumer, Policy, SystemClock};
+use mskflow_assessment::{Assessment, Policy, SystemClock};
 use mskflow_eventlog::{EventLog, ExpectedVersion, Metadata, new_event};
 use mskflow_eventlog_sqlite::SqliteEventLog;
 use mskflow_events::assessment::Slot;
@@ -132,7 +132,7 @@ pub async fn triage(
 
 /// Run the consumer over everything available and commit.
 pub async fn consume(assessment: &Arc<Assessment>) -> Result<(), BoxError> {
-    let mut consumer = Consumer::open(Arc::clone(assessment)).await?;
+    let mut consumer = mskflow_assessment::consumer::open(Arc::clone(assessment)).await?;
     consumer.process_available().await?;
     consumer.commit().await?;
     Ok(())
