@@ -4,7 +4,7 @@ CARGO   ?= cargo
 PROFILE ?= dev
 ARGS    ?=
 
-.PHONY: run test build lint fmt bench schemas clean-data broker deny fuzz
+.PHONY: run test build lint fmt bench schemas clean-data broker browser deny fuzz
 
 ## Build and start every service in one process on the embedded event store.
 run:
@@ -13,7 +13,7 @@ run:
 ## Run every test (formatting, lints and the dependency policy first).
 ## Installs the Kafka-protocol broker the Kafka tests start and cargo-deny
 ## (once, into ~/.cache/mskflow).
-test: lint deny broker
+test: lint deny broker browser
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 
@@ -28,6 +28,11 @@ fuzz:
 ## The Kafka-protocol broker used by the tests (nisshi, built from crates.io).
 broker:
 	scripts/kafka-broker.sh install
+
+## The headless browser the dashboard test drives (chromium-headless-shell
+## from Debian; MSKFLOW_BROWSER overrides).
+browser:
+	scripts/headless-browser.sh install
 
 ## Dependency policy (deny.toml): licences, bans, sources; advisories when
 ## the RustSec database is reachable.

@@ -696,6 +696,60 @@ async fn views_count_waits_outcomes_dnas_and_conversions() -> TestResult {
     let (_, outcomes) = get_view(&app, "/outcomes").await?;
     let (_, dna) = get_view(&app, "/dna").await?;
 
+    // The charts page, in a real headless browser: it draws the same
+    // numbers, and a bad token is shown as an error.
+    let page = client()
+        .get(format!("{}/analytics/dashboard", root(&app)))
+        .send()
+        .await?;
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(
+        page.headers()
+            .get("content-security-policy")
+            .is_some_and(|v| v.to_str().is_ok_and(|v| v.contains("default-src 'none'"))),
+        "{:?}",
+        page.headers()
+    );
+    let dom = rendered_dom(&format!(
+        "{}/analytics/dashboard#token={analyst}",
+        root(&app)
+    ))
+    .await?;
+    assert!(dom.contains(r#"data-state="loaded""#), "{dom}");
+    for drawn in [
+        r#"data-label="referral-to-first-contact" data-series="median_days" data-value="8""#,
+        r#"data-label="referral-to-first-contact" data-series="p92_days" data-value="12""#,
+        r#"data-label="escape-pain at discharge" data-series="mean_change" data-value="8.5""#,
+        r#"data-label="escape-pain at follow-up" data-series="mean_change" data-value="3.5""#,
+        r#"data-label="escape-pain at follow-up" data-series="reached_mic_share" data-value="0.5""#,
+        r#"data-label="none at follow-up" data-series="mean_change" data-value="3""#,
+    ] {
+        assert!(dom.contains(drawn), "{drawn} not drawn in {dom}");
+    }
+    assert!(dom.contains(r#"<table data-view="dna">"#), "{dom}");
+    assert!(
+        dom.contains(r#"<td data-col="dna_rate" class="n">0.25</td>"#),
+        "{dom}"
+    );
+    let dom = rendered_dom(&format!(
+        "{}/analytics/dashboard#token={analyst}&split=imd_decile",
+        root(&app)
+    ))
+    .await?;
+    for drawn in [
+        r#"data-label="referral-to-first-contact (imd decile 1)" data-series="p92_days" data-value="9""#,
+        r#"data-label="referral-to-first-contact (imd decile 5)" data-series="p92_days" data-value="12""#,
+    ] {
+        assert!(dom.contains(drawn), "{drawn} not drawn in {dom}");
+    }
+    let dom = rendered_dom(&format!(
+        "{}/analytics/dashboard#token={referrer}",
+        root(&app)
+    ))
+    .await?;
+    assert!(dom.contains(r#"data-state="error""#), "{dom}");
+    assert!(dom.contains("403"), "{dom}");
+
     // `mskflow export` writes the same views as CSV files.
     let out = tempfile::tempdir()?;
     let secret = out.path().join("secret");

@@ -461,3 +461,55 @@ pub async fn gateway_url(child: &mut tokio::process::Child) -> TestResult<String
         }
     }
 }
+
+/// The headless browser the dashboard tests drive: `MSKFLOW_BROWSER`, or the
+/// first of `chromium-headless-shell`, `chromium`, `google-chrome` on the
+/// PATH (`make browser` installs one).
+pub fn headless_browser() -> TestResult<PathBuf> {
+    if let Some(path) = std::env::var_os("MSKFLOW_BROWSER") {
+        return Ok(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in ["chromium-headless-shell", "chromium", "google-chrome"] {
+        if let Some(found) = std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+        {
+            return Ok(found);
+        }
+    }
+    Err(
+        "no headless browser: run `make browser` (installs chromium-headless-shell) \
+         or set MSKFLOW_BROWSER"
+            .into(),
+    )
+}
+
+/// Load `url` in the headless browser, let its scripts run, and return the
+/// document as the browser then holds it.
+pub async fn rendered_dom(url: &str) -> TestResult<String> {
+    let profile = tempfile::tempdir()?;
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(headless_browser()?)
+            .arg("--headless")
+            .arg("--no-sandbox")
+            .arg("--disable-gpu")
+            .arg("--no-first-run")
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("--virtual-time-budget=15000")
+            .arg("--dump-dom")
+            .arg(url)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    if !output.status.success() {
+        return Err(format!(
+            "the browser failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}

@@ -2,6 +2,9 @@
 //! conversion), kept current from the event log.
 //!
 //! - `GET /analytics`: the list of views and splits.
+//! - `GET /analytics/dashboard`: an HTML page with charts of the waits and
+//!   outcome change (and tables of every view), drawn in the browser from
+//!   the views below with the token the user enters.
 //! - `GET /analytics/{view}?split=imd_decile&format=csv`: one view as JSON
 //!   (`{"view", "split", "rows"}`) or, with `format=csv` or
 //!   `Accept: text/csv`, as CSV. An unknown view is 404, an unknown split or
@@ -189,7 +192,14 @@ impl AnalyticsStore {
 /// Mount `/analytics` and `/analytics/{view}`. Needs a
 /// `web::Data<AnalyticsStore>` in the app data.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // The page holds no data (its script reads the views with the token
+    // the user gives it), so it is served without one.
     cfg.service(
+        web::resource("/analytics/dashboard")
+            .route(web::get().to(dashboard))
+            .default_service(web::to(not_allowed)),
+    )
+    .service(
         web::scope("/analytics")
             // A bearer token allowed to read `Analytics`.
             .wrap(actix_web::middleware::from_fn(
@@ -206,6 +216,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .default_service(web::to(not_allowed)),
             ),
     );
+}
+
+/// The charts page: static HTML and script, no external resources.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(DASHBOARD)
 }
 
 async fn not_allowed() -> Result<HttpResponse, ApiError> {
