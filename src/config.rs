@@ -24,6 +24,25 @@ pub struct Config {
     pub assessment: Assessment,
     pub scheduling: Scheduling,
     pub outcomes: Outcomes,
+    pub analytics: Analytics,
+}
+
+/// `[analytics]`: the analysts' stream the gateway publishes live (a JSON
+/// Lines file on the embedded store).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Analytics {
+    /// File holding the pseudonymisation secret. When unset (and
+    /// `MSKFLOW_ANALYTICS_SECRET` is not set either), a random secret is
+    /// made once in `<data_dir>/analytics/secret` and kept, so pseudonyms
+    /// stay the same from run to run.
+    pub secret_file: Option<PathBuf>,
+    /// Postcode to IMD decile lookup (CSV `postcode,decile`); the
+    /// illustrative one shipped with mskflow when unset.
+    pub imd_lookup: Option<PathBuf>,
+    /// The live stream file; `<data_dir>/analytics/analyst-events.jsonl`
+    /// when unset.
+    pub stream_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -243,6 +262,7 @@ impl Default for Config {
                 eq5d_value_set: None,
                 licence_file: None,
             },
+            analytics: Analytics::default(),
         }
     }
 }
@@ -278,6 +298,19 @@ impl Config {
     /// The embedded event store file.
     pub fn event_store_path(&self) -> PathBuf {
         self.data_dir.join("events.db")
+    }
+
+    /// The live analysts' stream file.
+    pub fn analyst_stream_path(&self) -> PathBuf {
+        self.analytics
+            .stream_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("analytics").join("analyst-events.jsonl"))
+    }
+
+    /// Where the secret made for the embedded default is kept.
+    pub fn generated_secret_path(&self) -> PathBuf {
+        self.data_dir.join("analytics").join("secret")
     }
 }
 
@@ -378,6 +411,43 @@ mod tests {
             assert_eq!(c.gateway.outbound.max_attempts, 6);
             Ok(())
         });
+        Ok(())
+    }
+
+    #[test]
+    fn analytics_defaults_under_the_data_dir_and_loads_from_file()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let c = Config::default();
+        assert_eq!(c.analytics, Analytics::default());
+        assert_eq!(
+            c.analyst_stream_path(),
+            PathBuf::from(".mskflow/analytics/analyst-events.jsonl")
+        );
+        assert_eq!(
+            c.generated_secret_path(),
+            PathBuf::from(".mskflow/analytics/secret")
+        );
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("mskflow.toml");
+        std::fs::write(
+            &file,
+            "[analytics]\nsecret_file = \"/run/secrets/analytics\"\nimd_lookup = \"/etc/mskflow/imd.csv\"\nstream_file = \"/var/lib/mskflow/stream.jsonl\"\n",
+        )?;
+        let c = Config::load(Some(&file)).map_err(|e| e.to_string())?;
+        assert_eq!(
+            c.analytics.secret_file,
+            Some(PathBuf::from("/run/secrets/analytics"))
+        );
+        assert_eq!(
+            c.analytics.imd_lookup,
+            Some(PathBuf::from("/etc/mskflow/imd.csv"))
+        );
+        assert_eq!(
+            c.analyst_stream_path(),
+            PathBuf::from("/var/lib/mskflow/stream.jsonl")
+        );
+        std::fs::write(&file, "[analytics]\nsecret = \"inline\"\n")?;
+        assert!(Config::load(Some(&file)).is_err(), "unknown key refused");
         Ok(())
     }
 

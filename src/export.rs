@@ -24,7 +24,7 @@ use crate::ops::open_store;
 
 /// Environment variable holding the pseudonymisation secret (when no
 /// `--secret-file` is given).
-pub const SECRET_ENV: &str = "MSKFLOW_ANALYTICS_SECRET";
+pub use mskflow_analytics::SECRET_ENV;
 
 /// The JSON Lines output file.
 pub const JSONL_FILE: &str = "analyst-events.jsonl";
@@ -73,38 +73,26 @@ pub struct ExportOptions {
 /// The secret: the file's content (a trailing newline is not part of it), or
 /// the environment variable. Refuses to go on without one.
 fn secret(options: &ExportOptions) -> anyhow::Result<Vec<u8>> {
-    let raw = match &options.secret_file {
-        Some(path) => std::fs::read(path)
-            .with_context(|| format!("reading the secret file {}", path.display()))?,
-        None => std::env::var(SECRET_ENV)
-            .map(String::into_bytes)
-            .unwrap_or_default(),
-    };
-    let trimmed = raw.trim_ascii_end().to_vec();
-    anyhow::ensure!(
-        !trimmed.is_empty(),
-        "a pseudonymisation secret is required: pass --secret-file PATH or set {SECRET_ENV} \
-         (keep it secret and the same between exports, so pseudonyms stay stable)"
-    );
-    Ok(trimmed)
+    mskflow_analytics::publish::load_secret(options.secret_file.as_deref())?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "a pseudonymisation secret is required: pass --secret-file PATH or set {SECRET_ENV} \
+             (keep it secret and the same between exports, so pseudonyms stay stable)"
+        )
+    })
 }
 
 fn imd_lookup(path: Option<&Path>) -> anyhow::Result<ImdLookup> {
-    match path {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading the IMD lookup {}", p.display()))?;
-            ImdLookup::from_csv(&text).with_context(|| format!("IMD lookup {}", p.display()))
-        }
-        None => {
-            eprintln!(
-                "warning: no --imd-lookup given: using the ILLUSTRATIVE postcode to IMD decile \
-                 file shipped with mskflow (made-up deciles). Load the official English Indices \
-                 of Deprivation lookup for real analysis."
-            );
-            Ok(ImdLookup::example()?)
-        }
+    if path.is_none() {
+        eprintln!(
+            "warning: no --imd-lookup given: using the ILLUSTRATIVE postcode to IMD decile \
+             file shipped with mskflow (made-up deciles). Load the official English Indices \
+             of Deprivation lookup for real analysis."
+        );
     }
+    mskflow_analytics::publish::load_imd(path).with_context(|| match path {
+        Some(p) => format!("IMD lookup {}", p.display()),
+        None => "the illustrative IMD lookup".to_owned(),
+    })
 }
 
 /// Write the analysts' stream to `options.out`; returns the report to print.

@@ -111,6 +111,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let shutdown = stopped(rx.clone());
     tasks.spawn(async move { outcomes.run(shutdown).await.context("outcomes") });
 
+    let analyst_stream = analyst_stream(config)?;
     let gateway = mskflow_gateway::Service::build(
         mskflow_gateway::Options {
             http_addr: config.gateway.addr,
@@ -132,6 +133,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             max_view_lag: config.gateway.max_view_lag,
             auth: config.gateway.auth.options(),
             tls: config.gateway.tls.options(),
+            analytics_imd: Some(analyst_stream.context.imd.clone()),
+            analyst_stream: Some(analyst_stream),
         },
         log.clone(),
     )
@@ -153,6 +156,31 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         store,
         stop,
         tasks,
+    })
+}
+
+/// The analysts' stream of the all-in-one process: the JSON Lines file
+/// `[analytics] stream_file`, pseudonymised with the configured secret (the
+/// file `secret_file`, else `MSKFLOW_ANALYTICS_SECRET`), else a secret made
+/// once in the data directory and reused on later runs.
+pub fn analyst_stream(config: &Config) -> anyhow::Result<mskflow_gateway::AnalystStream> {
+    use mskflow_analytics::publish::{load_imd, load_or_create_secret, load_secret};
+    let secret = match load_secret(config.analytics.secret_file.as_deref())? {
+        Some(secret) => secret,
+        None if config.analytics.secret_file.is_some() => {
+            anyhow::bail!("the analytics secret file is empty")
+        }
+        None => load_or_create_secret(&config.generated_secret_path())?,
+    };
+    let pseudonymiser =
+        mskflow_analytics::Pseudonymiser::new(&secret).context("the analytics secret")?;
+    let imd =
+        load_imd(config.analytics.imd_lookup.as_deref()).context("the analytics IMD lookup")?;
+    let path = config.analyst_stream_path();
+    tracing::info!(path = %path.display(), "analysts' stream: JSON Lines file");
+    Ok(mskflow_gateway::AnalystStream {
+        sink: Arc::new(mskflow_analytics::JsonlSink::new(path)),
+        context: mskflow_analytics::Context { pseudonymiser, imd },
     })
 }
 

@@ -608,6 +608,29 @@ fn check_compose(
                 path,
             });
         }
+        // Compose secrets are files under /run/secrets (or their target).
+        let mut mount_paths = Vec::new();
+        for sec in svc["secrets"].as_sequence().into_iter().flatten() {
+            let (source, target) = match sec {
+                Value::Mapping(_) => (str_of(&sec["source"]), str_of(&sec["target"])),
+                other => (str_of(other), None),
+            };
+            let Some(source) = source else {
+                problems.push(format!("{FILE}: service {name}: secret {sec:?} unreadable"));
+                continue;
+            };
+            if doc["secrets"][source.as_str()].is_null() {
+                problems.push(format!(
+                    "{FILE}: service {name}: secret {source} is not defined under top-level `secrets`"
+                ));
+            }
+            let target = target.unwrap_or_else(|| source.clone());
+            mount_paths.push(if target.starts_with('/') {
+                target
+            } else {
+                format!("/run/secrets/{target}")
+            });
+        }
         let container = Container {
             place: format!("{FILE}: service {name}"),
             image: svc_image,
@@ -616,7 +639,7 @@ fn check_compose(
             ports,
             probes,
             needs_liveness: false,
-            mount_paths: Vec::new(),
+            mount_paths,
         };
         reachable.insert(name.clone(), container.ports.keys().copied().collect());
         containers.push((name.clone(), container));

@@ -24,7 +24,10 @@
 //! about the system, not the pathway, and carry endpoints and operators'
 //! free text.
 //!
-//! This crate does no I/O: the caller reads the log and any lookup file.
+//! The translation does no I/O. [`publish`] publishes the stream live: it
+//! follows the event log and hands each batch to a [`Sink`] (the Kafka
+//! topic, or a JSON Lines file on the embedded default); it also loads the
+//! secret and the IMD lookup for the binaries.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -53,7 +56,11 @@ pub const EXAMPLE_IMD_CSV: &str = include_str!("../data/imd-deciles-example.csv"
 /// Shortest pseudonymisation secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
 
+pub mod parquet_file;
+pub mod publish;
 pub mod views;
+
+pub use publish::{JsonlSink, SECRET_ENV, Sink, SinkError};
 
 /// Errors of the analytics stream and views. Most stop the `mskflow export`
 /// command, which exits non-zero with the message; none crosses gRPC.
@@ -71,6 +78,32 @@ pub enum Error {
     /// OperationOutcome `code-invalid` at the gateway's `/analytics` views.
     #[error("unknown split {0:?}: expected one of none, imd_decile, ethnicity, sex, age_band")]
     UnknownSplit(String),
+    /// A secret or lookup file could not be read or written. Not served
+    /// over HTTP/gRPC; the process refuses to start.
+    #[error("{what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Parquet file could not be created, written or completed (the
+    /// directory is missing, the disk is full, ...). Not served over
+    /// HTTP/gRPC; the export stops with the message.
+    #[error("Parquet file {path}: {source}")]
+    ParquetIo {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Parquet encoder refused a schema or a batch of values. Not
+    /// served over HTTP/gRPC; the export stops with the message.
+    #[error("Parquet file {path}: {source}")]
+    Parquet {
+        path: std::path::PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
 }
 
 type HmacSha256 = Hmac<Sha256>;

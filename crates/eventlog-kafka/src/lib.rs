@@ -1,7 +1,9 @@
 //! The Kafka adapter of the event-log port.
 //!
 //! * **Topics**: one per service (`mskflow.intake.v1`, …), one dead-letter
-//!   topic per durable consumer, one for operator records (`topics.rs`).
+//!   topic per durable consumer, one for operator records (`topics.rs`);
+//!   besides the log, the analysts' topic (`mskflow.analytics.v1`), written
+//!   through a [`TopicPublisher`] (`publish.rs`).
 //!   Every record is keyed by the referral id, so one referral's streams in a
 //!   topic share a partition and keep their order.
 //! * **Append**: one record per `append` (atomic for every reader), sent by
@@ -26,6 +28,7 @@
 //! See `docs/adr/0004-kafka-event-log.md` for the reasoning.
 
 mod index;
+pub mod publish;
 mod record;
 pub mod topics;
 
@@ -59,6 +62,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::index::{Incoming, Index, Outcome};
+pub use crate::publish::TopicPublisher;
 use crate::record::{AppendRecord, FORMAT, WireEvent, headers, partition_key};
 pub use crate::topics::{TopicSettings, TopicSpec};
 

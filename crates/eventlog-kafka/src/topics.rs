@@ -89,6 +89,12 @@ impl TopicSettings {
         format!("{}.operations.v1", self.prefix)
     }
 
+    /// The analysts' stream: every pathway event, pseudonymised (published
+    /// by the gateway; not part of the event log).
+    pub fn analytics_topic(&self) -> String {
+        format!("{}.analytics.v1", self.prefix)
+    }
+
     /// The consumer group of a durable consumer.
     pub fn group(&self, consumer: &str) -> String {
         format!("{}.{consumer}", self.prefix)
@@ -149,12 +155,27 @@ impl TopicSettings {
             config: event_topic_config(self.replication),
             purpose: "operator records and streams of no service".to_owned(),
         });
+        specs.push(TopicSpec {
+            name: self.analytics_topic(),
+            partitions: self.partitions,
+            replication: self.replication,
+            config: event_topic_config(self.replication),
+            purpose: "pseudonymised pathway events for analysts".to_owned(),
+        });
         specs
     }
 
-    /// Names of every topic.
+    /// Names of the event log's topics: what the index follows and durable
+    /// consumers subscribe to. The analysts' topic is created and checked
+    /// with the set ([`TopicSettings::specs`]) but holds no log records, so
+    /// it is not one of them.
     pub fn names(&self) -> Vec<String> {
-        self.specs().into_iter().map(|s| s.name).collect()
+        let analytics = self.analytics_topic();
+        self.specs()
+            .into_iter()
+            .map(|s| s.name)
+            .filter(|n| *n != analytics)
+            .collect()
     }
 }
 
@@ -210,5 +231,16 @@ mod tests {
         }
         assert!(names.contains(&t.topic_for_stream("deadletter-unknown")));
         assert_eq!(names.len(), SERVICES.len() + CONSUMERS.len() + 1);
+        // The analysts' topic is created with the set but is not read as
+        // part of the log.
+        let analytics = t
+            .specs()
+            .into_iter()
+            .find(|s| s.name == "mskflow.analytics.v1");
+        assert!(analytics.is_some_and(|s| s.partitions == t.partitions
+            && s.config.contains(&("retention.ms", "-1".to_owned()))
+            && s.purpose == "pseudonymised pathway events for analysts"));
+        assert!(!names.contains(&t.analytics_topic()));
+        assert_eq!(t.specs().len(), names.len() + 1);
     }
 }

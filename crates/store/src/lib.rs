@@ -1,12 +1,15 @@
 //! The event-log settings every service binary shares, and opening the log
-//! they name: the embedded SQLite file (default) or Kafka.
+//! they name: the embedded SQLite file (default) or Kafka. Also where the
+//! analysts' stream goes ([`analyst_sink`]): the Kafka topic next to the
+//! log, or a JSON Lines file on the embedded default.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mskflow_analytics::{ANALYST_SCHEMA_VERSION, AnalystEvent, JsonlSink, Sink, SinkError};
 use mskflow_eventlog::{EventLog, Instrumented};
-use mskflow_eventlog_kafka::{KafkaEventLog, TopicSettings};
+use mskflow_eventlog_kafka::{KafkaEventLog, TopicPublisher, TopicSettings};
 use mskflow_eventlog_sqlite::SqliteEventLog;
 
 /// Where a service keeps its events (`clap` arguments and environment).
@@ -56,6 +59,13 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: mskflow_eventlog_sqlite::Error,
+    },
+    /// The analysts' topic publisher could not be made.
+    #[error("publishing the analysts' stream to {brokers}: {source}")]
+    AnalystTopic {
+        brokers: String,
+        #[source]
+        source: mskflow_eventlog::Error,
     },
     #[error("opening the Kafka event log at {brokers}: {source}")]
     Kafka {
@@ -143,4 +153,155 @@ pub async fn open(args: &StoreArgs, service: &str) -> Result<Store, Error> {
         embedded: Some(store),
         backend: "embedded",
     })
+}
+
+/// The analysts' stream on Kafka: one record per event on
+/// `{prefix}.analytics.v1`, keyed by the referral (or, for capacity events
+/// of no referral, the event id), with headers `event_type`,
+/// `schema_version` (of [`AnalystEvent`]) and `content-type`.
+#[derive(Debug)]
+pub struct KafkaAnalystSink {
+    publisher: TopicPublisher,
+}
+
+impl KafkaAnalystSink {
+    pub fn new(options: &mskflow_eventlog_kafka::Options) -> Result<Self, Error> {
+        let publisher =
+            TopicPublisher::new(options, options.topics.analytics_topic()).map_err(|source| {
+                Error::AnalystTopic {
+                    brokers: options.brokers.clone(),
+                    source,
+                }
+            })?;
+        Ok(Self { publisher })
+    }
+
+    /// The topic published to.
+    pub fn topic(&self) -> &str {
+        self.publisher.topic()
+    }
+}
+
+/// The Kafka record of an analyst event: key, headers, body.
+pub fn analyst_record(
+    event: &AnalystEvent,
+) -> Result<mskflow_eventlog_kafka::publish::Record, serde_json::Error> {
+    let key = event
+        .referral_key
+        .unwrap_or(event.event_id)
+        .hyphenated()
+        .to_string();
+    let headers = vec![
+        ("event_type".to_owned(), event.event_type.clone()),
+        (
+            "schema_version".to_owned(),
+            ANALYST_SCHEMA_VERSION.to_string(),
+        ),
+        ("content-type".to_owned(), "application/json".to_owned()),
+    ];
+    Ok((key, headers, serde_json::to_vec(event)?))
+}
+
+#[async_trait::async_trait]
+impl Sink for KafkaAnalystSink {
+    async fn publish(&self, events: &[AnalystEvent]) -> Result<(), SinkError> {
+        let records = events
+            .iter()
+            .map(analyst_record)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SinkError::Encode(mskflow_eventlog::json_error_reason(&e)))?;
+        self.publisher
+            .publish(records)
+            .await
+            .map_err(|e| SinkError::Unavailable {
+                topic: self.publisher.topic().to_owned(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+/// Where the analysts' stream goes: the Kafka topic `{prefix}.analytics.v1`
+/// when `--kafka-brokers` is set, else the JSON Lines file `embedded_path`.
+pub fn analyst_sink(
+    args: &StoreArgs,
+    client_id: &str,
+    embedded_path: &std::path::Path,
+) -> Result<Arc<dyn Sink>, Error> {
+    if let Some(options) = args.kafka(client_id)? {
+        let sink = KafkaAnalystSink::new(&options)?;
+        tracing::info!(topic = sink.topic(), "analysts' stream: Kafka");
+        return Ok(Arc::new(sink));
+    }
+    tracing::info!(path = %embedded_path.display(), "analysts' stream: JSON Lines file");
+    Ok(Arc::new(JsonlSink::new(embedded_path)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test set-up")]
+mod tests {
+    use super::*;
+
+    fn args(brokers: Option<&str>) -> StoreArgs {
+        StoreArgs {
+            db: PathBuf::from("mskflow.db"),
+            kafka_brokers: brokers.map(str::to_owned),
+            kafka_topic_prefix: "test".to_owned(),
+            kafka_partitions: 3,
+            kafka_replication: 1,
+            kafka_session_timeout_ms: 6000,
+            kafka_append_timeout_ms: 500,
+            kafka_option: Vec::new(),
+        }
+    }
+
+    fn event(referral: Option<uuid::Uuid>) -> AnalystEvent {
+        AnalystEvent {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: "SlotPublished".to_owned(),
+            occurred_at: chrono::Utc::now(),
+            recorded_at: chrono::Utc::now(),
+            schema_version: 2,
+            referral_key: referral,
+            patient_pseudonym: None,
+            age_band: None,
+            sex: None,
+            ethnicity_code: None,
+            imd_decile: None,
+            practice_ods: None,
+            data: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn records_are_keyed_by_referral_or_else_event_id() {
+        let referral = uuid::Uuid::new_v4();
+        let e = event(Some(referral));
+        let (key, headers, body) = analyst_record(&e).unwrap();
+        assert_eq!(key, referral.to_string());
+        assert!(headers.contains(&("event_type".to_owned(), "SlotPublished".to_owned())));
+        assert!(headers.contains(&(
+            "schema_version".to_owned(),
+            ANALYST_SCHEMA_VERSION.to_string()
+        )));
+        assert!(headers.contains(&("content-type".to_owned(), "application/json".to_owned())));
+        let back: AnalystEvent = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back, e);
+        let capacity = event(None);
+        assert_eq!(
+            analyst_record(&capacity).unwrap().0,
+            capacity.event_id.to_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_sink_follows_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("analytics/analyst-events.jsonl");
+        let embedded = analyst_sink(&args(None), "test", &path).unwrap();
+        assert!(format!("{embedded:?}").contains("JsonlSink"));
+        embedded.publish(&[event(None)]).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        let kafka = analyst_sink(&args(Some("127.0.0.1:1")), "test", &path).unwrap();
+        assert!(format!("{kafka:?}").contains("test.analytics.v1"));
+    }
 }

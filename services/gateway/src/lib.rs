@@ -58,6 +58,20 @@ pub struct Options {
     pub auth: auth::Options,
     /// HTTPS (and mutual TLS) on the listener; plain HTTP when off.
     pub tls: tls::Options,
+    /// The analysts' stream published live (`mskflow.analytics.v1` or a
+    /// JSON Lines file); nothing is published when `None`.
+    pub analyst_stream: Option<AnalystStream>,
+    /// Postcode to IMD decile lookup of the `/analytics` views; the
+    /// analyst stream's lookup when that is set, else the illustrative one
+    /// shipped with `mskflow-analytics`.
+    pub analytics_imd: Option<mskflow_analytics::ImdLookup>,
+}
+
+/// Where the analysts' stream goes and how it is pseudonymised.
+#[derive(Debug, Clone)]
+pub struct AnalystStream {
+    pub sink: Arc<dyn mskflow_analytics::Sink>,
+    pub context: mskflow_analytics::Context,
 }
 
 impl Default for Options {
@@ -74,6 +88,8 @@ impl Default for Options {
             max_view_lag: 10_000,
             auth: auth::Options::default(),
             tls: tls::Options::default(),
+            analyst_stream: None,
+            analytics_imd: None,
         }
     }
 }
@@ -238,7 +254,16 @@ impl Service {
         let authenticator = web::Data::from(self.authenticator.clone());
         let (recorder, auditing) = audit::Recorder::start(self.log.clone());
         let recorder = web::Data::new(recorder);
-        let analytics_store = Arc::new(analytics::AnalyticsStore::default());
+        let imd = self
+            .options
+            .analyst_stream
+            .as_ref()
+            .map(|s| s.context.imd.clone())
+            .or_else(|| self.options.analytics_imd.clone());
+        let analytics_store = Arc::new(analytics::AnalyticsStore::new(
+            imd,
+            mskflow_analytics::views::ViewOptions::default(),
+        ));
         let analytics_data = web::Data::from(analytics_store.clone());
         let server = HttpServer::new(move || {
             App::new()
@@ -304,6 +329,25 @@ impl Service {
                 let _ = analytics_stop_rx.wait_for(|s| *s).await;
             },
         ));
+        let publishing = match self.options.analyst_stream.clone() {
+            Some(stream) => {
+                let mut publish_stop_rx = deliver_stop_tx.subscribe();
+                Some(tokio::spawn(mskflow_analytics::publish::run(
+                    self.log.clone(),
+                    stream.sink,
+                    stream.context,
+                    async move {
+                        let _ = publish_stop_rx.wait_for(|s| *s).await;
+                    },
+                )))
+            }
+            None => {
+                tracing::info!(
+                    "analysts' stream not published: no pseudonymisation secret configured"
+                );
+                None
+            }
+        };
         let stopper = tokio::spawn(async move {
             shutdown.await;
             tracing::info!("gateway stopping: finishing in-flight requests");
@@ -318,6 +362,9 @@ impl Service {
         let _ = delivering.await;
         let _ = notifying.await;
         let _ = analysing.await;
+        if let Some(publishing) = publishing {
+            let _ = publishing.await;
+        }
         stopper.abort();
         result
     }

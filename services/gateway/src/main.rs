@@ -79,6 +79,20 @@ struct Args {
     /// PEM private key of the outbound client certificate.
     #[arg(long, env = "MSKFLOW_GATEWAY_OUTBOUND_CLIENT_KEY_FILE")]
     outbound_client_key_file: Option<std::path::PathBuf>,
+    /// File holding the pseudonymisation secret of the analysts' stream
+    /// (or the secret itself in `MSKFLOW_ANALYTICS_SECRET`). The stream is
+    /// published only when a secret is given.
+    #[arg(long, env = "MSKFLOW_ANALYTICS_SECRET_FILE")]
+    analytics_secret_file: Option<std::path::PathBuf>,
+    /// Postcode to IMD decile lookup (CSV `postcode,decile`) for the
+    /// analysts' stream and `/analytics`; the illustrative one when unset.
+    #[arg(long, env = "MSKFLOW_ANALYTICS_IMD_LOOKUP")]
+    analytics_imd_lookup: Option<std::path::PathBuf>,
+    /// The analysts' stream file on the embedded store (JSON Lines); by
+    /// default `analytics/analyst-events.jsonl` next to `--db`. With Kafka
+    /// the stream goes to the topic `{prefix}.analytics.v1` instead.
+    #[arg(long, env = "MSKFLOW_ANALYTICS_STREAM_FILE")]
+    analytics_stream_file: Option<std::path::PathBuf>,
     /// Log format: json or pretty.
     #[arg(long, env = "MSKFLOW_LOG_FORMAT", default_value = "json")]
     log_format: mskflow_telemetry::LogFormat,
@@ -95,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
     let store = mskflow_store::open(&args.store, "mskflow-gateway")
         .await
         .context("opening the event log")?;
+    let (analyst_stream, analytics_imd) = analyst_stream(&args)?;
     let service = mskflow_gateway::Service::build(
         mskflow_gateway::Options {
             http_addr: args.http_addr,
@@ -128,6 +143,8 @@ async fn main() -> anyhow::Result<()> {
                 },
                 ..Default::default()
             },
+            analyst_stream,
+            analytics_imd,
             ..Default::default()
         },
         store.log.clone(),
@@ -138,4 +155,41 @@ async fn main() -> anyhow::Result<()> {
     store.close().await;
     telemetry.shutdown();
     Ok(result?)
+}
+
+/// The analysts' stream when a secret is configured, and the IMD lookup
+/// (for the stream and `/analytics`).
+fn analyst_stream(
+    args: &Args,
+) -> anyhow::Result<(
+    Option<mskflow_gateway::AnalystStream>,
+    Option<mskflow_analytics::ImdLookup>,
+)> {
+    let imd = mskflow_analytics::publish::load_imd(args.analytics_imd_lookup.as_deref())?;
+    let Some(secret) =
+        mskflow_analytics::publish::load_secret(args.analytics_secret_file.as_deref())?
+    else {
+        return Ok((None, Some(imd)));
+    };
+    let pseudonymiser = mskflow_analytics::Pseudonymiser::new(&secret)?;
+    let path = args.analytics_stream_file.clone().unwrap_or_else(|| {
+        args.store
+            .db
+            .parent()
+            .unwrap_or_else(|| std::path::Path::new(""))
+            .join("analytics")
+            .join("analyst-events.jsonl")
+    });
+    let sink = mskflow_store::analyst_sink(&args.store, "mskflow-gateway-analytics", &path)
+        .context("the analysts' stream")?;
+    Ok((
+        Some(mskflow_gateway::AnalystStream {
+            sink,
+            context: mskflow_analytics::Context {
+                pseudonymiser,
+                imd: imd.clone(),
+            },
+        }),
+        Some(imd),
+    ))
 }
