@@ -46,6 +46,9 @@ struct Cli {
     /// Concurrent writers (appends share fsyncs in groups).
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
+    /// Also write the stream and the views as Parquet.
+    #[arg(long)]
+    parquet: bool,
 }
 
 const PRACTICES: [&str; 8] = [
@@ -389,6 +392,7 @@ async fn main() -> anyhow::Result<()> {
         out: tmp.path().join("export"),
         secret_file: Some(secret_file),
         imd_lookup: None,
+        parquet: cli.parquet,
     };
     let started = Instant::now();
     let report = mskflow::export::export(&config, &options).await?;

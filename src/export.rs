@@ -9,6 +9,10 @@
 //! Next to them, `views/` holds every built-in aggregate view
 //! (`mskflow_analytics::views`) as CSV, without a split (`waits.csv`) and
 //! with each split (`waits-by-imd_decile.csv`, ...).
+//!
+//! With `--parquet` the stream is also written as `analyst-events.parquet`
+//! and every view as `views/*.parquet` (typed columns, Snappy; see
+//! `mskflow_analytics::parquet_file`).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -30,28 +34,40 @@ pub use mskflow_analytics::SECRET_ENV;
 pub const JSONL_FILE: &str = "analyst-events.jsonl";
 /// The CSV output file.
 pub const CSV_FILE: &str = "analyst-events.csv";
+/// The Parquet output file (`--parquet`).
+pub const PARQUET_FILE: &str = "analyst-events.parquet";
 /// The directory of the aggregate views' CSV files.
 pub const VIEWS_DIR: &str = "views";
 
 /// The file name of a view's CSV: `waits.csv`, `waits-by-imd_decile.csv`.
 pub fn view_file_name(view: View, split: Split) -> String {
+    view_file_stem(view, split) + ".csv"
+}
+
+fn view_file_stem(view: View, split: Split) -> String {
     match split {
-        Split::None => format!("{}.csv", view.code()),
-        _ => format!("{}-by-{}.csv", view.code(), split.code()),
+        Split::None => view.code().to_owned(),
+        _ => format!("{}-by-{}", view.code(), split.code()),
     }
 }
 
-/// Write every view, unsplit and with each split, to `dir`; returns how
-/// many files were written.
-fn write_views(views: &Views, dir: &Path) -> anyhow::Result<usize> {
+/// Write every view, unsplit and with each split, to `dir` as CSV (and as
+/// Parquet when `parquet`); returns how many files were written.
+fn write_views(views: &Views, dir: &Path, parquet: bool) -> anyhow::Result<usize> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut written = 0;
     for view in View::ALL {
         for split in Split::ALL {
+            let table = views.table(*view, *split);
             let path = dir.join(view_file_name(*view, *split));
-            std::fs::write(&path, views.table(*view, *split).to_csv())
+            std::fs::write(&path, table.to_csv())
                 .with_context(|| format!("writing {}", path.display()))?;
             written += 1;
+            if parquet {
+                let path = dir.join(view_file_stem(*view, *split) + ".parquet");
+                mskflow_analytics::parquet_file::write_table(&path, &table)?;
+                written += 1;
+            }
         }
     }
     Ok(written)
@@ -68,6 +84,8 @@ pub struct ExportOptions {
     pub secret_file: Option<PathBuf>,
     /// Postcode to IMD decile lookup (CSV); otherwise the illustrative file.
     pub imd_lookup: Option<PathBuf>,
+    /// Also write the stream and the views as Parquet.
+    pub parquet: bool,
 }
 
 /// The secret: the file's content (a trailing newline is not part of it), or
@@ -116,6 +134,13 @@ pub async fn export(config: &Config, options: &ExportOptions) -> anyhow::Result<
             .with_context(|| format!("creating {}", csv_path.display()))?,
     );
     csv.write_all(mskflow_analytics::csv_header().as_bytes())?;
+    let parquet_path = options.out.join(PARQUET_FILE);
+    let mut parquet = match options.parquet {
+        true => Some(mskflow_analytics::parquet_file::EventWriter::create(
+            &parquet_path,
+        )?),
+        false => None,
+    };
 
     let head = store.head().await?;
     let bar = indicatif::ProgressBar::new(head);
@@ -149,15 +174,22 @@ pub async fn export(config: &Config, options: &ExportOptions) -> anyhow::Result<
             serde_json::to_writer(&mut jsonl, &event)?;
             jsonl.write_all(b"\n")?;
             csv.write_all(event.to_csv_line().as_bytes())?;
+            if let Some(parquet) = &mut parquet {
+                parquet.write(&event)?;
+            }
             written += 1;
         }
         bar.set_position(batch.last().map_or(0, |e| e.position));
     }
     jsonl.flush()?;
     csv.flush()?;
+    let parquet_rows = match parquet {
+        Some(parquet) => Some(parquet.finish()?),
+        None => None,
+    };
     bar.finish_and_clear();
     let views_dir = options.out.join(VIEWS_DIR);
-    let view_files = write_views(&views, &views_dir)?;
+    let view_files = write_views(&views, &views_dir, options.parquet)?;
     tracing::info!(read, written, "analysts' stream exported");
 
     let mut out = String::new();
@@ -170,6 +202,9 @@ pub async fn export(config: &Config, options: &ExportOptions) -> anyhow::Result<
     )?;
     writeln!(out, "  {}", jsonl_path.display())?;
     writeln!(out, "  {}", csv_path.display())?;
+    if let Some(rows) = parquet_rows {
+        writeln!(out, "  {} ({rows} rows)", parquet_path.display())?;
+    }
     writeln!(out, "  {} ({view_files} view files)", views_dir.display())?;
     Ok(out)
 }

@@ -58,7 +58,8 @@ enum Command {
         store: mskflow_store::StoreArgs,
     },
     /// Write the analysts' stream (pseudonymised, no patient identifiers)
-    /// to files: analyst-events.jsonl and analyst-events.csv.
+    /// to files: analyst-events.jsonl and analyst-events.csv (and Parquet
+    /// with --parquet), and every aggregate view under views/.
     Export {
         /// Directory to write the files to.
         #[arg(long)]
@@ -71,6 +72,10 @@ enum Command {
         /// illustrative file shipped with mskflow).
         #[arg(long)]
         imd_lookup: Option<PathBuf>,
+        /// Also write the stream (analyst-events.parquet) and every view
+        /// (views/*.parquet) as Apache Parquet.
+        #[arg(long)]
+        parquet: bool,
     },
     /// Post generated referral messages over HTTP (in-process system by
     /// default) and report throughput and latency percentiles.
@@ -210,11 +215,13 @@ async fn main() -> anyhow::Result<()> {
             out,
             secret_file,
             imd_lookup,
+            parquet,
         } => {
             let options = mskflow::export::ExportOptions {
                 out,
                 secret_file,
                 imd_lookup,
+                parquet,
             };
             print!("{}", mskflow::export::export(&config, &options).await?);
             Ok(())

@@ -98,6 +98,7 @@ async fn export_is_pseudonymised_valid_and_stable() -> TestResult {
         .arg(&out_dir)
         .arg("--secret-file")
         .arg(&secret_file)
+        .arg("--parquet")
         .output()
         .await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -155,6 +156,36 @@ async fn export_is_pseudonymised_valid_and_stable() -> TestResult {
     // The CSV has the header and one row per JSONL line.
     assert!(csv.starts_with("event_id,event_type,"), "{csv}");
     assert_eq!(csv.lines().count(), lines.len() + 1);
+
+    // The Parquet file holds the same events, in the same order.
+    let parquet = std::fs::File::open(out_dir.join("analyst-events.parquet"))?;
+    let reader = parquet::file::reader::SerializedFileReader::new(parquet)?;
+    let ids: Vec<String> = parquet::file::reader::FileReader::get_row_iter(&reader, None)?
+        .map(|row| -> TestResult<String> {
+            let row = row?;
+            let (_, id) = row.get_column_iter().next().ok_or("no column")?;
+            Ok(id.to_string().trim_matches('"').to_owned())
+        })
+        .collect::<TestResult<_>>()?;
+    let jsonl_ids: Vec<String> = lines
+        .iter()
+        .map(|l| -> TestResult<String> {
+            let v: Value = serde_json::from_str(l)?;
+            Ok(v["event_id"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect::<TestResult<_>>()?;
+    assert_eq!(ids, jsonl_ids);
+    assert!(
+        stdout.contains(&format!("({} rows)", lines.len())),
+        "{stdout}"
+    );
+    // Each view as CSV and as Parquet.
+    let views = std::fs::read_dir(out_dir.join("views"))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect::<BTreeSet<_>>();
+    assert!(views.contains("waits-by-imd_decile.parquet"), "{views:?}");
+    assert_eq!(views.len(), 2 * 4 * 5, "{views:?}");
 
     // Without a secret the export refuses to run.
     let refused = export_command(&app)
