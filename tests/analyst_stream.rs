@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::kafka::{KafkaSystem, eventually, kafka_env, kafka_reader, mskflow_cli};
 use common::*;
 use mskflow_analytics::{AnalystEvent, Pseudonymiser, is_exported};
-use mskflow_eventlog::{Envelope, EventLog as _, StartFrom};
+use mskflow_eventlog::Envelope;
 use mskflow_eventlog_kafka::testing::{Broker, unique_prefix};
 use mskflow_events::NhsNumber;
 use rdkafka::Message as _;
@@ -172,23 +172,6 @@ async fn drain(consumer: &StreamConsumer, into: &mut Vec<Record>) -> TestResult 
     Ok(())
 }
 
-/// Every event of the operational log.
-async fn operational_events(
-    log: &mskflow_eventlog_kafka::KafkaEventLog,
-) -> TestResult<Vec<Envelope>> {
-    let mut sub = log
-        .subscribe(&format!("test-{}", Uuid::new_v4()), StartFrom::Beginning)
-        .await?;
-    let mut all = Vec::new();
-    loop {
-        let batch = sub.poll_batch(1000).await?;
-        if batch.is_empty() {
-            return Ok(all);
-        }
-        all.extend(batch);
-    }
-}
-
 /// Wait until every exported operational event of `referrals` is on the
 /// analysts' topic (and, when `downstream`, some referral has reached
 /// assessment, so more than intake's events are covered). Returns the
@@ -204,7 +187,7 @@ async fn wait_published(
     loop {
         system.check_alive()?;
         drain(consumer, records).await?;
-        let ops = operational_events(reader).await?;
+        let ops = all_events(reader).await?;
         let expected: HashSet<Uuid> = ops
             .iter()
             .filter(|e| is_exported(&e.event_type))

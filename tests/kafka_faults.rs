@@ -20,7 +20,7 @@ use common::kafka::{
     KafkaSystem, eventually, kafka_env, kafka_reader, mskflow_cli, wait_http_ready,
 };
 use common::*;
-use mskflow_eventlog::{EventLog as _, ExpectedVersion, Metadata, NewEvent, StartFrom};
+use mskflow_eventlog::{EventLog as _, ExpectedVersion, Metadata, NewEvent};
 use mskflow_eventlog_kafka::testing::{Broker, produce_raw, unique_prefix};
 use serde_json::Value;
 use uuid::Uuid;
@@ -128,23 +128,6 @@ async fn send_until_accepted(
     Sent {
         request_id,
         answers,
-    }
-}
-
-/// Every event of the system's topics, read through the event-log port.
-async fn all_events(
-    log: &mskflow_eventlog_kafka::KafkaEventLog,
-) -> TestResult<Vec<mskflow_eventlog::Envelope>> {
-    let mut sub = log
-        .subscribe(&format!("test-{}", Uuid::new_v4()), StartFrom::Beginning)
-        .await?;
-    let mut all = Vec::new();
-    loop {
-        let batch = sub.poll_batch(1000).await?;
-        if batch.is_empty() {
-            return Ok(all);
-        }
-        all.extend(batch);
     }
 }
 

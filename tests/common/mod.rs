@@ -188,21 +188,27 @@ impl App {
 
     /// Every event in the log, in order.
     pub async fn all_events(&self) -> TestResult<Vec<mskflow_eventlog::Envelope>> {
-        let log = self.log()?;
-        let mut sub = log
-            .subscribe(
-                &format!("test-{}", Uuid::new_v4()),
-                mskflow_eventlog::StartFrom::Beginning,
-            )
-            .await?;
-        let mut all = Vec::new();
-        loop {
-            let batch = sub.poll_batch(1000).await?;
-            if batch.is_empty() {
-                return Ok(all);
-            }
-            all.extend(batch);
+        all_events(self.log()?.as_ref()).await
+    }
+}
+
+/// Every event of `log`, in order, read by a new subscriber from the start.
+pub async fn all_events(
+    log: &dyn mskflow_eventlog::EventLog,
+) -> TestResult<Vec<mskflow_eventlog::Envelope>> {
+    let mut sub = log
+        .subscribe(
+            &format!("test-{}", Uuid::new_v4()),
+            mskflow_eventlog::StartFrom::Beginning,
+        )
+        .await?;
+    let mut all = Vec::new();
+    loop {
+        let batch = sub.poll_batch(1000).await?;
+        if batch.is_empty() {
+            return Ok(all);
         }
+        all.extend(batch);
     }
 }
 

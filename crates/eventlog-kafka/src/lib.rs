@@ -190,8 +190,7 @@ pub struct KafkaEventLog {
 
 struct Inner {
     options: Options,
-    /// The producer and its generation (bumped each time it is replaced).
-    producer: RwLock<(u64, FutureProducer)>,
+    producer: Producers,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
 }
@@ -211,21 +210,36 @@ fn new_producer(options: &Options) -> Result<FutureProducer, Error> {
         .map_err(|e| unavailable("creating the producer", e))
 }
 
-impl Inner {
-    fn producer(&self) -> (u64, FutureProducer) {
-        match self.producer.read() {
+/// The idempotent producer of a log or a publisher, replaced when the
+/// brokers refuse its records (not a timeout: a broker that restarted may no
+/// longer accept an idempotent producer's sequence, and would refuse every
+/// later record of it). A new producer gets a new producer id.
+pub(crate) struct Producers {
+    options: Options,
+    /// The producer and its generation (bumped each time it is replaced).
+    current: RwLock<(u64, FutureProducer)>,
+}
+
+impl Producers {
+    pub(crate) fn new(options: &Options) -> Result<Self, Error> {
+        Ok(Self {
+            options: options.clone(),
+            current: RwLock::new((0, new_producer(options)?)),
+        })
+    }
+
+    /// The producer to send with, and its generation.
+    pub(crate) fn current(&self) -> (u64, FutureProducer) {
+        match self.current.read() {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    /// Replace the producer after the brokers refused its records (not a
-    /// timeout: a broker that restarted may no longer accept an idempotent
-    /// producer's sequence, and would refuse every later record of it). A
-    /// new producer gets a new producer id. Only the first of several
-    /// appends that saw the same producer fail replaces it.
-    fn replace_producer(&self, failed: u64) {
-        let mut guard = match self.producer.write() {
+    /// Replace the producer of generation `failed`. Only the first of
+    /// several sends that saw the same producer fail replaces it.
+    pub(crate) fn replace(&self, failed: u64) {
+        let mut guard = match self.current.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
@@ -270,7 +284,7 @@ impl KafkaEventLog {
         let names = options.topics.names();
         check_topics(&options).await?;
 
-        let producer = new_producer(&options)?;
+        let producer = Producers::new(&options)?;
 
         let consumer: StreamConsumer<Logging> = options
             .client_config("index")
@@ -314,7 +328,7 @@ impl KafkaEventLog {
         let log = Self {
             inner: Arc::new(Inner {
                 options,
-                producer: RwLock::new((0, producer)),
+                producer,
                 shared,
                 stop,
             }),
@@ -571,7 +585,7 @@ impl EventLog for KafkaEventLog {
                 value: Some(tp.as_str()),
             });
         }
-        let (generation, producer) = self.inner.producer();
+        let (generation, producer) = self.inner.producer.current();
         let send = producer.send(
             FutureRecord::to(&topic)
                 .key(partition_key(stream_id))
@@ -587,7 +601,7 @@ impl EventLog for KafkaEventLog {
                     e.rdkafka_error_code(),
                     Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::QueueFull)
                 ) {
-                    self.inner.replace_producer(generation);
+                    self.inner.producer.replace(generation);
                 }
                 return Err(unavailable(format!("producing to {topic}"), e));
             }
@@ -722,7 +736,7 @@ impl EventLog for KafkaEventLog {
     }
 
     async fn ping(&self) -> Result<(), Error> {
-        let (_, producer) = self.inner.producer();
+        let (_, producer) = self.inner.producer.current();
         let brokers = self.inner.options.brokers.clone();
         tokio::task::spawn_blocking(move || {
             use rdkafka::producer::Producer as _;

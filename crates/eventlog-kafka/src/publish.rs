@@ -4,17 +4,16 @@
 //! call is acknowledged.
 
 use std::fmt;
-use std::sync::RwLock;
 
 use futures::future::join_all;
 use mskflow_eventlog::Error;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
-use crate::{Options, new_producer};
+use crate::{Options, Producers};
 
 /// One record: its key, its headers (name, value) and its body.
 pub type Record = (String, Vec<(String, String)>, Vec<u8>);
@@ -23,8 +22,7 @@ pub type Record = (String, Vec<(String, String)>, Vec<u8>);
 pub struct TopicPublisher {
     options: Options,
     topic: String,
-    /// The producer and its generation (replaced after refused records).
-    producer: RwLock<(u64, FutureProducer)>,
+    producer: Producers,
 }
 
 impl fmt::Debug for TopicPublisher {
@@ -43,39 +41,13 @@ impl TopicPublisher {
         Ok(Self {
             options: options.clone(),
             topic: topic.into(),
-            producer: RwLock::new((0, new_producer(options)?)),
+            producer: Producers::new(options)?,
         })
     }
 
     /// The topic published to.
     pub fn topic(&self) -> &str {
         &self.topic
-    }
-
-    fn producer(&self) -> (u64, FutureProducer) {
-        match self.producer.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// After the brokers refused a record (not a timeout), start over with
-    /// a new producer id, as the event log's producer does.
-    fn replace_producer(&self, failed: u64) {
-        let mut guard = match self.producer.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if guard.0 != failed {
-            return;
-        }
-        match new_producer(&self.options) {
-            Ok(p) => {
-                tracing::warn!(topic = %self.topic, "publisher's producer replaced after refused records");
-                *guard = (failed + 1, p);
-            }
-            Err(e) => tracing::warn!(error = %e, "replacing the publisher's producer failed"),
-        }
     }
 
     /// Send every record and wait for every acknowledgement. `Ok` means
@@ -86,7 +58,7 @@ impl TopicPublisher {
         if records.is_empty() {
             return Ok(());
         }
-        let (generation, producer) = self.producer();
+        let (generation, producer) = self.producer.current();
         let timeout = Timeout::After(self.options.append_timeout);
         let sends = records.iter().map(|(key, headers, body)| {
             let hdrs = headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
@@ -128,7 +100,7 @@ impl TopicPublisher {
                     e.rdkafka_error_code(),
                     Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::QueueFull)
                 ) {
-                    self.replace_producer(generation);
+                    self.producer.replace(generation);
                 }
                 Err(Error::Unavailable {
                     context: format!("producing {failed} records to {}", self.topic),
