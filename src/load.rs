@@ -178,6 +178,26 @@ pub struct Report {
     pub start_back: HashMap<String, u64>,
 }
 
+/// POST a FHIR JSON body with fresh request and correlation ids, and the
+/// practice's token when there is one.
+async fn post_fhir(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&String>,
+    body: Vec<u8>,
+) -> reqwest::Result<reqwest::Response> {
+    let mut req = client.post(url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    req.header("Content-Type", "application/fhir+json")
+        .header("X-Request-Id", Uuid::new_v4().to_string())
+        .header("X-Correlation-Id", Uuid::new_v4().to_string())
+        .body(body)
+        .send()
+        .await
+}
+
 /// The QuestionnaireResponse phase of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct QuestionnaireRun {
@@ -258,18 +278,9 @@ async fn questionnaire_phase(
                     "basedOn": [{"reference": format!("ServiceRequest/{id}")}],
                     "item": items,
                 });
-                let mut req = client.post(&url);
-                if let Some(token) = tokens.get(practice) {
-                    req = req.bearer_auth(token);
-                }
                 let sent = Instant::now();
-                let res = req
-                    .header("Content-Type", "application/fhir+json")
-                    .header("X-Request-Id", Uuid::new_v4().to_string())
-                    .header("X-Correlation-Id", Uuid::new_v4().to_string())
-                    .body(body.to_string())
-                    .send()
-                    .await;
+                let res =
+                    post_fhir(&client, &url, tokens.get(practice), body.to_string().into()).await;
                 match res {
                     Ok(res) if res.status().is_success() => {
                         let _ = res.bytes().await;
@@ -640,17 +651,8 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
                     }
                     None => Instant::now(),
                 };
-                let mut req = client.post(&url);
-                if let Some(token) = tokens.get(&referral.practice) {
-                    req = req.bearer_auth(token);
-                }
-                let res = req
-                    .header("Content-Type", "application/fhir+json")
-                    .header("X-Request-Id", Uuid::new_v4().to_string())
-                    .header("X-Correlation-Id", Uuid::new_v4().to_string())
-                    .body(referral.body)
-                    .send()
-                    .await;
+                let token = tokens.get(&referral.practice);
+                let res = post_fhir(&client, &url, token, referral.body).await;
                 match res {
                     Ok(res) if res.status().is_success() => {
                         let id = res

@@ -44,6 +44,17 @@ async fn get_view(app: &App, path: &str) -> TestResult<(u16, Value)> {
     Ok((res.status().as_u16(), res.json().await?))
 }
 
+/// A view as CSV (`Accept: text/csv`).
+async fn view_csv(app: &App, path: &str) -> TestResult<String> {
+    Ok(client()
+        .get(format!("{}/analytics{path}", root(app)))
+        .header("Accept", "text/csv")
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
 /// Poll a view until `check` holds (the follower works asynchronously).
 async fn view_when(app: &App, path: &str, check: impl Fn(&Value) -> bool) -> TestResult<Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -565,24 +576,9 @@ async fn views_count_waits_outcomes_dnas_and_conversions() -> TestResult {
         res.headers()
     );
     assert_eq!(res.text().await?, expected);
-    let csv = client()
-        .get(format!(
-            "{}/analytics/conversion?split=imd_decile",
-            root(&app)
-        ))
-        .header("Accept", "text/csv")
-        .send()
-        .await?
-        .text()
-        .await?;
+    let csv = view_csv(&app, "/conversion?split=imd_decile").await?;
     assert_eq!(csv, expected);
-    let csv = client()
-        .get(format!("{}/analytics/outcomes", root(&app)))
-        .header("Accept", "text/csv")
-        .send()
-        .await?
-        .text()
-        .await?;
+    let csv = view_csv(&app, "/outcomes").await?;
     assert_eq!(
         csv,
         format!(
@@ -677,12 +673,7 @@ async fn views_count_waits_outcomes_dnas_and_conversions() -> TestResult {
     // change (7 + 0) / 2 = 3.5, 1 of 2 reached = 0.5. No programme:
     // referral 1, 28 -> 31, +3, not reached. Discharge rows are unchanged.
     view_when(&app, "/outcomes", |t| sum(t, "episodes") == 6).await?;
-    let csv = client()
-        .get(format!("{}/analytics/outcomes?format=csv", root(&app)))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let csv = view_csv(&app, "/outcomes").await?;
     assert_eq!(
         csv,
         format!(
