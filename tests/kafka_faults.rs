@@ -230,7 +230,7 @@ async fn check_record(
     type Counts = HashMap<String, usize>;
     let downstream = eventually(
         "every referral triaged, requested and scheduled",
-        90,
+        180,
         || {
             let wanted = &wanted;
             async move {
@@ -317,7 +317,7 @@ async fn check_record(
     options.topics = reader.topics().clone();
     for consumer in GROUPS {
         let options = &options;
-        let caught_up = eventually(&format!("{consumer} lag 0"), 45, || async move {
+        let caught_up = eventually(&format!("{consumer} lag 0"), 90, || async move {
             let lag = mskflow_eventlog_kafka::group_lag(options, consumer).await?;
             Ok((lag == 0).then_some(()))
         })
