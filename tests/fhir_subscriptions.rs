@@ -1,7 +1,9 @@
 //! FHIR Subscriptions (R4 topic-based backport, rest-hook) over real sockets:
-//! a receiver is told every status change of its organisation's referrals in
-//! order, numbered without gaps, across a failed delivery and a restart, and
-//! nothing after the subscription is deleted. And the referrer's
+//! a receiver is first sent the handshake (retried like any message), then
+//! told every status change of its organisation's referrals in order,
+//! numbered without gaps, across a restart, and nothing after the
+//! subscription is deleted; an endpoint that never answers the handshake
+//! leaves the subscription in error and is told nothing. And the referrer's
 //! cancellation by `PUT /ServiceRequest/{id}` with `If-Match`.
 
 mod common;
@@ -62,6 +64,49 @@ fn parameter<'a>(status: &'a Value, name: &str) -> &'a Value {
         .as_array()
         .and_then(|ps| ps.iter().find(|p| p["name"] == name))
         .unwrap_or(&Value::Null)
+}
+
+/// The subscription's status once it is `want` (or after 15 s, as it is).
+async fn subscription_when(app: &App, id: &str, want: &str) -> TestResult<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, sub) = app.get_json(&format!("Subscription/{id}")).await?;
+        assert_eq!(status, 200, "{sub}");
+        if sub["status"] == want || tokio::time::Instant::now() > deadline {
+            return Ok(sub);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Check a handshake Bundle (Subscriptions Backport IG): only the status
+/// `Parameters`, `type` handshake, `status` requested, counter 0, no focus.
+fn assert_handshake(bundle: &Value, sub_id: &str) -> TestResult {
+    assert_eq!(bundle["resourceType"], "Bundle");
+    assert_eq!(bundle["type"], "history");
+    assert_eq!(
+        bundle["entry"].as_array().map(Vec::len),
+        Some(1),
+        "a handshake carries no focus entries: {bundle}"
+    );
+    let status = &bundle["entry"][0]["resource"];
+    assert_eq!(status["resourceType"], "Parameters");
+    assert_eq!(
+        status["meta"]["profile"][0],
+        mskflow_gateway::subscription::STATUS_PROFILE
+    );
+    assert_eq!(parameter(status, "type")["valueCode"], "handshake");
+    assert_eq!(parameter(status, "status")["valueCode"], "requested");
+    assert_eq!(parameter(status, "topic")["valueCanonical"], TOPIC);
+    assert!(
+        parameter(status, "subscription")["valueReference"]["reference"]
+            .as_str()
+            .is_some_and(|r| r.ends_with(&format!("Subscription/{sub_id}"))),
+        "{bundle}"
+    );
+    assert_eq!(counter(bundle)?, 0);
+    assert!(parameter(status, "notification-event").is_null());
+    Ok(())
 }
 
 /// `events-since-subscription-start` of a notification Bundle.
@@ -136,7 +181,10 @@ async fn a_subscriber_hears_every_change_in_order_until_it_unsubscribes() -> Tes
     )
     .await?;
     assert_eq!(status, 201, "{sub}");
-    assert_eq!(sub["status"], "active");
+    assert_eq!(
+        sub["status"], "requested",
+        "active only once the handshake is answered"
+    );
     assert_eq!(sub["meta"]["versionId"], "1");
     let sub_id = sub["id"].as_str().ok_or("no id")?.to_owned();
     assert!(
@@ -154,6 +202,20 @@ async fn a_subscriber_hears_every_change_in_order_until_it_unsubscribes() -> Tes
     )
     .await?;
     assert_eq!(status, 201, "{theirs_sub}");
+    // The handshake: the first attempt fails, its retry is answered.
+    let active = subscription_when(&app, &sub_id, "active").await?;
+    assert_eq!(active["status"], "active", "{active}");
+    assert_eq!(active["meta"]["versionId"], "2");
+    assert!(active.get("error").is_none());
+    let handshakes = ours.wait_for(2).await;
+    assert_eq!(handshakes.len(), 2, "a failed handshake, then its retry");
+    for h in &handshakes {
+        assert_handshake(&h.body, &sub_id)?;
+    }
+    assert_eq!(
+        handshakes[0].request_id, handshakes[1].request_id,
+        "a retry carries the same X-Request-Id"
+    );
     // Each organisation lists only its own.
     let (status, list) = app.get_json("Subscription").await?;
     assert_eq!(status, 200);
@@ -162,24 +224,27 @@ async fn a_subscriber_hears_every_change_in_order_until_it_unsubscribes() -> Tes
         .filter_map(|s| s["id"].as_str())
         .collect();
     assert!(listed.contains(&sub_id.as_str()), "{list}");
+    let (_, requested) = app.get_json("Subscription?status=requested").await?;
+    assert!(
+        !entries_of(&requested, "Subscription")
+            .iter()
+            .any(|s| s["id"] == sub_id.as_str()),
+        "an active subscription is not listed as requested: {requested}"
+    );
     assert!(!listed.contains(&theirs_sub["id"].as_str().unwrap_or_default()));
 
     // Two changes of one referral: triaged, then the FCP appointment booked.
     let (_, referral) = new_referral(&app).await?;
     book_assessment(&app, &referral).await?;
-    let got = ours.wait_for(3).await;
+    let got = ours.wait_for(4).await;
     assert_eq!(
         got.len(),
-        3,
-        "a failed attempt, its retry, then the booking"
-    );
-    assert_eq!(
-        got[0].request_id, got[1].request_id,
-        "a retry carries the same X-Request-Id"
+        4,
+        "the handshake (failed, then retried), the triage, then the booking"
     );
     assert!(got.iter().all(|r| r.path == "/fhir/notify"));
     let mut tasks = Vec::new();
-    for bundle in got.iter().map(|r| &r.body) {
+    for bundle in got[2..].iter().map(|r| &r.body) {
         assert_eq!(bundle["resourceType"], "Bundle");
         assert_eq!(bundle["type"], "history");
         let status = &bundle["entry"][0]["resource"];
@@ -230,10 +295,14 @@ async fn a_subscriber_hears_every_change_in_order_until_it_unsubscribes() -> Tes
     assert_eq!(status, 200);
     assert_eq!(after["status"], "active");
     let (bundle, second) = new_referral(&app).await?;
-    let got = ours.wait_for(4).await;
-    assert_eq!(got.len(), 4, "only the new change after the restart");
-    assert_eq!(counter(&got[3].body)?, 3, "the count goes on without a gap");
-    assert_eq!(got[3].body["entry"][1]["resource"]["id"], second.as_str());
+    let got = ours.wait_for(5).await;
+    assert_eq!(
+        got.len(),
+        5,
+        "only the new change after the restart (no second handshake)"
+    );
+    assert_eq!(counter(&got[4].body)?, 3, "the count goes on without a gap");
+    assert_eq!(got[4].body["entry"][1]["resource"]["id"], second.as_str());
 
     // Deleted: turned off, and the next change is not sent.
     let res = client()
@@ -245,7 +314,7 @@ async fn a_subscriber_hears_every_change_in_order_until_it_unsubscribes() -> Tes
     assert_eq!(res.status().as_u16(), 204);
     let (_, off) = app.get_json(&format!("Subscription/{sub_id}")).await?;
     assert_eq!(off["status"], "off");
-    assert_eq!(off["meta"]["versionId"], "2");
+    assert_eq!(off["meta"]["versionId"], "3");
     assert_eq!(
         app.post_message(&as_update(&bundle, "revoked")?)
             .await?
@@ -257,16 +326,82 @@ async fn a_subscriber_hears_every_change_in_order_until_it_unsubscribes() -> Tes
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         ours.requests().len(),
-        4,
+        5,
         "nothing after the subscription is off"
     );
-    assert!(
-        theirs.requests().is_empty(),
-        "another organisation's subscription hears nothing of these referrals"
+    let their_requests = theirs.requests();
+    assert_eq!(
+        their_requests.len(),
+        1,
+        "another organisation's subscription hears only its handshake, nothing of these referrals"
     );
+    assert_handshake(
+        &their_requests[0].body,
+        theirs_sub["id"].as_str().unwrap_or_default(),
+    )?;
     check_event_schemas(&app).await?;
     ours.stop().await;
     theirs.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_handshake_leaves_the_subscription_in_error_and_unnotified() -> TestResult {
+    let never = Receiver::start(usize::MAX, StatusCode::OK)?;
+    let url = never.url.clone();
+    let app = spawn_app_with(|c| {
+        c.gateway.referrer_endpoints = vec![url.clone()];
+        c.gateway.outbound.initial_backoff_ms = 20;
+        c.gateway.outbound.max_attempts = 3;
+    })
+    .await?;
+    let (status, _, sub) = subscribe(
+        &app,
+        &client(),
+        &subscription(&format!("{url}/notify"), "id-only"),
+    )
+    .await?;
+    assert_eq!(status, 201, "{sub}");
+    assert_eq!(sub["status"], "requested");
+    let sub_id = sub["id"].as_str().ok_or("no id")?.to_owned();
+
+    let errored = subscription_when(&app, &sub_id, "error").await?;
+    assert_eq!(errored["status"], "error", "{errored}");
+    let reason = errored["error"].as_str().ok_or("no Subscription.error")?;
+    assert!(reason.contains("503"), "{reason}");
+    let tried = never.requests();
+    assert_eq!(tried.len(), 3, "every attempt, then given up");
+    for t in &tried {
+        assert_handshake(&t.body, &sub_id)?;
+        assert_eq!(t.request_id, tried[0].request_id);
+    }
+    let (_, listed) = app.get_json("Subscription?status=error").await?;
+    assert_eq!(listed["total"], 1, "{listed}");
+
+    // A change of one of its organisation's referrals is not sent to it.
+    let (_, referral) = new_referral(&app).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        never.requests().len(),
+        3,
+        "a subscription in error is sent no notifications"
+    );
+    let events = app.all_events().await?;
+    let outcomes: Vec<&str> = events
+        .iter()
+        .filter(|e| e.stream_id == format!("subscription-{sub_id}"))
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert_eq!(outcomes, vec!["SubscriptionCreated", "SubscriptionErrored"]);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.stream_id == format!("referral-{referral}")
+                && e.event_type == "ReferralTriaged"),
+        "the referral did change"
+    );
+    check_event_schemas(&app).await?;
+    never.stop().await;
     Ok(())
 }
 

@@ -17,16 +17,32 @@
 //! Kafka a subscription's creation and a referral's change sit on different
 //! topics, so a change made while a subscription was being created may be
 //! counted on one side of it or the other after a replay).
+//!
+//! A new subscription is first sent its handshake, as a message like any
+//! other (message id from the subscription id and its creation event, same
+//! retries and dead letter); the outcome is recorded on the subscription's
+//! stream (`SubscriptionActivated` / `SubscriptionErrored`). Only a
+//! subscription whose handshake was answered is told of changes. The worker
+//! handles the log in order and the handshake is settled before the next
+//! event, so changes made while it was pending are sent after it succeeds,
+//! in log order, and none are sent to a subscription in error. Replayed, the
+//! outcome is read back from the handshake's own `notify-{id}` stream, so
+//! the counters come out the same.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use mskflow_eventlog::{Envelope, EventLog};
+use mskflow_eventlog::{Envelope, EventLog, ExpectedVersion, Metadata, decode, new_event};
+use mskflow_events::delivery::DeliveryEvent;
+use mskflow_events::subscription::{
+    SubscriptionActivated, SubscriptionErrored, SubscriptionEvent, SubscriptionStatusEvent,
+    stream_id,
+};
 use uuid::Uuid;
 
 use crate::delivery::{Consume, Message, Options, Outbox};
 use crate::render;
-use crate::subscription::{self, SubscriptionView};
+use crate::subscription::{self, Handshake, SubscriptionView};
 use crate::views::{ReferralView, Views};
 
 /// The worker's consumer name.
@@ -68,6 +84,8 @@ pub struct Worker {
     /// Per subscription: notifications numbered so far and the event that
     /// numbered the last one.
     counters: BTreeMap<Uuid, (u64, Uuid)>,
+    /// Per subscription: the outcome of its handshake (absent: pending).
+    handshakes: BTreeMap<Uuid, Handshake>,
 }
 
 impl Worker {
@@ -84,6 +102,7 @@ impl Worker {
             base_url,
             views: Views::default(),
             counters: BTreeMap::new(),
+            handshakes: BTreeMap::new(),
         }
     }
 
@@ -112,6 +131,9 @@ impl Consume for Worker {
     async fn handle(&mut self, envelope: &Envelope) -> Result<(), mskflow_eventlog::Error> {
         if let Err(e) = self.views.apply(envelope) {
             tracing::debug!(error = %e, "notification views skipped an event");
+        }
+        if envelope.event_type == "SubscriptionCreated" {
+            return self.handshake(envelope).await;
         }
         if !NOTIFYING.contains(&envelope.event_type.as_str()) || self.registered.is_empty() {
             return Ok(());
@@ -164,7 +186,11 @@ impl Worker {
         let matching: Vec<SubscriptionView> = self
             .views
             .subscriptions()
-            .filter(|s| s.matches(view) && self.registered(&s.endpoint))
+            .filter(|s| {
+                s.matches(view)
+                    && self.handshakes.get(&s.id) == Some(&Handshake::Active)
+                    && self.registered(&s.endpoint)
+            })
             .cloned()
             .collect();
         let mut numbered = Vec::with_capacity(matching.len());
@@ -176,9 +202,7 @@ impl Worker {
             numbered.push((s, counter.0));
         }
         for (s, number) in numbered {
-            let mut name = s.id.as_bytes().to_vec();
-            name.extend_from_slice(envelope.event_id.as_bytes());
-            let message_id = Uuid::new_v5(&SUBSCRIPTION_NAMESPACE, &name);
+            let message_id = message_id(s.id, envelope.event_id);
             let stream = format!("notify-{message_id}");
             if self.outbox.settled(&stream).await? {
                 continue;
@@ -202,5 +226,154 @@ impl Worker {
             self.outbox.send(msg, envelope).await?;
         }
         Ok(())
+    }
+}
+
+/// The message id of what a subscription is sent because of one event.
+fn message_id(subscription_id: Uuid, event_id: Uuid) -> Uuid {
+    let mut name = subscription_id.as_bytes().to_vec();
+    name.extend_from_slice(event_id.as_bytes());
+    Uuid::new_v5(&SUBSCRIPTION_NAMESPACE, &name)
+}
+
+impl Worker {
+    /// Send a new subscription its handshake (unless already settled, or the
+    /// subscription already deleted), then record the outcome on its stream
+    /// (unless already recorded).
+    async fn handshake(&mut self, envelope: &Envelope) -> Result<(), mskflow_eventlog::Error> {
+        let Ok(SubscriptionEvent::SubscriptionCreated(created)) =
+            decode::<SubscriptionEvent>(envelope)
+        else {
+            tracing::error!(
+                position = envelope.position,
+                "subscription creation does not decode; no handshake"
+            );
+            return Ok(());
+        };
+        let id = created.subscription_id;
+        let Some(s) = self.views.subscriptions().find(|s| s.id == id).cloned() else {
+            return Ok(());
+        };
+        let deleted = self
+            .log
+            .read_stream(&stream_id(id), 1)
+            .await?
+            .iter()
+            .any(|e| e.event_type == "SubscriptionDeleted");
+        if deleted {
+            // Deleted before its handshake was sent: nothing to tell it.
+            return Ok(());
+        }
+        let message_id = message_id(id, envelope.event_id);
+        let stream = format!("notify-{message_id}");
+        let outcome = if self.registered(&s.endpoint) {
+            if !self.outbox.settled(&stream).await? {
+                let bundle =
+                    subscription::handshake(&self.base_url, &s, envelope.occurred_at, message_id);
+                let msg = Message {
+                    stream: stream.clone(),
+                    message_id,
+                    referral_id: Uuid::nil(),
+                    url: s.endpoint.clone(),
+                    body: bundle.to_string(),
+                    label: "subscription".to_owned(),
+                };
+                self.outbox.send(msg, envelope).await?;
+            }
+            self.outcome(&stream, id, message_id).await?
+        } else {
+            SubscriptionStatusEvent::SubscriptionErrored(SubscriptionErrored {
+                subscription_id: id,
+                handshake_id: message_id,
+                http_status: None,
+                reason: "the endpoint is not a registered referrer endpoint".to_owned(),
+            })
+        };
+        let handshake = match &outcome {
+            SubscriptionStatusEvent::SubscriptionActivated(_) => Handshake::Active,
+            SubscriptionStatusEvent::SubscriptionErrored(_) => Handshake::Error,
+        };
+        self.handshakes.insert(id, handshake);
+        self.record(envelope, &outcome).await?;
+        tracing::info!(subscription_id = %id, outcome = outcome.event_type(), "subscription handshake settled");
+        Ok(())
+    }
+
+    /// The handshake's outcome from its attempts on `stream`.
+    async fn outcome(
+        &self,
+        stream: &str,
+        subscription_id: Uuid,
+        handshake_id: Uuid,
+    ) -> Result<SubscriptionStatusEvent, mskflow_eventlog::Error> {
+        let mut last_failure = None;
+        for envelope in self.log.read_stream(stream, 1).await? {
+            match decode::<DeliveryEvent>(&envelope) {
+                Ok(DeliveryEvent::OutboundDelivered(d)) => {
+                    return Ok(SubscriptionStatusEvent::SubscriptionActivated(
+                        SubscriptionActivated {
+                            subscription_id,
+                            handshake_id,
+                            http_status: d.http_status,
+                        },
+                    ));
+                }
+                Ok(DeliveryEvent::OutboundDeliveryFailed(f)) => last_failure = Some(f),
+                Err(_) => {}
+            }
+        }
+        let (http_status, reason) = match last_failure {
+            Some(f) => (
+                f.http_status,
+                format!(
+                    "handshake failed after {} attempt(s): {}",
+                    f.attempt, f.reason
+                ),
+            ),
+            None => (None, "handshake not sent".to_owned()),
+        };
+        Ok(SubscriptionStatusEvent::SubscriptionErrored(
+            SubscriptionErrored {
+                subscription_id,
+                handshake_id,
+                http_status,
+                reason,
+            },
+        ))
+    }
+
+    /// Record the outcome on the subscription's stream, once.
+    async fn record(
+        &self,
+        cause: &Envelope,
+        outcome: &SubscriptionStatusEvent,
+    ) -> Result<(), mskflow_eventlog::Error> {
+        let stream = stream_id(outcome.subscription_id());
+        let recorded = self
+            .log
+            .read_stream(&stream, 1)
+            .await?
+            .iter()
+            .any(|e| SubscriptionStatusEvent::TYPES.contains(&e.event_type.as_str()));
+        if recorded {
+            return Ok(());
+        }
+        let new = new_event(outcome, mskflow_events::SCHEMA_VERSION, chrono::Utc::now()).map_err(
+            |e| mskflow_eventlog::Error::InvalidAppend {
+                stream_id: stream.clone(),
+                reason: e.to_string(),
+            },
+        )?;
+        let (traceparent, tracestate) = mskflow_telemetry::current_trace_context();
+        let metadata = Metadata {
+            causation_id: Some(cause.event_id),
+            correlation_id: cause.correlation_id,
+            traceparent: traceparent.or_else(|| cause.traceparent.clone()),
+            tracestate: tracestate.or_else(|| cause.tracestate.clone()),
+        };
+        self.log
+            .append(&stream, ExpectedVersion::Any, vec![new], &metadata)
+            .await
+            .map(|_| ())
     }
 }

@@ -3,11 +3,17 @@
 //! status), `rest-hook` channels only, to registered referrer endpoints.
 //!
 //! A subscription is the events of its stream `subscription-{id}`
-//! (`SubscriptionCreated`, `SubscriptionDeleted`), so it survives a restart
-//! and rebuilds by replay. Each is limited to the referrals of the
+//! (`SubscriptionCreated`, `SubscriptionDeleted`, and the handshake's
+//! outcome `SubscriptionActivated` / `SubscriptionErrored`), so it survives a
+//! restart and rebuilds by replay. Each is limited to the referrals of the
 //! subscribing organisation (the token's ODS code). Notifications are sent by
 //! the notification worker ([`crate::notify`]) through the same outbox as
 //! the referrer messages.
+//!
+//! A new subscription is `requested`: the worker first sends the endpoint a
+//! `handshake` notification ([`handshake`]). A 2xx answer makes it `active`;
+//! a failure after the retries makes it `error` (`Subscription.error` says
+//! why), and an errored subscription is sent nothing more.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
@@ -15,7 +21,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use mskflow_eventlog::{Envelope, ExpectedVersion, Metadata, decode, new_event};
 use mskflow_events::subscription::{
-    SubscriptionCreated, SubscriptionDeleted, SubscriptionEvent, stream_id,
+    SubscriptionCreated, SubscriptionDeleted, SubscriptionEvent, SubscriptionStatusEvent, stream_id,
 };
 use mskflow_fhir::IssueType;
 use serde::Serialize;
@@ -37,6 +43,8 @@ pub const FILTER_CRITERIA_URL: &str =
 /// Profile of the R4 Subscription the gateway stores.
 pub const SUBSCRIPTION_PROFILE: &str =
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription";
+/// Profile of the notification `Bundle`.
+pub const NOTIFICATION_PROFILE: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-notification-r4";
 /// Profile of the notification's status `Parameters`.
 pub const STATUS_PROFILE: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4";
 
@@ -68,6 +76,18 @@ impl PayloadContent {
     }
 }
 
+/// Where a subscription's handshake stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Handshake {
+    /// Created; the handshake is not answered yet.
+    Requested,
+    /// The endpoint answered the handshake: notifications are sent.
+    Active,
+    /// The handshake failed: nothing is sent.
+    Error,
+}
+
 /// One subscription as its events left it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SubscriptionView {
@@ -76,6 +96,11 @@ pub struct SubscriptionView {
     pub version: u64,
     /// `false` once deleted.
     pub active: bool,
+    /// The handshake's outcome (only from the subscription's own stream: the
+    /// shared views leave it `requested`).
+    pub handshake: Handshake,
+    /// Why the handshake failed (`Subscription.error`).
+    pub error: Option<String>,
     pub owner_ods: String,
     pub topic: String,
     pub endpoint: String,
@@ -98,6 +123,8 @@ impl SubscriptionView {
                 id: e.subscription_id,
                 version: envelope.sequence,
                 active: true,
+                handshake: Handshake::Requested,
+                error: None,
                 owner_ods: e.owner_ods.clone(),
                 topic: e.topic.clone(),
                 endpoint: e.endpoint.clone(),
@@ -114,6 +141,39 @@ impl SubscriptionView {
                 Some(s)
             }
             (current, _) => current,
+        }
+    }
+
+    /// Apply the outcome of its handshake. An outcome recorded after the
+    /// subscription was deleted only moves its version.
+    pub fn evolve_status(
+        current: Option<Self>,
+        envelope: &Envelope,
+        event: &SubscriptionStatusEvent,
+    ) -> Option<Self> {
+        let mut s = current?;
+        s.version = envelope.sequence;
+        s.last_updated = envelope.recorded_at;
+        match event {
+            SubscriptionStatusEvent::SubscriptionActivated(_) => {
+                s.handshake = Handshake::Active;
+                s.error = None;
+            }
+            SubscriptionStatusEvent::SubscriptionErrored(e) => {
+                s.handshake = Handshake::Error;
+                s.error = Some(e.reason.clone());
+            }
+        }
+        Some(s)
+    }
+
+    /// `Subscription.status`: `off` once deleted, else the handshake's.
+    pub fn status_code(&self) -> &'static str {
+        match (self.active, self.handshake) {
+            (false, _) => "off",
+            (true, Handshake::Requested) => "requested",
+            (true, Handshake::Active) => "active",
+            (true, Handshake::Error) => "error",
         }
     }
 
@@ -144,7 +204,7 @@ pub fn render(s: &SubscriptionView) -> Value {
             "lastUpdated": s.last_updated.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "profile": [SUBSCRIPTION_PROFILE],
         },
-        "status": if s.active { "active" } else { "off" },
+        "status": s.status_code(),
         "reason": s.reason.clone().unwrap_or_else(|| "Referral status changes".to_owned()),
         "criteria": s.topic,
         "channel": {
@@ -154,6 +214,9 @@ pub fn render(s: &SubscriptionView) -> Value {
             "_payload": {"extension": [{"url": PAYLOAD_CONTENT_URL, "valueCode": s.payload_content.code()}]},
         },
     });
+    if let Some(error) = &s.error {
+        resource["error"] = json!(error);
+    }
     if let Some(filter) = &s.filter {
         resource["_criteria"] =
             json!({"extension": [{"url": FILTER_CRITERIA_URL, "valueString": filter}]});
@@ -303,10 +366,15 @@ async fn load(state: &AppState, id: Uuid) -> Result<Option<SubscriptionView>, Ap
         .await
         .map_err(|e| ApiError::unavailable(format!("cannot read the subscription: {e}")))?;
     let mut current = None;
+    let undecodable = |_| ApiError::internal("a subscription event does not decode");
     for envelope in &events {
-        let event = decode::<SubscriptionEvent>(envelope)
-            .map_err(|_| ApiError::internal("a subscription event does not decode"))?;
-        current = SubscriptionView::evolve(current, envelope, &event);
+        current = if SubscriptionStatusEvent::TYPES.contains(&envelope.event_type.as_str()) {
+            let event = decode::<SubscriptionStatusEvent>(envelope).map_err(undecodable)?;
+            SubscriptionView::evolve_status(current, envelope, &event)
+        } else {
+            let event = decode::<SubscriptionEvent>(envelope).map_err(undecodable)?;
+            SubscriptionView::evolve(current, envelope, &event)
+        };
     }
     Ok(current)
 }
@@ -473,17 +541,21 @@ pub async fn search(
     }
     let (ods, _) = owner(&req)?;
     let base = crate::http::base_url(&state, &req);
-    let matched: Vec<Value> = state.views.read(|v| {
+    let ids: Vec<Uuid> = state.views.read(|v| {
         v.subscriptions()
             .filter(|s| s.owner_ods.eq_ignore_ascii_case(&ods))
-            .filter(|s| {
-                status
-                    .as_deref()
-                    .is_none_or(|st| st == if s.active { "active" } else { "off" })
-            })
-            .map(render)
+            .map(|s| s.id)
             .collect()
     });
+    // The handshake's outcome is on each subscription's own stream.
+    let mut matched = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(s) = load(&state, id).await?
+            && status.as_deref().is_none_or(|st| st == s.status_code())
+        {
+            matched.push(render(&s));
+        }
+    }
     let total = matched.len();
     let links = [(
         "self",
@@ -578,9 +650,41 @@ pub fn notification(
     json!({
         "resourceType": "Bundle",
         "id": bundle_id.to_string(),
+        "meta": {"profile": [NOTIFICATION_PROFILE]},
         "type": "history",
         "timestamp": occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "entry": entries,
+    })
+}
+
+/// The handshake: a `history` Bundle whose only entry is the status
+/// `Parameters` with `type` `handshake`, `status` `requested` and
+/// `events-since-subscription-start` 0 (no notification event, no focus).
+pub fn handshake(base: &str, s: &SubscriptionView, at: DateTime<Utc>, bundle_id: Uuid) -> Value {
+    let status = json!({
+        "resourceType": "Parameters",
+        "id": bundle_id.to_string(),
+        "meta": {"profile": [STATUS_PROFILE]},
+        "parameter": [
+            {"name": "subscription", "valueReference": {"reference": format!("{base}/Subscription/{}", s.id)}},
+            {"name": "topic", "valueCanonical": s.topic},
+            {"name": "status", "valueCode": "requested"},
+            {"name": "type", "valueCode": "handshake"},
+            {"name": "events-since-subscription-start", "valueString": "0"},
+        ],
+    });
+    json!({
+        "resourceType": "Bundle",
+        "id": bundle_id.to_string(),
+        "meta": {"profile": [NOTIFICATION_PROFILE]},
+        "type": "history",
+        "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "entry": [{
+            "fullUrl": format!("urn:uuid:{bundle_id}"),
+            "resource": status,
+            "request": {"method": "GET", "url": format!("{base}/Subscription/{}/$status", s.id)},
+            "response": {"status": "200"},
+        }],
     })
 }
 
@@ -679,6 +783,123 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn envelope(event: &impl Serialize, sequence: u64) -> Result<Envelope, serde_json::Error> {
+        let new = new_event(event, 1, Utc::now())?;
+        Ok(Envelope {
+            event_id: new.event_id,
+            stream_id: stream_id(Uuid::from_u128(5)),
+            sequence,
+            position: sequence,
+            occurred_at: new.occurred_at,
+            recorded_at: new.occurred_at,
+            causation_id: None,
+            correlation_id: Uuid::nil(),
+            traceparent: None,
+            tracestate: None,
+            event_type: new.event_type,
+            schema_version: 1,
+            payload: new.payload,
+        })
+    }
+
+    fn created() -> Result<SubscriptionView, Box<dyn std::error::Error>> {
+        let event = SubscriptionEvent::SubscriptionCreated(SubscriptionCreated {
+            subscription_id: Uuid::from_u128(5),
+            owner_ods: "A81001".to_owned(),
+            client_id: "gp".to_owned(),
+            topic: TOPIC.to_owned(),
+            endpoint: "https://gp.example/fhir/notify".to_owned(),
+            payload_content: "id-only".to_owned(),
+            filter: None,
+            reason: None,
+        });
+        SubscriptionView::evolve(None, &envelope(&event, 1)?, &event).ok_or("not created".into())
+    }
+
+    #[test]
+    fn the_status_follows_the_handshake_and_deletion() -> Result<(), Box<dyn std::error::Error>> {
+        use mskflow_events::subscription::{SubscriptionActivated, SubscriptionErrored};
+        let requested = created()?;
+        assert_eq!(render(&requested)["status"], "requested");
+        let activated = SubscriptionStatusEvent::SubscriptionActivated(SubscriptionActivated {
+            subscription_id: requested.id,
+            handshake_id: Uuid::from_u128(6),
+            http_status: 200,
+        });
+        let active = SubscriptionView::evolve_status(
+            Some(requested.clone()),
+            &envelope(&activated, 2)?,
+            &activated,
+        )
+        .ok_or("gone")?;
+        assert_eq!(active.version, 2);
+        let shown = render(&active);
+        assert_eq!(shown["status"], "active");
+        assert!(shown.get("error").is_none());
+        let errored = SubscriptionStatusEvent::SubscriptionErrored(SubscriptionErrored {
+            subscription_id: requested.id,
+            handshake_id: Uuid::from_u128(6),
+            http_status: Some(503),
+            reason: "handshake failed after 3 attempt(s): receiver answered 503".to_owned(),
+        });
+        let error =
+            SubscriptionView::evolve_status(Some(requested), &envelope(&errored, 2)?, &errored)
+                .ok_or("gone")?;
+        let shown = render(&error);
+        assert_eq!(shown["status"], "error");
+        assert_eq!(
+            shown["error"],
+            "handshake failed after 3 attempt(s): receiver answered 503"
+        );
+        let deleted = SubscriptionEvent::SubscriptionDeleted(SubscriptionDeleted {
+            subscription_id: error.id,
+            client_id: "gp".to_owned(),
+        });
+        let off = SubscriptionView::evolve(Some(error), &envelope(&deleted, 3)?, &deleted)
+            .ok_or("gone")?;
+        assert_eq!(off.status_code(), "off");
+        assert!(
+            SubscriptionView::evolve_status(None, &envelope(&activated, 1)?, &activated).is_none(),
+            "an outcome without a creation is nothing"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_handshake_has_the_backport_shape() -> Result<(), Box<dyn std::error::Error>> {
+        let s = created()?;
+        let id = Uuid::from_u128(9);
+        let bundle = handshake("https://gw.example/fhir", &s, Utc::now(), id);
+        assert_eq!(bundle["type"], "history");
+        assert_eq!(bundle["meta"]["profile"][0], NOTIFICATION_PROFILE);
+        let entries = bundle["entry"].as_array().ok_or("no entries")?;
+        assert_eq!(entries.len(), 1, "no focus entries");
+        let status = &entries[0]["resource"];
+        assert_eq!(status["resourceType"], "Parameters");
+        assert_eq!(status["meta"]["profile"][0], STATUS_PROFILE);
+        let value = |name: &str, key: &str| {
+            status["parameter"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+                .map(|p| p[key].clone())
+                .unwrap_or(Value::Null)
+        };
+        assert_eq!(value("type", "valueCode"), "handshake");
+        assert_eq!(value("status", "valueCode"), "requested");
+        assert_eq!(value("events-since-subscription-start", "valueString"), "0");
+        assert_eq!(value("topic", "valueCanonical"), TOPIC);
+        assert_eq!(
+            value("subscription", "valueReference")["reference"],
+            format!("https://gw.example/fhir/Subscription/{}", s.id)
+        );
+        assert_eq!(value("notification-event", "part"), Value::Null);
+        assert_eq!(
+            entries[0]["request"]["url"],
+            format!("https://gw.example/fhir/Subscription/{}/$status", s.id)
+        );
+        Ok(())
     }
 
     #[test]
