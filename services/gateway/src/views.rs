@@ -4,7 +4,7 @@
 //! version is skipped), so replaying the log from empty rebuilds exactly the
 //! same views; `tests` prove it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, TimeZone, Utc};
 use mskflow_eventlog::Envelope;
@@ -423,6 +423,173 @@ pub struct Views {
     patients: BTreeMap<String, Vec<Uuid>>,
     /// FHIR Subscriptions, active and off.
     subscriptions: BTreeMap<Uuid, crate::subscription::SubscriptionView>,
+    /// Search indexes over `referrals`, refiled whenever a referral changes.
+    /// Derived, so not serialised.
+    #[serde(skip)]
+    index: SearchIndex,
+}
+
+/// What a referral is filed under in the [`SearchIndex`]: the values FHIR
+/// searches filter and sort on, computed exactly as the searches compute
+/// them ([`crate::render`], [`crate::search`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IndexKeys {
+    task_status: &'static str,
+    service_request_status: &'static str,
+    business_status: &'static str,
+    task_last_updated: DateTime<Utc>,
+    service_request_last_updated: DateTime<Utc>,
+    task_authored: DateTime<Utc>,
+    service_request_authored: DateTime<Utc>,
+}
+
+impl IndexKeys {
+    fn of(view: &ReferralView) -> Self {
+        use crate::search::{Resource, authored, last_updated};
+        IndexKeys {
+            task_status: crate::render::task_status(view),
+            service_request_status: crate::render::service_request_status(view),
+            business_status: crate::render::business_status(view).0,
+            task_last_updated: last_updated(Resource::Task, view),
+            service_request_last_updated: last_updated(Resource::ServiceRequest, view),
+            task_authored: authored(Resource::Task, view),
+            service_request_authored: authored(Resource::ServiceRequest, view),
+        }
+    }
+}
+
+/// An ordered index: (time, referral id), so a time range is a range query.
+pub type TimeIndex = BTreeSet<(DateTime<Utc>, Uuid)>;
+
+/// Referral ids by the code they are filed under.
+type CodeIndex = BTreeMap<&'static str, BTreeSet<Uuid>>;
+
+/// Search indexes over the referrals: by Task and ServiceRequest status, by
+/// Task business status, and ordered by last-updated and authored time (per
+/// resource, as each resource defines them). Kept in step with the views by
+/// [`Views::apply`]: a referral whose status or times change moves.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SearchIndex {
+    /// Where each referral is filed now.
+    keys: HashMap<Uuid, IndexKeys>,
+    task_status: CodeIndex,
+    service_request_status: CodeIndex,
+    business_status: CodeIndex,
+    task_last_updated: TimeIndex,
+    service_request_last_updated: TimeIndex,
+    task_authored: TimeIndex,
+    service_request_authored: TimeIndex,
+}
+
+fn move_code(index: &mut CodeIndex, id: Uuid, old: Option<&'static str>, new: &'static str) {
+    if old == Some(new) {
+        return;
+    }
+    if let Some(old) = old
+        && let Some(ids) = index.get_mut(old)
+    {
+        ids.remove(&id);
+        if ids.is_empty() {
+            index.remove(old);
+        }
+    }
+    index.entry(new).or_default().insert(id);
+}
+
+fn move_time(index: &mut TimeIndex, id: Uuid, old: Option<DateTime<Utc>>, new: DateTime<Utc>) {
+    if old == Some(new) {
+        return;
+    }
+    if let Some(old) = old {
+        index.remove(&(old, id));
+    }
+    index.insert((new, id));
+}
+
+impl SearchIndex {
+    /// File (or refile) referral `id` under `keys`.
+    fn file(&mut self, id: Uuid, keys: IndexKeys) {
+        let old = self.keys.insert(id, keys);
+        if old == Some(keys) {
+            return;
+        }
+        move_code(
+            &mut self.task_status,
+            id,
+            old.map(|o| o.task_status),
+            keys.task_status,
+        );
+        move_code(
+            &mut self.service_request_status,
+            id,
+            old.map(|o| o.service_request_status),
+            keys.service_request_status,
+        );
+        move_code(
+            &mut self.business_status,
+            id,
+            old.map(|o| o.business_status),
+            keys.business_status,
+        );
+        move_time(
+            &mut self.task_last_updated,
+            id,
+            old.map(|o| o.task_last_updated),
+            keys.task_last_updated,
+        );
+        move_time(
+            &mut self.service_request_last_updated,
+            id,
+            old.map(|o| o.service_request_last_updated),
+            keys.service_request_last_updated,
+        );
+        move_time(
+            &mut self.task_authored,
+            id,
+            old.map(|o| o.task_authored),
+            keys.task_authored,
+        );
+        move_time(
+            &mut self.service_request_authored,
+            id,
+            old.map(|o| o.service_request_authored),
+            keys.service_request_authored,
+        );
+    }
+
+    /// The referrals whose `resource` status (`Task.status` or
+    /// `ServiceRequest.status`) is `code`.
+    pub fn with_status(
+        &self,
+        resource: crate::search::Resource,
+        code: &str,
+    ) -> Option<&BTreeSet<Uuid>> {
+        match resource {
+            crate::search::Resource::Task => self.task_status.get(code),
+            crate::search::Resource::ServiceRequest => self.service_request_status.get(code),
+        }
+    }
+
+    /// The referrals whose `Task.businessStatus` code is `code`.
+    pub fn with_business_status(&self, code: &str) -> Option<&BTreeSet<Uuid>> {
+        self.business_status.get(code)
+    }
+
+    /// Every referral by `resource`'s last-updated time.
+    pub fn last_updated(&self, resource: crate::search::Resource) -> &TimeIndex {
+        match resource {
+            crate::search::Resource::Task => &self.task_last_updated,
+            crate::search::Resource::ServiceRequest => &self.service_request_last_updated,
+        }
+    }
+
+    /// Every referral by `resource`'s authored time.
+    pub fn authored(&self, resource: crate::search::Resource) -> &TimeIndex {
+        match resource {
+            crate::search::Resource::Task => &self.task_authored,
+            crate::search::Resource::ServiceRequest => &self.service_request_authored,
+        }
+    }
 }
 
 impl Views {
@@ -432,18 +599,18 @@ impl Views {
         if SubscriptionEvent::TYPES.contains(&envelope.event_type.as_str()) {
             return self.apply_subscription(envelope);
         }
-        if AssessmentEvent::TYPES.contains(&envelope.event_type.as_str()) {
-            return self.apply_assessment(envelope);
-        }
-        if DeliveryEvent::TYPES.contains(&envelope.event_type.as_str()) {
-            return self.apply_delivery(envelope);
-        }
-        if SchedulingEvent::TYPES.contains(&envelope.event_type.as_str()) {
-            if envelope.stream_id.starts_with("rehab-")
-                && !envelope.stream_id.starts_with("rehab-slot-")
-            {
-                return self.apply_rehab(envelope);
-            }
+        let touched = if AssessmentEvent::TYPES.contains(&envelope.event_type.as_str()) {
+            self.apply_assessment(envelope)
+        } else if DeliveryEvent::TYPES.contains(&envelope.event_type.as_str()) {
+            self.apply_delivery(envelope)
+        } else if SchedulingEvent::TYPES.contains(&envelope.event_type.as_str())
+            && envelope.stream_id.starts_with("rehab-")
+            && !envelope.stream_id.starts_with("rehab-slot-")
+        {
+            self.apply_rehab(envelope)
+        } else if IntakeEvent::TYPES.contains(&envelope.event_type.as_str()) {
+            self.apply_intake(envelope)
+        } else if SchedulingEvent::TYPES.contains(&envelope.event_type.as_str()) {
             let event: SchedulingEvent =
                 mskflow_eventlog::decode(envelope).map_err(|source| Error::Decode {
                     event_id: envelope.event_id,
@@ -451,10 +618,40 @@ impl Views {
                     source,
                 })?;
             return Ok(self.capacity.apply(envelope, event));
-        }
-        if !IntakeEvent::TYPES.contains(&envelope.event_type.as_str()) {
+        } else {
             return Ok(false);
+        };
+        match touched {
+            Ok(Some(id)) => {
+                self.refile(id);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => {
+                // A referral may have changed before the event was found
+                // wanting: keep the indexes in step all the same.
+                if let Error::UnknownReferral { referral_id, .. } = &e {
+                    self.refile(*referral_id);
+                }
+                Err(e)
+            }
         }
+    }
+
+    /// File referral `id` in the search indexes as it stands now.
+    fn refile(&mut self, id: Uuid) {
+        if let Some(view) = self.referrals.get(&id) {
+            self.index.file(id, IndexKeys::of(view));
+        }
+    }
+
+    /// The search indexes over the referrals.
+    pub fn index(&self) -> &SearchIndex {
+        &self.index
+    }
+
+    /// An intake event; the referral it changed, if any.
+    fn apply_intake(&mut self, envelope: &Envelope) -> Result<Option<Uuid>, Error> {
         let event: IntakeEvent =
             mskflow_eventlog::decode(envelope).map_err(|source| Error::Decode {
                 event_id: envelope.event_id,
@@ -471,7 +668,7 @@ impl Views {
         if let Some(view) = self.referrals.get(&referral_id)
             && envelope.sequence <= view.version
         {
-            return Ok(false);
+            return Ok(None);
         }
         match event {
             IntakeEvent::ReferralReceived(e) => {
@@ -565,10 +762,10 @@ impl Views {
                 }
             }
         }
-        Ok(true)
+        Ok(Some(referral_id))
     }
 
-    fn apply_assessment(&mut self, envelope: &Envelope) -> Result<bool, Error> {
+    fn apply_assessment(&mut self, envelope: &Envelope) -> Result<Option<Uuid>, Error> {
         let event: AssessmentEvent =
             mskflow_eventlog::decode(envelope).map_err(|source| Error::Decode {
                 event_id: envelope.event_id,
@@ -598,7 +795,7 @@ impl Views {
             .as_ref()
             .is_some_and(|a| envelope.sequence <= a.version)
         {
-            return Ok(false);
+            return Ok(None);
         }
         if let AssessmentEvent::AssessmentRequested(e) = &event {
             view.assessment = Some(AssessmentView {
@@ -611,7 +808,7 @@ impl Views {
                 discharge: None,
                 last_updated: envelope.recorded_at,
             });
-            return Ok(true);
+            return Ok(Some(referral_id));
         }
         // Appointments, the Encounter and outbound referrals.
         let at = envelope.recorded_at;
@@ -725,10 +922,10 @@ impl Views {
                 a.discharge = Some(e.reason);
             }
         }
-        Ok(true)
+        Ok(Some(referral_id))
     }
 
-    fn apply_rehab(&mut self, envelope: &Envelope) -> Result<bool, Error> {
+    fn apply_rehab(&mut self, envelope: &Envelope) -> Result<Option<Uuid>, Error> {
         let event: SchedulingEvent =
             mskflow_eventlog::decode(envelope).map_err(|source| Error::Decode {
                 event_id: envelope.event_id,
@@ -747,7 +944,7 @@ impl Views {
             SchedulingEvent::CourseCompleted(e) => e.referral_id,
             SchedulingEvent::RehabDischarged(e) => e.referral_id,
             // Capacity events live on class, slot and venue streams.
-            _ => return Ok(false),
+            _ => return Ok(None),
         };
         let unknown = || Error::UnknownReferral {
             event_id: envelope.event_id,
@@ -760,7 +957,7 @@ impl Views {
             .as_ref()
             .is_some_and(|r| envelope.sequence <= r.version)
         {
-            return Ok(false);
+            return Ok(None);
         }
         if let SchedulingEvent::PatientWaitlisted(e) = &event {
             view.rehab = Some(RehabView {
@@ -775,7 +972,7 @@ impl Views {
                 discharge: None,
                 last_updated: envelope.recorded_at,
             });
-            return Ok(true);
+            return Ok(Some(referral_id));
         }
         let at = envelope.recorded_at;
         match &event {
@@ -858,13 +1055,13 @@ impl Views {
             }
             _ => {}
         }
-        Ok(true)
+        Ok(Some(referral_id))
     }
 
-    fn apply_delivery(&mut self, envelope: &Envelope) -> Result<bool, Error> {
+    fn apply_delivery(&mut self, envelope: &Envelope) -> Result<Option<Uuid>, Error> {
         // Status messages to referrers (`notify-…`) do not change the views.
         if !envelope.stream_id.starts_with("delivery-") {
-            return Ok(false);
+            return Ok(None);
         }
         let event: DeliveryEvent =
             mskflow_eventlog::decode(envelope).map_err(|source| Error::Decode {
@@ -901,7 +1098,7 @@ impl Views {
                 onward.delivery_reason = Some(e.reason);
             }
         }
-        Ok(true)
+        Ok(Some(referral_id))
     }
 
     /// Rehab capacity: venues, classes, 1:1 slots.
