@@ -1,7 +1,6 @@
 //! The production shape for tests: each service binary as its own process
 //! over a real Kafka-protocol broker.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -80,8 +79,14 @@ impl Drop for Proc {
     }
 }
 
+/// A loopback address for a service process to listen on (see
+/// [`mskflow_eventlog_kafka::testing::free_port`]: never one a port-0
+/// listener of another test can take meanwhile).
 pub fn free_addr() -> TestResult<String> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
+    Ok(format!(
+        "127.0.0.1:{}",
+        mskflow_eventlog_kafka::testing::free_port()?
+    ))
 }
 
 /// The service binaries sit next to the `mskflow` binary (`cargo test

@@ -29,10 +29,27 @@ pub fn broker_binary() -> PathBuf {
     home.join(".cache/mskflow/nisshi/bin/nisshi")
 }
 
+/// A loopback port nothing listens on now, for a test process to bind.
+///
+/// Chosen at random below Linux's ephemeral range (32768 and up), where the
+/// kernel never hands out ports for `bind(0)` or outgoing connections: a
+/// port-0 listener of a test running alongside cannot take it between this
+/// check and the process binding it.
+pub fn free_port() -> io::Result<u16> {
+    for _ in 0..200 {
+        let random = uuid::Uuid::new_v4().as_u128();
+        let port = 20_000 + (random % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 impl Broker {
     /// Start a broker and wait until it accepts connections.
     pub fn start() -> io::Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let dir = tempfile::tempdir()?;
         let child = launch(addr, dir.path())?;
