@@ -614,25 +614,14 @@ pub fn notification(
     if s.payload_content != PayloadContent::Empty {
         event.push(json!({"name": "focus", "valueReference": {"reference": task_url}}));
     }
-    let status = json!({
-        "resourceType": "Parameters",
-        "id": bundle_id.to_string(),
-        "meta": {"profile": [STATUS_PROFILE]},
-        "parameter": [
-            {"name": "subscription", "valueReference": {"reference": format!("{base}/Subscription/{}", s.id)}},
-            {"name": "topic", "valueCanonical": s.topic},
-            {"name": "status", "valueCode": "active"},
-            {"name": "type", "valueCode": "event-notification"},
-            {"name": "events-since-subscription-start", "valueString": events_since_start.to_string()},
-            {"name": "notification-event", "part": event},
-        ],
-    });
-    let mut entries = vec![json!({
-        "fullUrl": format!("urn:uuid:{bundle_id}"),
-        "resource": status,
-        "request": {"method": "GET", "url": format!("{base}/Subscription/{}/$status", s.id)},
-        "response": {"status": "200"},
-    })];
+    let mut entries = vec![status_entry(
+        base,
+        s,
+        bundle_id,
+        ("active", "event-notification"),
+        events_since_start,
+        Some(event),
+    )];
     match s.payload_content {
         PayloadContent::Empty => {}
         PayloadContent::IdOnly => entries.push(json!({
@@ -647,44 +636,60 @@ pub fn notification(
             "response": {"status": "200", "etag": format!("W/\"{}\"", referral.task_version())},
         })),
     }
-    json!({
-        "resourceType": "Bundle",
-        "id": bundle_id.to_string(),
-        "meta": {"profile": [NOTIFICATION_PROFILE]},
-        "type": "history",
-        "timestamp": occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "entry": entries,
-    })
+    history_bundle(bundle_id, occurred_at, entries)
 }
 
 /// The handshake: a `history` Bundle whose only entry is the status
 /// `Parameters` with `type` `handshake`, `status` `requested` and
 /// `events-since-subscription-start` 0 (no notification event, no focus).
 pub fn handshake(base: &str, s: &SubscriptionView, at: DateTime<Utc>, bundle_id: Uuid) -> Value {
-    let status = json!({
-        "resourceType": "Parameters",
-        "id": bundle_id.to_string(),
-        "meta": {"profile": [STATUS_PROFILE]},
-        "parameter": [
-            {"name": "subscription", "valueReference": {"reference": format!("{base}/Subscription/{}", s.id)}},
-            {"name": "topic", "valueCanonical": s.topic},
-            {"name": "status", "valueCode": "requested"},
-            {"name": "type", "valueCode": "handshake"},
-            {"name": "events-since-subscription-start", "valueString": "0"},
-        ],
-    });
+    let status = status_entry(base, s, bundle_id, ("requested", "handshake"), 0, None);
+    history_bundle(bundle_id, at, vec![status])
+}
+
+/// The Bundle entry holding the backport subscription status `Parameters`:
+/// the subscription, its topic, (`status`, `type`), the event count and,
+/// for an event notification, the `notification-event` parts.
+fn status_entry(
+    base: &str,
+    s: &SubscriptionView,
+    bundle_id: Uuid,
+    (status, kind): (&str, &str),
+    events_since_start: u64,
+    event: Option<Vec<Value>>,
+) -> Value {
+    let mut parameter = vec![
+        json!({"name": "subscription", "valueReference": {"reference": format!("{base}/Subscription/{}", s.id)}}),
+        json!({"name": "topic", "valueCanonical": s.topic}),
+        json!({"name": "status", "valueCode": status}),
+        json!({"name": "type", "valueCode": kind}),
+        json!({"name": "events-since-subscription-start", "valueString": events_since_start.to_string()}),
+    ];
+    if let Some(event) = event {
+        parameter.push(json!({"name": "notification-event", "part": event}));
+    }
+    json!({
+        "fullUrl": format!("urn:uuid:{bundle_id}"),
+        "resource": {
+            "resourceType": "Parameters",
+            "id": bundle_id.to_string(),
+            "meta": {"profile": [STATUS_PROFILE]},
+            "parameter": parameter,
+        },
+        "request": {"method": "GET", "url": format!("{base}/Subscription/{}/$status", s.id)},
+        "response": {"status": "200"},
+    })
+}
+
+/// A notification Bundle (`history`, the backport notification profile).
+fn history_bundle(bundle_id: Uuid, at: DateTime<Utc>, entries: Vec<Value>) -> Value {
     json!({
         "resourceType": "Bundle",
         "id": bundle_id.to_string(),
         "meta": {"profile": [NOTIFICATION_PROFILE]},
         "type": "history",
         "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "entry": [{
-            "fullUrl": format!("urn:uuid:{bundle_id}"),
-            "resource": status,
-            "request": {"method": "GET", "url": format!("{base}/Subscription/{}/$status", s.id)},
-            "response": {"status": "200"},
-        }],
+        "entry": entries,
     })
 }
 
