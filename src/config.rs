@@ -300,6 +300,11 @@ impl Config {
         self.data_dir.join("events.db")
     }
 
+    /// Where the read models keep their files (one SQLite file each).
+    pub fn projections_dir(&self) -> PathBuf {
+        self.data_dir.join("projections")
+    }
+
     /// The live analysts' stream file.
     pub fn analyst_stream_path(&self) -> PathBuf {
         self.analytics

@@ -50,6 +50,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     .with_context(|| format!("opening the event store {}", path.display()))?;
     let log: Arc<dyn EventLog> =
         Arc::new(mskflow_eventlog::Instrumented::new(Arc::new(store.clone())));
+    let projections = mskflow_projection::Options::in_dir(config.projections_dir());
     let (stop, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
@@ -57,6 +58,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         mskflow_intake::Options {
             grpc_addr: config.intake.grpc_addr,
             rules_path: config.intake.rules.clone(),
+            projections: projections.clone(),
         },
         log.clone(),
     )

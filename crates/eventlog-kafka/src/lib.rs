@@ -689,10 +689,16 @@ impl EventLog for KafkaEventLog {
         start: StartFrom,
     ) -> Result<Box<dyn Subscription>, Error> {
         match start {
-            StartFrom::Beginning => Ok(Box::new(LocalSubscription {
+            // Positions are those of this instance's index, folded afresh at
+            // each start (`log_id` is `None`), so `After` is meaningful only
+            // within one run.
+            StartFrom::Beginning | StartFrom::After(_) => Ok(Box::new(LocalSubscription {
                 shared: self.inner.shared.clone(),
                 rx: self.inner.shared.changed.subscribe(),
-                cursor: 0,
+                cursor: match start {
+                    StartFrom::After(position) => usize::try_from(position).unwrap_or(usize::MAX),
+                    _ => 0,
+                },
             })),
             StartFrom::Checkpoint => {
                 let options = &self.inner.options;

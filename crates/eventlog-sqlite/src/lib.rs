@@ -142,6 +142,8 @@ pub struct SqliteEventLog {
 
 pub(crate) struct Inner {
     path: PathBuf,
+    /// The file's identity (`EventLog::log_id`).
+    log_id: String,
     poll_interval: Duration,
     /// `None` once closed.
     requests: Mutex<Option<Sender<Request>>>,
@@ -177,6 +179,10 @@ impl SqliteEventLog {
         // Positions start at 1; a negative head can only be a foreign row and
         // is reported by the readers that meet it.
         let head = u64::try_from(head).unwrap_or(0);
+        let log_id = schema::log_id(&conn).map_err(|source| Error::Open {
+            path: path.clone(),
+            source,
+        })?;
         let mut readers = Vec::with_capacity(options.read_connections.max(1));
         for _ in 0..options.read_connections.max(1) {
             readers.push(schema::open_reader(&path).map_err(|source| Error::Open {
@@ -204,6 +210,7 @@ impl SqliteEventLog {
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.clone(),
+                log_id,
                 poll_interval: options.poll_interval,
                 requests: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(handle)),
@@ -412,6 +419,7 @@ impl EventLog for SqliteEventLog {
     ) -> Result<Box<dyn Subscription>, mskflow_eventlog::Error> {
         let cursor = match start {
             StartFrom::Beginning => 0,
+            StartFrom::After(position) => position,
             StartFrom::Checkpoint => {
                 let name = consumer.to_owned();
                 self.inner
@@ -434,5 +442,9 @@ impl EventLog for SqliteEventLog {
                     .map_err(|e| unavailable("ping", e))
             })
             .await
+    }
+
+    fn log_id(&self) -> Option<String> {
+        Some(self.inner.log_id.clone())
     }
 }

@@ -13,7 +13,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use crate::Error;
 
 /// The schema version this build writes and understands.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection waits for another connection's (or process's) lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,6 +41,22 @@ CREATE TABLE checkpoints (
     updated_at TEXT    NOT NULL
 );
 ";
+
+/// Version 2: the log's identity (`EventLog::log_id`), a random UUID made
+/// once per file, so that projections kept beside the file can tell that a
+/// stored checkpoint was read from this very log and not from one deleted
+/// and started anew under the same name.
+const MIGRATION_2: &str = "
+CREATE TABLE log_identity (
+    id         TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+";
+
+/// The log's identity, made by migration 2.
+pub(crate) fn log_id(conn: &Connection) -> rusqlite::Result<String> {
+    conn.query_row("SELECT id FROM log_identity LIMIT 1", [], |row| row.get(0))
+}
 
 /// Open the single read-write connection: WAL, `synchronous=FULL`, migrated.
 pub(crate) fn open_writer(path: &Path) -> Result<Connection, Error> {
@@ -105,6 +121,17 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     }
     if found < 1 {
         tx.execute_batch(MIGRATION_1).map_err(migrate_err)?;
+    }
+    if found < 2 {
+        tx.execute_batch(MIGRATION_2).map_err(migrate_err)?;
+        tx.execute(
+            "INSERT INTO log_identity (id, created_at) VALUES (?1, ?2)",
+            rusqlite::params![
+                uuid::Uuid::new_v4().to_string(),
+                chrono::Utc::now().to_rfc3339()
+            ],
+        )
+        .map_err(migrate_err)?;
     }
     if found < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)

@@ -98,6 +98,10 @@ impl EventLog for Instrumented {
     async fn ping(&self) -> Result<(), Error> {
         self.inner.ping().await
     }
+
+    fn log_id(&self) -> Option<String> {
+        self.inner.log_id()
+    }
 }
 
 #[derive(Debug)]

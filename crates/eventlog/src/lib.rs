@@ -112,6 +112,11 @@ pub enum StartFrom {
     /// From the first event, ignoring any stored checkpoint (replay). Commits
     /// still move the stored checkpoint forward.
     Beginning,
+    /// After this log position, ignoring any stored checkpoint: a projection
+    /// that keeps its own checkpoint beside its state resumes here. Only
+    /// meaningful while [`EventLog::log_id`] is the one the position was
+    /// read under.
+    After(u64),
 }
 
 /// Errors of the event log. Each variant says how it crosses a boundary.
@@ -178,6 +183,15 @@ pub trait EventLog: Send + Sync + fmt::Debug {
 
     /// Cheap liveness check of the underlying store.
     async fn ping(&self) -> Result<(), Error>;
+
+    /// Identity of this log's position numbering: a position read under one
+    /// id names the same event for as long as the log answers the same id
+    /// (the embedded file keeps one for its lifetime). `None` when positions
+    /// are not stable across restarts (a log folded afresh in memory at each
+    /// start): a projection then rebuilds from the beginning.
+    fn log_id(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A named consumer's view of the log.

@@ -47,6 +47,12 @@ pub struct StoreArgs {
     /// (`security.protocol=ssl,ssl.ca.location=/etc/kafka/ca.pem`).
     #[arg(long, env = "MSKFLOW_KAFKA_OPTIONS", value_delimiter = ',')]
     pub kafka_option: Vec<String>,
+    /// Where this instance keeps its read models (one SQLite file per
+    /// projection, with its checkpoint). Default: `<db>.projections/` beside
+    /// the embedded file; on Kafka a temporary directory, rebuilt at each
+    /// start. One directory per instance.
+    #[arg(long, env = "MSKFLOW_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Errors opening the log. They end the process.
@@ -67,6 +73,8 @@ pub enum Error {
         #[source]
         source: mskflow_eventlog::Error,
     },
+    #[error("making a temporary directory for the read models: {0}")]
+    StateDir(#[source] std::io::Error),
     #[error("opening the Kafka event log at {brokers}: {source}")]
     Kafka {
         brokers: String,
@@ -109,6 +117,8 @@ pub struct Store {
     embedded: Option<SqliteEventLog>,
     /// Which backend, for logs and health output.
     pub backend: &'static str,
+    /// Where this instance's read models live.
+    pub projections: mskflow_projection::Options,
 }
 
 impl Store {
@@ -123,6 +133,12 @@ impl Store {
 
 /// Open the configured log for `service` (used as the Kafka client id).
 pub async fn open(args: &StoreArgs, service: &str) -> Result<Store, Error> {
+    let projections = match (&args.state_dir, args.kafka_brokers.is_some()) {
+        (Some(dir), _) => mskflow_projection::Options::in_dir(dir),
+        (None, false) => mskflow_projection::Options::in_dir(args.db.with_extension("projections")),
+        (None, true) => mskflow_projection::Options::temporary().map_err(Error::StateDir)?,
+    };
+    tracing::info!(dir = %projections.dir.display(), "read models");
     if let Some(options) = args.kafka(service)? {
         let brokers = options.brokers.clone();
         let log = KafkaEventLog::open(options)
@@ -137,6 +153,7 @@ pub async fn open(args: &StoreArgs, service: &str) -> Result<Store, Error> {
             log: Arc::new(Instrumented::new(Arc::new(log))),
             embedded: None,
             backend: "kafka",
+            projections,
         });
     }
     let store = SqliteEventLog::open(mskflow_eventlog_sqlite::Options {
@@ -152,6 +169,7 @@ pub async fn open(args: &StoreArgs, service: &str) -> Result<Store, Error> {
         log: Arc::new(Instrumented::new(Arc::new(store.clone()))),
         embedded: Some(store),
         backend: "embedded",
+        projections,
     })
 }
 
@@ -251,6 +269,7 @@ mod tests {
             kafka_session_timeout_ms: 6000,
             kafka_append_timeout_ms: 500,
             kafka_option: Vec::new(),
+            state_dir: None,
         }
     }
 

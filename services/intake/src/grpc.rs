@@ -51,6 +51,9 @@ impl From<Error> for Status {
             Error::Store(
                 mskflow_eventlog::Error::Unavailable { .. } | mskflow_eventlog::Error::Closed,
             ) => Status::unavailable(format!("event store unavailable, retry: {e}")),
+            Error::Index(_) => {
+                Status::unavailable(format!("duplicate index unavailable, retry: {e}"))
+            }
             Error::Conflict { .. } => Status::aborted(e.to_string()),
             _ => Status::internal(format!("intake failed: {e}")),
         }

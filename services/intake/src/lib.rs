@@ -22,6 +22,7 @@ use tonic::transport::server::Router;
 
 pub mod domain;
 pub mod grpc;
+pub mod index;
 pub mod rules;
 pub mod service;
 
@@ -41,6 +42,10 @@ pub enum Error {
     /// OperationOutcome `transient` or 500 `exception`.
     #[error("event store: {0}")]
     Store(#[from] mskflow_eventlog::Error),
+    /// The duplicate index on disk could not be opened, read or kept up.
+    /// gRPC `UNAVAILABLE`.
+    #[error("duplicate index: {0}")]
+    Index(#[from] mskflow_projection::Error),
     /// A stored intake event could not be decoded. gRPC `INTERNAL`; HTTP 500
     /// `exception`. The reason names the position only, never content.
     #[error("stored {event_type} event at {stream_id}#{sequence} cannot be decoded: {reason}")]
@@ -96,6 +101,8 @@ pub struct Options {
     pub grpc_addr: SocketAddr,
     /// A triage rule file to use instead of the built-in one.
     pub rules_path: Option<PathBuf>,
+    /// Where the duplicate index keeps its file.
+    pub projections: mskflow_projection::Options,
 }
 
 /// The intake service, built and bound, ready to run.
@@ -128,7 +135,8 @@ impl Service {
             rules_path = ?options.rules_path,
             "triage rules loaded"
         );
-        let intake = Arc::new(Intake::open(log, Arc::new(rules), clock).await?);
+        let intake =
+            Arc::new(Intake::open(log, Arc::new(rules), clock, &options.projections).await?);
         let listener = TcpListener::bind(options.grpc_addr)
             .await
             .map_err(|source| Error::Bind {

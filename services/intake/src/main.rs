@@ -58,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         Options {
             grpc_addr: args.grpc_addr,
             rules_path: args.rules,
+            projections: store.projections.clone(),
         },
         log.clone(),
     )

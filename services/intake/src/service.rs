@@ -1,27 +1,23 @@
 //! The intake application service: identifies the referral, refuses
 //! duplicates, runs the domain and appends its events durably.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use mskflow_eventlog::{EventLog, ExpectedVersion, Metadata, StartFrom, decode, new_event};
+use mskflow_eventlog::{EventLog, ExpectedVersion, Metadata, decode, new_event};
 use mskflow_events::intake::{IntakeEvent, ReferralDetails};
+use mskflow_projection::{FollowTask, Projector};
 use uuid::Uuid;
 
 use crate::Error;
 use crate::domain::{self, Command, DomainError, ReferralState};
+use crate::index::{self, Overlay, RequestIndex};
 use crate::rules::RuleSet;
 
 /// Namespace of referral ids (UUIDv5). Never change it: referral ids of
 /// recorded referrals are derived from it.
 pub const REFERRAL_ID_NAMESPACE: Uuid = Uuid::from_u128(0x8a1f_3c52_6d0e_4b7a_9e21_5f6c_0d3b_7e94);
-
-/// Consumer name used to replay the log when the index is rebuilt.
-const INDEX_CONSUMER: &str = "intake-index";
-/// Events read per batch while rebuilding the index.
-const REPLAY_BATCH: usize = 512;
 
 /// The stream of one referral.
 pub fn stream_id(referral_id: Uuid) -> String {
@@ -87,41 +83,31 @@ pub enum Rejection {
     Refused(DomainError),
 }
 
-/// Which request ids and referrals have been recorded.
-#[derive(Debug, Default)]
-struct Index {
-    /// request id -> referral id, for recorded and in-flight requests.
-    requests: HashMap<Uuid, Uuid>,
-    referrals: HashSet<Uuid>,
-}
-
-impl Index {
-    fn record(&mut self, request_id: Uuid, referral_id: Uuid) {
-        self.requests.insert(request_id, referral_id);
-        self.referrals.insert(referral_id);
-    }
-}
-
 /// The intake application service.
 #[derive(Debug)]
 pub struct Intake {
     log: Arc<dyn EventLog>,
     rules: Arc<RuleSet>,
     clock: Arc<dyn Clock>,
-    index: Arc<Mutex<Index>>,
+    /// The duplicate index on disk, following the log.
+    index: Projector<RequestIndex>,
+    _follow: FollowTask,
+    /// This instance's requests not yet in the stored index.
+    overlay: Overlay,
 }
 
-/// Holds a request id in the index while its append is in flight, and frees
-/// it unless the append succeeded, even when the caller gives up (the future
-/// is dropped) half-way.
+/// Holds a request id in the overlay while its append is in flight, and
+/// frees it unless the append succeeded, even when the caller gives up (the
+/// future is dropped) half-way.
 struct Reservation<'a> {
-    index: &'a Mutex<Index>,
+    overlay: &'a Overlay,
     request_id: Uuid,
     kept: bool,
 }
 
 impl Reservation<'_> {
-    fn keep(mut self) {
+    fn keep(mut self, position: u64) {
+        self.overlay.recorded(self.request_id, position);
         self.kept = true;
     }
 }
@@ -129,63 +115,71 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if !self.kept {
-            lock(self.index).requests.remove(&self.request_id);
+            self.overlay.release(self.request_id);
         }
     }
 }
 
-/// The index holds plain data whose every update is a single insert or
-/// remove, so it is consistent even if a holder panicked.
-fn lock(index: &Mutex<Index>) -> MutexGuard<'_, Index> {
-    index.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Intake {
-    /// Open the service over a log, rebuilding the duplicate index by
-    /// replaying every intake event.
+    /// Open the service over a log. The duplicate index resumes from its
+    /// stored checkpoint in `projections` (or is rebuilt by replay when it
+    /// has none that fits this log) and then follows the log.
     pub async fn open(
         log: Arc<dyn EventLog>,
         rules: Arc<RuleSet>,
         clock: Arc<dyn Clock>,
+        projections: &mskflow_projection::Options,
     ) -> Result<Self, Error> {
-        let mut index = Index::default();
-        let mut sub = log.subscribe(INDEX_CONSUMER, StartFrom::Beginning).await?;
-        let mut replayed = 0_usize;
-        loop {
-            let batch = sub.poll_batch(REPLAY_BATCH).await?;
-            if batch.is_empty() {
-                break;
-            }
-            for envelope in &batch {
-                if envelope.event_type != "ReferralReceived"
-                    && envelope.event_type != "ReferralCancelled"
-                {
-                    continue;
-                }
-                match decode::<IntakeEvent>(envelope) {
-                    Ok(IntakeEvent::ReferralReceived(e)) => {
-                        index.record(e.request_id, e.referral_id);
-                        replayed += 1;
-                    }
-                    Ok(IntakeEvent::ReferralCancelled(e)) => {
-                        index.requests.insert(e.request_id, e.referral_id);
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(Error::decode(envelope, &e)),
-                }
-            }
-        }
+        let (index, following, catch_up) = Projector::open(&log, projections, RequestIndex).await?;
         tracing::info!(
-            referrals = replayed,
+            events = catch_up.events,
+            applied = catch_up.applied,
             rule_set_version = rules.version(),
-            "intake index rebuilt"
+            "intake index ready"
         );
+        let follow = index.spawn(following);
         Ok(Self {
             log,
             rules,
             clock,
-            index: Arc::new(Mutex::new(index)),
+            index,
+            _follow: follow,
+            overlay: Overlay::default(),
         })
+    }
+
+    /// Reserve `request_id` for `referral_id` unless it was processed
+    /// already (then the referral it mapped to).
+    async fn reserve(
+        &self,
+        request_id: Uuid,
+        referral_id: Uuid,
+    ) -> Result<Result<Reservation<'_>, Uuid>, Error> {
+        if let Err(existing) = self
+            .overlay
+            .reserve(request_id, referral_id, self.index.applied())
+        {
+            return Ok(Err(existing));
+        }
+        let reservation = Reservation {
+            overlay: &self.overlay,
+            request_id,
+            kept: false,
+        };
+        match self
+            .index
+            .read(move |conn| index::stored_referral(conn, request_id))
+            .await?
+        {
+            Some(existing) => Ok(Err(existing)),
+            None => Ok(Ok(reservation)),
+        }
+    }
+
+    /// Requests held in memory by the duplicate index (in flight, or
+    /// recorded and not yet folded into the stored index).
+    pub fn pending_requests(&self) -> usize {
+        self.overlay.len()
     }
 
     pub fn rules(&self) -> &RuleSet {
@@ -202,29 +196,19 @@ impl Intake {
         details: ReferralDetails,
     ) -> Result<Result<Submitted, Rejection>, Error> {
         let referral_id = referral_id(request_id, &details);
-        let reservation = {
-            let mut index = lock(&self.index);
-            if let Some(existing) = index.requests.get(&request_id) {
+        let reservation = match self.reserve(request_id, referral_id).await? {
+            Ok(reservation) => reservation,
+            Err(existing) => {
                 tracing::info!(%request_id, referral_id = %existing, "request already processed");
                 return Ok(Err(Rejection::Duplicate {
-                    referral_id: *existing,
+                    referral_id: existing,
                 }));
-            }
-            if index.referrals.contains(&referral_id) {
-                tracing::info!(%request_id, %referral_id, "referral already recorded");
-                return Ok(Err(Rejection::Duplicate { referral_id }));
-            }
-            index.requests.insert(request_id, referral_id);
-            Reservation {
-                index: &self.index,
-                request_id,
-                kept: false,
             }
         };
 
         let now = self.clock.now();
-        // A referral id the index has not seen has no stream (the append
-        // below makes the store check it), so the state is the empty one.
+        // A referral recorded already under another request id has a stream:
+        // the append below expects none, so the store refuses it.
         let events = match domain::handle(
             &ReferralState::default(),
             Command::Submit {
@@ -263,8 +247,7 @@ impl Intake {
             .await
         {
             Ok(appended) => {
-                reservation.keep();
-                lock(&self.index).referrals.insert(referral_id);
+                reservation.keep(appended.position);
                 let mut state = domain::fold(&events);
                 state.version = appended.version;
                 tracing::info!(
@@ -284,7 +267,6 @@ impl Intake {
             }
             Err(mskflow_eventlog::Error::WrongExpectedVersion { .. }) => {
                 // The store already holds this referral (another request won).
-                lock(&self.index).referrals.insert(referral_id);
                 drop(reservation);
                 tracing::info!(%request_id, %referral_id, "referral already recorded (store)");
                 Ok(Err(Rejection::Duplicate { referral_id }))
@@ -317,18 +299,12 @@ impl Intake {
             return Ok(Err(Rejection::Refused(DomainError::NotFound)));
         }
         let referral_id = referral_id(request_id, details);
-        let reservation = {
-            let mut index = lock(&self.index);
-            if let Some(existing) = index.requests.get(&request_id) {
+        let reservation = match self.reserve(request_id, referral_id).await? {
+            Ok(reservation) => reservation,
+            Err(existing) => {
                 return Ok(Err(Rejection::Duplicate {
-                    referral_id: *existing,
+                    referral_id: existing,
                 }));
-            }
-            index.requests.insert(request_id, referral_id);
-            Reservation {
-                index: &self.index,
-                request_id,
-                kept: false,
             }
         };
         let Some(state) = self.get(referral_id).await? else {
@@ -379,7 +355,7 @@ impl Intake {
             .await
         {
             Ok(appended) => {
-                reservation.keep();
+                reservation.keep(appended.position);
                 let mut state = events.iter().fold(state, domain::apply);
                 state.version = appended.version;
                 tracing::info!(%referral_id, %request_id, %correlation_id, status = status.code(), "referral cancelled");

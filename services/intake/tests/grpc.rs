@@ -46,6 +46,7 @@ async fn spawn_app() -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
         Options {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             rules_path: None,
+            projections: mskflow_projection::Options::in_dir(dir.path().join("projections")),
         },
         as_log(&store),
     )

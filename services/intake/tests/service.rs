@@ -16,11 +16,16 @@ use mskflow_intake::service::stream_id;
 use mskflow_intake::{Intake, Rejection, RuleSet, Status, SystemClock};
 use uuid::Uuid;
 
-async fn open_intake(log: Arc<dyn EventLog>) -> Result<Intake, mskflow_intake::Error> {
+/// Intake over `log`, its duplicate index kept under `dir`.
+async fn open_intake(
+    log: Arc<dyn EventLog>,
+    dir: &std::path::Path,
+) -> Result<Intake, mskflow_intake::Error> {
     Intake::open(
         log,
         Arc::new(RuleSet::default_rules()?),
         Arc::new(SystemClock),
+        &mskflow_projection::Options::in_dir(dir.join("projections")),
     )
     .await
 }
@@ -29,7 +34,7 @@ async fn open_intake(log: Arc<dyn EventLog>) -> Result<Intake, mskflow_intake::E
 async fn submit_records_two_durable_events_with_metadata() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = open_store(dir.path())?;
-    let intake = open_intake(as_log(&store)).await?;
+    let intake = open_intake(as_log(&store), dir.path()).await?;
     let (request_id, correlation_id) = (Uuid::new_v4(), Uuid::new_v4());
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned();
 
@@ -72,7 +77,7 @@ async fn submit_records_two_durable_events_with_metadata() -> TestResult {
     }
 
     // And the service reads the state back.
-    let intake = open_intake(as_log(&store)).await?;
+    let intake = open_intake(as_log(&store), dir.path()).await?;
     let state = intake
         .get(submitted.referral_id)
         .await?
@@ -86,7 +91,7 @@ async fn submit_records_two_durable_events_with_metadata() -> TestResult {
 async fn a_red_flag_referral_is_redirected() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = open_store(dir.path())?;
-    let intake = open_intake(as_log(&store)).await?;
+    let intake = open_intake(as_log(&store), dir.path()).await?;
     let mut details = referral("R-CES")?;
     details.red_flags = vec![RedFlag::BladderOrBowelDysfunction];
     let submitted = intake
@@ -109,7 +114,7 @@ async fn a_red_flag_referral_is_redirected() -> TestResult {
 async fn the_same_request_id_twice_is_a_duplicate() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = open_store(dir.path())?;
-    let intake = open_intake(as_log(&store)).await?;
+    let intake = open_intake(as_log(&store), dir.path()).await?;
     let request_id = Uuid::new_v4();
     let first = intake
         .submit(request_id, Uuid::new_v4(), None, referral("R-1")?)
@@ -133,7 +138,7 @@ async fn the_same_request_id_twice_is_a_duplicate() -> TestResult {
 async fn the_same_referral_under_a_new_request_id_is_a_duplicate() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = open_store(dir.path())?;
-    let intake = open_intake(as_log(&store)).await?;
+    let intake = open_intake(as_log(&store), dir.path()).await?;
     let first = intake
         .submit(Uuid::new_v4(), Uuid::new_v4(), None, referral("R-1")?)
         .await?
@@ -161,7 +166,7 @@ async fn the_same_referral_under_a_new_request_id_is_a_duplicate() -> TestResult
 async fn twenty_concurrent_submits_of_one_referral_record_it_once() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = open_store(dir.path())?;
-    let intake = Arc::new(open_intake(as_log(&store)).await?);
+    let intake = Arc::new(open_intake(as_log(&store), dir.path()).await?);
     let details = referral("R-RACE")?;
     let tasks: Vec<_> = (0..20)
         .map(|_| {
@@ -191,12 +196,12 @@ async fn twenty_concurrent_submits_of_one_referral_record_it_once() -> TestResul
 }
 
 #[tokio::test]
-async fn the_index_is_rebuilt_from_the_log_after_a_restart() -> TestResult {
+async fn the_index_survives_a_restart_and_is_rebuilt_when_deleted() -> TestResult {
     let dir = tempfile::tempdir()?;
     let request_id = Uuid::new_v4();
     let first = {
         let store = open_store(dir.path())?;
-        let intake = open_intake(as_log(&store)).await?;
+        let intake = open_intake(as_log(&store), dir.path()).await?;
         let s = intake
             .submit(request_id, Uuid::new_v4(), None, referral("R-1")?)
             .await?
@@ -205,7 +210,7 @@ async fn the_index_is_rebuilt_from_the_log_after_a_restart() -> TestResult {
         s
     };
     let store = open_store(dir.path())?;
-    let intake = open_intake(as_log(&store)).await?;
+    let intake = open_intake(as_log(&store), dir.path()).await?;
     // Only the rebuilt index can know this request id: the body is a new
     // referral.
     assert_eq!(
@@ -219,6 +224,23 @@ async fn the_index_is_rebuilt_from_the_log_after_a_restart() -> TestResult {
     assert_eq!(
         intake
             .submit(Uuid::new_v4(), Uuid::new_v4(), None, referral("R-1")?)
+            .await?,
+        Err(Rejection::Duplicate {
+            referral_id: first.referral_id
+        })
+    );
+    assert_eq!(count_events(&store).await?, 2);
+    drop(intake);
+    store.close().await;
+
+    // Deleted, the index is rebuilt from the log and knows the same ids.
+    let projections = mskflow_projection::Options::in_dir(dir.path().join("projections"));
+    assert!(mskflow_projection::remove(&projections, "intake-index")?);
+    let store = open_store(dir.path())?;
+    let intake = open_intake(as_log(&store), dir.path()).await?;
+    assert_eq!(
+        intake
+            .submit(request_id, Uuid::new_v4(), None, referral("R-NEWER")?)
             .await?,
         Err(Rejection::Duplicate {
             referral_id: first.referral_id
@@ -281,7 +303,7 @@ async fn a_failed_append_is_an_error_and_frees_the_request_id() -> TestResult {
         inner: as_log(&store),
         fail: AtomicBool::new(true),
     });
-    let intake = open_intake(log).await?;
+    let intake = open_intake(log, dir.path()).await?;
     let request_id = Uuid::new_v4();
     let failed = intake
         .submit(request_id, Uuid::new_v4(), None, referral("R-1")?)
