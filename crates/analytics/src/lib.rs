@@ -58,6 +58,7 @@ pub const MIN_SECRET_LEN: usize = 16;
 
 pub mod parquet_file;
 pub mod publish;
+pub mod store;
 pub mod views;
 
 pub use publish::{JsonlSink, SECRET_ENV, Sink, SinkError};
@@ -264,7 +265,7 @@ pub struct Context {
 }
 
 /// The patient attributes an analyst may see, fixed at referral.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct PatientAttributes {
     pub patient_pseudonym: Option<String>,
     pub age_band: Option<String>,

@@ -194,7 +194,7 @@ pub struct ViewOptions {
 }
 
 /// Appointment counts of one service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Appointments {
     pub booked: u64,
     pub attended: u64,
@@ -212,7 +212,7 @@ impl Appointments {
 }
 
 /// An MSK-HQ change from first contact to a later timepoint.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ScoreChange {
     pub baseline: f64,
     pub later: f64,
@@ -220,8 +220,9 @@ pub struct ScoreChange {
     pub reached_minimal_important_change: bool,
 }
 
-/// What is known about one referral.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What is known about one referral (stored as JSON by the analytics read
+/// model, `crate::store`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReferralFacts {
     /// The patient's attributes at referral (no pseudonym: aggregate views
     /// do not need one).
@@ -239,11 +240,159 @@ pub struct ReferralFacts {
     /// MSK-HQ changes by later timepoint code (`discharge`, `follow-up`).
     pub msk_hq: BTreeMap<String, ScoreChange>,
     pub referred_to_orthopaedics: bool,
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     fcp_slots: HashMap<Uuid, DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     sessions: HashMap<u32, NaiveDate>,
 }
 
+/// The event types the views fold.
+pub const EVENT_TYPES: &[&str] = &[
+    "ReferralReceived",
+    "ReferralTriaged",
+    "AssessmentRequested",
+    "ReferralRedirected",
+    "ReferralRejected",
+    "AssessmentBooked",
+    "AssessmentRescheduled",
+    "AssessmentCancelled",
+    "AppointmentMissed",
+    "AssessmentCompleted",
+    "OnwardReferralRequested",
+    "PatientWaitlisted",
+    "PlaceBooked",
+    "SessionAttended",
+    "SessionMissed",
+    "SessionCancelled",
+    "OutcomeChangeRecorded",
+];
+
+/// The referral an event the views fold is about (every such payload names
+/// it as `referral_id`).
+pub fn referral_of(envelope: &Envelope) -> Option<Uuid> {
+    if !EVENT_TYPES.contains(&envelope.event_type.as_str()) {
+        return None;
+    }
+    read::<ReferralRef>(envelope).map(|r| r.referral_id)
+}
+
 impl ReferralFacts {
+    /// Fold one event of this referral in (see [`referral_of`]). Returns
+    /// `None` for events the views do not use and payloads they cannot read.
+    pub fn fold(&mut self, envelope: &Envelope, ctx: &Context) -> Option<()> {
+        let at = envelope.occurred_at;
+        match envelope.event_type.as_str() {
+            "ReferralReceived" => {
+                let r: ReferralReceived = read(envelope)?;
+                let mut attributes = PatientAttributes::of_referral(&r, at.date_naive(), ctx);
+                attributes.patient_pseudonym = None;
+                self.attributes = attributes;
+                self.received_at = earliest(self.received_at, at);
+            }
+            "ReferralTriaged" | "AssessmentRequested" => {
+                let e: WithPathway = read(envelope)?;
+                if envelope.event_type == "ReferralTriaged" {
+                    self.triaged_at = earliest(self.triaged_at, at);
+                }
+                if self.pathway.is_none() {
+                    self.pathway = e.pathway;
+                }
+            }
+            "ReferralRedirected" | "ReferralRejected" => {
+                read::<ReferralRef>(envelope)?;
+                self.triaged_at = earliest(self.triaged_at, at);
+            }
+            "AssessmentBooked" | "AssessmentRescheduled" => {
+                let e: Booked = read(envelope)?;
+                // A reschedule moves the appointment: not a new booking.
+                if envelope.event_type == "AssessmentBooked" {
+                    self.fcp.booked += 1;
+                }
+                self.fcp_slots.insert(e.slot.slot_id, e.slot.start);
+            }
+            "AssessmentCancelled" => {
+                read::<ReferralRef>(envelope)?;
+                self.fcp.cancelled += 1;
+            }
+            "AppointmentMissed" => {
+                read::<ReferralRef>(envelope)?;
+                self.fcp.dna += 1;
+            }
+            "AssessmentCompleted" => {
+                let e: Completed = read(envelope)?;
+                self.fcp.attended += 1;
+                let seen = self
+                    .fcp_slots
+                    .get(&e.slot_id)
+                    .copied()
+                    .unwrap_or(at)
+                    .date_naive();
+                self.first_contact = earliest(self.first_contact, seen);
+                if e.outcomes.iter().any(|o| {
+                    o.outcome == "onward-referral"
+                        && o.destination.as_deref() == Some("orthopaedics")
+                }) {
+                    self.referred_to_orthopaedics = true;
+                }
+            }
+            "OnwardReferralRequested" => {
+                let e: Onward = read(envelope)?;
+                if e.destination == "orthopaedics" {
+                    self.referred_to_orthopaedics = true;
+                }
+            }
+            "PatientWaitlisted" => {
+                let e: Waitlisted = read(envelope)?;
+                self.programme = Some(e.programme);
+                if self.pathway.is_none() {
+                    self.pathway = e.pathway;
+                }
+            }
+            "PlaceBooked" => {
+                let e: PlaceBooked = read(envelope)?;
+                self.rehab.booked += e.sessions.len() as u64;
+                for s in e.sessions {
+                    self.sessions.insert(s.session_no, s.starts_at.date());
+                }
+            }
+            "SessionAttended" => {
+                let e: Session = read(envelope)?;
+                self.rehab.attended += 1;
+                let date = self
+                    .sessions
+                    .get(&e.session_no)
+                    .copied()
+                    .unwrap_or_else(|| at.date_naive());
+                self.first_treatment = earliest(self.first_treatment, date);
+            }
+            "SessionMissed" => {
+                read::<ReferralRef>(envelope)?;
+                self.rehab.dna += 1;
+            }
+            "SessionCancelled" => {
+                read::<ReferralRef>(envelope)?;
+                self.rehab.cancelled += 1;
+            }
+            "OutcomeChangeRecorded" => {
+                let e: Change = read(envelope)?;
+                if e.measure != MSK_HQ {
+                    return None;
+                }
+                self.msk_hq.insert(
+                    e.to,
+                    ScoreChange {
+                        baseline: e.baseline,
+                        later: e.later,
+                        change: e.change,
+                        reached_minimal_important_change: e.reached_minimal_important_change,
+                    },
+                );
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+
     /// Days from referral to a milestone date.
     fn days_to(&self, date: Option<NaiveDate>) -> Option<i64> {
         let received = self.received_at?.date_naive();
@@ -268,7 +417,6 @@ struct ReferralRef {
 
 #[derive(Deserialize)]
 struct WithPathway {
-    referral_id: Uuid,
     pathway: Option<String>,
 }
 
@@ -280,7 +428,6 @@ struct SlotRef {
 
 #[derive(Deserialize)]
 struct Booked {
-    referral_id: Uuid,
     slot: SlotRef,
 }
 
@@ -292,7 +439,6 @@ struct OutcomeRef {
 
 #[derive(Deserialize)]
 struct Completed {
-    referral_id: Uuid,
     slot_id: Uuid,
     #[serde(default)]
     outcomes: Vec<OutcomeRef>,
@@ -300,13 +446,11 @@ struct Completed {
 
 #[derive(Deserialize)]
 struct Onward {
-    referral_id: Uuid,
     destination: String,
 }
 
 #[derive(Deserialize)]
 struct Waitlisted {
-    referral_id: Uuid,
     pathway: Option<String>,
     programme: String,
 }
@@ -319,19 +463,16 @@ struct SessionRef {
 
 #[derive(Deserialize)]
 struct PlaceBooked {
-    referral_id: Uuid,
     sessions: Vec<SessionRef>,
 }
 
 #[derive(Deserialize)]
 struct Session {
-    referral_id: Uuid,
     session_no: u32,
 }
 
 #[derive(Deserialize)]
 struct Change {
-    referral_id: Uuid,
     measure: String,
     to: String,
     baseline: f64,
@@ -389,340 +530,310 @@ impl Views {
         applied
     }
 
-    fn facts_mut(&mut self, referral_id: Uuid) -> &mut ReferralFacts {
-        self.referrals.entry(referral_id).or_default()
-    }
-
     fn apply(&mut self, envelope: &Envelope, ctx: &Context) -> Option<()> {
-        let at = envelope.occurred_at;
-        match envelope.event_type.as_str() {
-            "ReferralReceived" => {
-                let r: ReferralReceived = read(envelope)?;
-                let mut attributes = PatientAttributes::of_referral(&r, at.date_naive(), ctx);
-                attributes.patient_pseudonym = None;
-                let facts = self.facts_mut(r.referral_id);
-                facts.attributes = attributes;
-                facts.received_at = earliest(facts.received_at, at);
-            }
-            "ReferralTriaged" | "AssessmentRequested" => {
-                let e: WithPathway = read(envelope)?;
-                let facts = self.facts_mut(e.referral_id);
-                if envelope.event_type == "ReferralTriaged" {
-                    facts.triaged_at = earliest(facts.triaged_at, at);
-                }
-                if facts.pathway.is_none() {
-                    facts.pathway = e.pathway;
-                }
-            }
-            "ReferralRedirected" | "ReferralRejected" => {
-                let e: ReferralRef = read(envelope)?;
-                let facts = self.facts_mut(e.referral_id);
-                facts.triaged_at = earliest(facts.triaged_at, at);
-            }
-            "AssessmentBooked" | "AssessmentRescheduled" => {
-                let e: Booked = read(envelope)?;
-                let facts = self.facts_mut(e.referral_id);
-                // A reschedule moves the appointment: not a new booking.
-                if envelope.event_type == "AssessmentBooked" {
-                    facts.fcp.booked += 1;
-                }
-                facts.fcp_slots.insert(e.slot.slot_id, e.slot.start);
-            }
-            "AssessmentCancelled" => {
-                let e: ReferralRef = read(envelope)?;
-                self.facts_mut(e.referral_id).fcp.cancelled += 1;
-            }
-            "AppointmentMissed" => {
-                let e: ReferralRef = read(envelope)?;
-                self.facts_mut(e.referral_id).fcp.dna += 1;
-            }
-            "AssessmentCompleted" => {
-                let e: Completed = read(envelope)?;
-                let facts = self.facts_mut(e.referral_id);
-                facts.fcp.attended += 1;
-                let seen = facts
-                    .fcp_slots
-                    .get(&e.slot_id)
-                    .copied()
-                    .unwrap_or(at)
-                    .date_naive();
-                facts.first_contact = earliest(facts.first_contact, seen);
-                if e.outcomes.iter().any(|o| {
-                    o.outcome == "onward-referral"
-                        && o.destination.as_deref() == Some("orthopaedics")
-                }) {
-                    facts.referred_to_orthopaedics = true;
-                }
-            }
-            "OnwardReferralRequested" => {
-                let e: Onward = read(envelope)?;
-                if e.destination == "orthopaedics" {
-                    self.facts_mut(e.referral_id).referred_to_orthopaedics = true;
-                }
-            }
-            "PatientWaitlisted" => {
-                let e: Waitlisted = read(envelope)?;
-                let facts = self.facts_mut(e.referral_id);
-                facts.programme = Some(e.programme);
-                if facts.pathway.is_none() {
-                    facts.pathway = e.pathway;
-                }
-            }
-            "PlaceBooked" => {
-                let e: PlaceBooked = read(envelope)?;
-                let facts = self.facts_mut(e.referral_id);
-                facts.rehab.booked += e.sessions.len() as u64;
-                for s in e.sessions {
-                    facts.sessions.insert(s.session_no, s.starts_at.date());
-                }
-            }
-            "SessionAttended" => {
-                let e: Session = read(envelope)?;
-                let facts = self.facts_mut(e.referral_id);
-                facts.rehab.attended += 1;
-                let date = facts
-                    .sessions
-                    .get(&e.session_no)
-                    .copied()
-                    .unwrap_or_else(|| at.date_naive());
-                facts.first_treatment = earliest(facts.first_treatment, date);
-            }
-            "SessionMissed" => {
-                let e: Session = read(envelope)?;
-                self.facts_mut(e.referral_id).rehab.dna += 1;
-            }
-            "SessionCancelled" => {
-                let e: Session = read(envelope)?;
-                self.facts_mut(e.referral_id).rehab.cancelled += 1;
-            }
-            "OutcomeChangeRecorded" => {
-                let e: Change = read(envelope)?;
-                if e.measure != MSK_HQ {
-                    return None;
-                }
-                self.facts_mut(e.referral_id).msk_hq.insert(
-                    e.to,
-                    ScoreChange {
-                        baseline: e.baseline,
-                        later: e.later,
-                        change: e.change,
-                        reached_minimal_important_change: e.reached_minimal_important_change,
-                    },
-                );
-            }
-            _ => return None,
+        let referral_id = referral_of(envelope)?;
+        let mut facts = self.referrals.remove(&referral_id).unwrap_or_default();
+        let applied = facts.fold(envelope, ctx);
+        // An event that does not apply leaves no empty entry behind.
+        if applied.is_some() || facts != ReferralFacts::default() {
+            self.referrals.insert(referral_id, facts);
         }
-        Some(())
-    }
-
-    /// Received referrals with their group under `split`.
-    fn grouped(&self, split: Split) -> impl Iterator<Item = (Option<String>, &ReferralFacts)> {
-        self.referrals
-            .values()
-            .filter(|f| f.received_at.is_some())
-            .map(move |f| (split.group(&f.attributes), f))
+        applied
     }
 
     /// The table of `view` split by `split`.
     pub fn table(&self, view: View, split: Split) -> Table {
-        match view {
-            View::Waits => self.waits(split),
-            View::Outcomes => self.outcomes(split),
-            View::Dna => self.dna(split),
-            View::Conversion => self.conversion(split),
+        let mut builder = TableBuilder::new(view, split, self.options);
+        for facts in self.referrals.values() {
+            builder.add(facts);
         }
+        builder.finish()
     }
 
     /// Waits from referral to triage, first contact and treatment.
     pub fn waits(&self, split: Split) -> Table {
-        const INTERVALS: [&str; 3] = [
-            "referral-to-triage",
-            "referral-to-first-contact",
-            "referral-to-treatment",
-        ];
-        let mut groups: BTreeMap<RowKey, [Vec<i64>; 3]> = BTreeMap::new();
-        for (group, f) in self.grouped(split) {
-            let waits = [
-                f.days_to(f.triaged_at.map(|t| t.date_naive())),
-                f.days_to(f.first_contact),
-                f.days_to(f.first_treatment),
-            ];
-            let entry = groups.entry(RowKey::new(vec![], group)).or_default();
-            for (i, w) in waits.into_iter().enumerate() {
-                if let Some(w) = w {
-                    entry[i].push(w);
-                }
-            }
-        }
-        let mut table = Table::new(View::Waits, split, &["interval"]);
-        table.columns.extend(
-            ["count", "median_days", "p92_days"]
-                .iter()
-                .map(|c| (*c).to_owned()),
-        );
-        // One row per interval even with no referrals in a group.
-        for (key, mut values) in groups {
-            for (i, name) in INTERVALS.iter().enumerate() {
-                let v = &mut values[i];
-                v.sort_unstable();
-                let count = v.len() as u64;
-                table.push(
-                    &key,
-                    &[name],
-                    count,
-                    vec![
-                        Value::from(count),
-                        median(v).map_or(Value::Null, |m| Value::from(round4(m))),
-                        nearest_rank(v, 92).map_or(Value::Null, Value::from),
-                    ],
-                    self.options,
-                );
-            }
-        }
-        table
+        self.table(View::Waits, split)
     }
 
     /// MSK-HQ change per pathway, programme and later timepoint.
     pub fn outcomes(&self, split: Split) -> Table {
-        #[derive(Default)]
-        struct Acc {
-            n: u64,
-            baseline: f64,
-            later: f64,
-            change: f64,
-            reached: u64,
-        }
-        let mut groups: BTreeMap<RowKey, Acc> = BTreeMap::new();
-        for (group, f) in self.grouped(split) {
-            for (timepoint, c) in &f.msk_hq {
-                let key = RowKey::new(
-                    vec![
-                        f.pathway.clone().unwrap_or_else(|| UNKNOWN.to_owned()),
-                        f.programme.clone().unwrap_or_else(|| "none".to_owned()),
-                        timepoint.clone(),
-                    ],
-                    group.clone(),
-                );
-                let acc = groups.entry(key).or_default();
-                acc.n += 1;
-                acc.baseline += c.baseline;
-                acc.later += c.later;
-                acc.change += c.change;
-                acc.reached += u64::from(c.reached_minimal_important_change);
-            }
-        }
-        let mut table = Table::new(
-            View::Outcomes,
-            split,
-            &["pathway", "programme", "timepoint"],
-        );
-        table.columns.extend(
-            [
-                "episodes",
-                "mean_baseline",
-                "mean_later",
-                "mean_change",
-                "reached_mic",
-                "reached_mic_share",
-            ]
-            .iter()
-            .map(|c| (*c).to_owned()),
-        );
-        for (key, acc) in groups {
-            let n = acc.n as f64;
-            table.push(
-                &key,
-                &[],
-                acc.n,
-                vec![
-                    Value::from(acc.n),
-                    ratio(acc.baseline, n),
-                    ratio(acc.later, n),
-                    ratio(acc.change, n),
-                    Value::from(acc.reached),
-                    ratio(acc.reached as f64, n),
-                ],
-                self.options,
-            );
-        }
-        table
+        self.table(View::Outcomes, split)
     }
 
     /// Appointments booked, attended and missed, per service.
     pub fn dna(&self, split: Split) -> Table {
-        let mut groups: BTreeMap<RowKey, [Appointments; 3]> = BTreeMap::new();
-        for (group, f) in self.grouped(split) {
-            let entry = groups.entry(RowKey::new(vec![], group)).or_default();
-            entry[0].add(&f.fcp);
-            entry[1].add(&f.rehab);
-            entry[2].add(&f.fcp);
-            entry[2].add(&f.rehab);
-        }
-        let mut table = Table::new(View::Dna, split, &["service"]);
-        table.columns.extend(
-            ["booked", "attended", "dna", "cancelled", "dna_rate"]
-                .iter()
-                .map(|c| (*c).to_owned()),
-        );
-        for (key, services) in groups {
-            for (name, a) in ["fcp-assessment", "rehabilitation", "all"]
-                .iter()
-                .zip(services)
-            {
-                table.push(
-                    &key,
-                    &[name],
-                    a.booked,
-                    vec![
-                        Value::from(a.booked),
-                        Value::from(a.attended),
-                        Value::from(a.dna),
-                        Value::from(a.cancelled),
-                        ratio(a.dna as f64, (a.attended + a.dna) as f64),
-                    ],
-                    self.options,
-                );
-            }
-        }
-        table
+        self.table(View::Dna, split)
     }
 
     /// Referrals per practice and the share referred on to orthopaedics.
     pub fn conversion(&self, split: Split) -> Table {
-        let mut groups: BTreeMap<RowKey, (u64, u64)> = BTreeMap::new();
-        for (group, f) in self.grouped(split) {
-            let practice = f
-                .attributes
-                .practice_ods
-                .clone()
-                .unwrap_or_else(|| UNKNOWN.to_owned());
-            let entry = groups
-                .entry(RowKey::new(vec![practice], group))
-                .or_default();
-            entry.0 += 1;
-            entry.1 += u64::from(f.referred_to_orthopaedics);
+        self.table(View::Conversion, split)
+    }
+}
+
+#[derive(Default)]
+struct OutcomeAcc {
+    n: u64,
+    baseline: f64,
+    later: f64,
+    change: f64,
+    reached: u64,
+}
+
+/// What a view accumulates per row.
+enum Acc {
+    Waits(BTreeMap<RowKey, [Vec<i64>; 3]>),
+    Outcomes(BTreeMap<RowKey, OutcomeAcc>),
+    Dna(BTreeMap<RowKey, [Appointments; 3]>),
+    Conversion(BTreeMap<RowKey, (u64, u64)>),
+}
+
+/// One view's table built from referral facts fed one at a time, so that
+/// the facts can be streamed from storage instead of held in memory; what
+/// it keeps is per group (the waits' day counts: 8 bytes a referral).
+pub struct TableBuilder {
+    view: View,
+    split: Split,
+    options: ViewOptions,
+    acc: Acc,
+}
+
+impl std::fmt::Debug for TableBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableBuilder")
+            .field("view", &self.view)
+            .field("split", &self.split)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TableBuilder {
+    pub fn new(view: View, split: Split, options: ViewOptions) -> Self {
+        let acc = match view {
+            View::Waits => Acc::Waits(BTreeMap::new()),
+            View::Outcomes => Acc::Outcomes(BTreeMap::new()),
+            View::Dna => Acc::Dna(BTreeMap::new()),
+            View::Conversion => Acc::Conversion(BTreeMap::new()),
+        };
+        Self {
+            view,
+            split,
+            options,
+            acc,
         }
-        let mut table = Table::new(View::Conversion, split, &["practice_ods"]);
-        table.columns.extend(
-            ["referrals", "referred_to_orthopaedics", "conversion_rate"]
-                .iter()
-                .map(|c| (*c).to_owned()),
-        );
-        for (key, (referrals, ortho)) in groups {
+    }
+
+    /// Count one referral in (referrals not received are left out).
+    pub fn add(&mut self, f: &ReferralFacts) {
+        if f.received_at.is_none() {
+            return;
+        }
+        let group = self.split.group(&f.attributes);
+        match &mut self.acc {
+            Acc::Waits(groups) => {
+                let waits = [
+                    f.days_to(f.triaged_at.map(|t| t.date_naive())),
+                    f.days_to(f.first_contact),
+                    f.days_to(f.first_treatment),
+                ];
+                let entry = groups.entry(RowKey::new(vec![], group)).or_default();
+                for (i, w) in waits.into_iter().enumerate() {
+                    if let Some(w) = w {
+                        entry[i].push(w);
+                    }
+                }
+            }
+            Acc::Outcomes(groups) => {
+                for (timepoint, c) in &f.msk_hq {
+                    let key = RowKey::new(
+                        vec![
+                            f.pathway.clone().unwrap_or_else(|| UNKNOWN.to_owned()),
+                            f.programme.clone().unwrap_or_else(|| "none".to_owned()),
+                            timepoint.clone(),
+                        ],
+                        group.clone(),
+                    );
+                    let acc = groups.entry(key).or_default();
+                    acc.n += 1;
+                    acc.baseline += c.baseline;
+                    acc.later += c.later;
+                    acc.change += c.change;
+                    acc.reached += u64::from(c.reached_minimal_important_change);
+                }
+            }
+            Acc::Dna(groups) => {
+                let entry = groups.entry(RowKey::new(vec![], group)).or_default();
+                entry[0].add(&f.fcp);
+                entry[1].add(&f.rehab);
+                entry[2].add(&f.fcp);
+                entry[2].add(&f.rehab);
+            }
+            Acc::Conversion(groups) => {
+                let practice = f
+                    .attributes
+                    .practice_ods
+                    .clone()
+                    .unwrap_or_else(|| UNKNOWN.to_owned());
+                let entry = groups
+                    .entry(RowKey::new(vec![practice], group))
+                    .or_default();
+                entry.0 += 1;
+                entry.1 += u64::from(f.referred_to_orthopaedics);
+            }
+        }
+    }
+
+    /// The table.
+    pub fn finish(self) -> Table {
+        let (split, options) = (self.split, self.options);
+        match self.acc {
+            Acc::Waits(groups) => waits_table(groups, split, options),
+            Acc::Outcomes(groups) => outcomes_table(groups, split, options),
+            Acc::Dna(groups) => dna_table(groups, split, options),
+            Acc::Conversion(groups) => conversion_table(groups, split, options),
+        }
+    }
+}
+
+fn waits_table(
+    groups: BTreeMap<RowKey, [Vec<i64>; 3]>,
+    split: Split,
+    options: ViewOptions,
+) -> Table {
+    const INTERVALS: [&str; 3] = [
+        "referral-to-triage",
+        "referral-to-first-contact",
+        "referral-to-treatment",
+    ];
+    let mut table = Table::new(View::Waits, split, &["interval"]);
+    table.columns.extend(
+        ["count", "median_days", "p92_days"]
+            .iter()
+            .map(|c| (*c).to_owned()),
+    );
+    // One row per interval even with no referrals in a group.
+    for (key, mut values) in groups {
+        for (i, name) in INTERVALS.iter().enumerate() {
+            let v = &mut values[i];
+            v.sort_unstable();
+            let count = v.len() as u64;
             table.push(
                 &key,
-                &[],
-                referrals,
+                &[name],
+                count,
                 vec![
-                    Value::from(referrals),
-                    Value::from(ortho),
-                    ratio(ortho as f64, referrals as f64),
+                    Value::from(count),
+                    median(v).map_or(Value::Null, |m| Value::from(round4(m))),
+                    nearest_rank(v, 92).map_or(Value::Null, Value::from),
                 ],
-                self.options,
+                options,
             );
         }
-        table
     }
+    table
+}
+
+fn outcomes_table(
+    groups: BTreeMap<RowKey, OutcomeAcc>,
+    split: Split,
+    options: ViewOptions,
+) -> Table {
+    let mut table = Table::new(
+        View::Outcomes,
+        split,
+        &["pathway", "programme", "timepoint"],
+    );
+    table.columns.extend(
+        [
+            "episodes",
+            "mean_baseline",
+            "mean_later",
+            "mean_change",
+            "reached_mic",
+            "reached_mic_share",
+        ]
+        .iter()
+        .map(|c| (*c).to_owned()),
+    );
+    for (key, acc) in groups {
+        let n = acc.n as f64;
+        table.push(
+            &key,
+            &[],
+            acc.n,
+            vec![
+                Value::from(acc.n),
+                ratio(acc.baseline, n),
+                ratio(acc.later, n),
+                ratio(acc.change, n),
+                Value::from(acc.reached),
+                ratio(acc.reached as f64, n),
+            ],
+            options,
+        );
+    }
+    table
+}
+
+fn dna_table(
+    groups: BTreeMap<RowKey, [Appointments; 3]>,
+    split: Split,
+    options: ViewOptions,
+) -> Table {
+    let mut table = Table::new(View::Dna, split, &["service"]);
+    table.columns.extend(
+        ["booked", "attended", "dna", "cancelled", "dna_rate"]
+            .iter()
+            .map(|c| (*c).to_owned()),
+    );
+    for (key, services) in groups {
+        for (name, a) in ["fcp-assessment", "rehabilitation", "all"]
+            .iter()
+            .zip(services)
+        {
+            table.push(
+                &key,
+                &[name],
+                a.booked,
+                vec![
+                    Value::from(a.booked),
+                    Value::from(a.attended),
+                    Value::from(a.dna),
+                    Value::from(a.cancelled),
+                    ratio(a.dna as f64, (a.attended + a.dna) as f64),
+                ],
+                options,
+            );
+        }
+    }
+    table
+}
+
+fn conversion_table(
+    groups: BTreeMap<RowKey, (u64, u64)>,
+    split: Split,
+    options: ViewOptions,
+) -> Table {
+    let mut table = Table::new(View::Conversion, split, &["practice_ods"]);
+    table.columns.extend(
+        ["referrals", "referred_to_orthopaedics", "conversion_rate"]
+            .iter()
+            .map(|c| (*c).to_owned()),
+    );
+    for (key, (referrals, ortho)) in groups {
+        table.push(
+            &key,
+            &[],
+            referrals,
+            vec![
+                Value::from(referrals),
+                Value::from(ortho),
+                ratio(ortho as f64, referrals as f64),
+            ],
+            options,
+        );
+    }
+    table
 }
 
 /// The median of sorted values: the middle one, or the mean of the two

@@ -163,6 +163,13 @@ pub trait Projection: Send + 'static {
     /// Fold one event into the tables, inside the batch's transaction.
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError>;
 
+    /// Write whatever `apply` kept back for the batch (a write-behind of
+    /// rows touched many times in one batch), inside its transaction, just
+    /// before the checkpoint moves.
+    fn flush(&mut self, _tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        Ok(())
+    }
+
     /// The batch's transaction committed, up to log position `position`.
     /// Projections that keep something in memory (an overlay of writes not
     /// yet folded, a cache) settle it here.
@@ -676,6 +683,7 @@ fn apply_in_tx<P: Projection>(
             Err(ApplyError::Store(e)) => return Err(e),
         }
     }
+    projection.flush(&tx)?;
     tx.execute(
         "UPDATE projection_meta SET checkpoint = ?1, updated_at = ?2",
         rusqlite::params![
