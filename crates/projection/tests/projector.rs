@@ -150,7 +150,10 @@ async fn a_restart_resumes_after_the_checkpoint() -> TestResult {
     assert_eq!((catch_up.events, catch_up.applied), (5, 4));
     assert_eq!(
         dump(&projector).await?,
-        vec![("counter-a".to_owned(), 3, 6), ("counter-b".to_owned(), 1, 10)]
+        vec![
+            ("counter-a".to_owned(), 3, 6),
+            ("counter-b".to_owned(), 1, 10)
+        ]
     );
     let checkpoint = projector.applied();
     drop(projector);
@@ -163,7 +166,10 @@ async fn a_restart_resumes_after_the_checkpoint() -> TestResult {
     assert_eq!((catch_up.events, catch_up.applied), (1, 1));
     assert_eq!(
         dump(&projector).await?,
-        vec![("counter-a".to_owned(), 4, 10), ("counter-b".to_owned(), 1, 10)]
+        vec![
+            ("counter-a".to_owned(), 4, 10),
+            ("counter-b".to_owned(), 1, 10)
+        ]
     );
     Ok(())
 }
@@ -250,7 +256,10 @@ async fn a_failed_batch_is_rolled_back_whole_and_retried() -> TestResult {
         appended.position
     );
     assert!(projector.applied() > before);
-    assert_eq!(dump(&projector).await?, vec![("counter-a".to_owned(), 4, 10)]);
+    assert_eq!(
+        dump(&projector).await?,
+        vec![("counter-a".to_owned(), 4, 10)]
+    );
     assert_eq!(fail.load(Ordering::SeqCst), 0);
     Ok(())
 }
@@ -275,7 +284,10 @@ async fn an_undecodable_event_is_skipped_and_counted() -> TestResult {
         Projector::open(&as_log(&log), &options, Totals::default()).await?;
     assert_eq!(catch_up.applied, 2);
     assert_eq!(projector.skipped(), 1);
-    assert_eq!(dump(&projector).await?, vec![("counter-a".to_owned(), 2, 11)]);
+    assert_eq!(
+        dump(&projector).await?,
+        vec![("counter-a".to_owned(), 2, 11)]
+    );
     Ok(())
 }
 
