@@ -92,6 +92,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         mskflow_scheduling::Options {
             grpc_addr: config.scheduling.grpc_addr,
             policy: config.scheduling.policy.clone(),
+            projections: projections.clone(),
         },
         log.clone(),
     )

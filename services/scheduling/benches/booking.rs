@@ -50,6 +50,7 @@ async fn run(workers: usize, bookings: usize) -> BenchResult<Figures> {
             Arc::new(store.clone()),
             Policy::default(),
             Arc::new(SystemClock),
+            &mskflow_projection::Options::in_dir(dir.path().join("projections")),
         )
         .await?,
     );

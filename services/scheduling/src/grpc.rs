@@ -42,6 +42,9 @@ impl From<Error> for Status {
             Error::Store(
                 mskflow_eventlog::Error::Unavailable { .. } | mskflow_eventlog::Error::Closed,
             ) => Status::unavailable(format!("event store unavailable, retry: {e}")),
+            Error::WaitingList(_) | Error::Behind { .. } => {
+                Status::unavailable(format!("waiting list unavailable, retry: {e}"))
+            }
             _ => Status::internal(format!("scheduling failed: {e}")),
         }
     }

@@ -7,6 +7,7 @@
 //!   slot and the patient's rehab episode.
 //! - [`service`]: the application service over an [`EventLog`], with
 //!   optimistic concurrency on every stream.
+//! - [`waiting`]: the rehab waiting list, a projection on disk.
 //! - [`grpc`]: the tonic adapter.
 //!
 //! [`Service::build`] and [`Service::run`] let one process host every service
@@ -26,6 +27,7 @@ pub mod consumer;
 pub mod domain;
 pub mod grpc;
 pub mod service;
+pub mod waiting;
 
 pub use domain::{DomainError, EpisodeState, EpisodeStatus, Policy};
 pub use service::{Clock, Outcome, Rejection, Scheduling, SystemClock, WaitingFilter};
@@ -55,6 +57,14 @@ pub enum Error {
         event_type: &'static str,
         reason: String,
     },
+    /// The waiting list on disk could not be opened, read or kept up. gRPC
+    /// `UNAVAILABLE`; HTTP 503 OperationOutcome `transient`.
+    #[error("waiting list: {0}")]
+    WaitingList(#[from] mskflow_projection::Error),
+    /// The waiting list did not apply this instance's last append in time.
+    /// gRPC `UNAVAILABLE` (retry); HTTP 503 `transient`.
+    #[error("waiting list has not reached log position {position} yet")]
+    Behind { position: u64 },
     /// The gRPC listener could not be bound. Start-up only.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -90,6 +100,8 @@ pub struct Options {
     pub grpc_addr: SocketAddr,
     /// Class sizes, course lengths and the did-not-attend policy.
     pub policy: Policy,
+    /// Where the waiting list keeps its file.
+    pub projections: mskflow_projection::Options,
 }
 
 /// The scheduling service, built and bound, ready to run.
@@ -113,7 +125,8 @@ impl Service {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, Error> {
         tracing::info!(policy = ?options.policy, "scheduling policy");
-        let scheduling = Arc::new(Scheduling::open(log, options.policy, clock).await?);
+        let scheduling =
+            Arc::new(Scheduling::open(log, options.policy, clock, &options.projections).await?);
         let listener = TcpListener::bind(options.grpc_addr)
             .await
             .map_err(|source| Error::Bind {

@@ -80,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
                 one_to_one_sessions: args.one_to_one_sessions,
                 ..Policy::default()
             },
+            projections: store.projections.clone(),
         },
         log.clone(),
     )

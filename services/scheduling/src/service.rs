@@ -9,18 +9,25 @@
 //! A booking touches two streams (the class or slot, then the episode).
 //! The place is taken first; if the episode then refuses the booking, the
 //! place is released again.
+//!
+//! The waiting list is a projection on disk ([`WaitingList`]), resumed
+//! from its checkpoint at start-up and following the log. Nothing here
+//! holds the list in memory: a query reads it, after waiting until the
+//! projection has applied this instance's last append (read-your-writes).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mskflow_eventlog::{EventLog, ExpectedVersion, Metadata, StartFrom, decode, new_event};
+use mskflow_eventlog::{EventLog, ExpectedVersion, Metadata, decode, new_event};
 use mskflow_events::scheduling::{
     CancelledBy, DayOfWeek, DischargeReason, PatientWaitlisted, Place, Programme, SchedulingEvent,
     VenueRegistered,
 };
 use mskflow_events::types::ContactMode;
+use mskflow_projection::{CatchUp, FollowTask, Projector};
 use uuid::Uuid;
 
 use crate::Error;
@@ -28,11 +35,11 @@ use crate::domain::{
     Aggregate, ClassCommand, ClassSpec, ClassState, DomainError, EpisodeCommand, EpisodeState,
     EpisodeStatus, PlaceInfo, Policy, SlotCommand, SlotState, VenueCommand, VenueState,
 };
+use crate::waiting::{self, WaitingList};
 
-/// Consumer name used to replay the log when the waiting list is rebuilt.
-const INDEX_CONSUMER: &str = "scheduling-waiting-list";
-/// Events read per batch while rebuilding the waiting list.
-const REPLAY_BATCH: usize = 512;
+/// How long a query waits for the waiting list to apply this instance's
+/// own appends.
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The stream of a venue.
 pub fn venue_stream(venue_id: &str) -> String {
@@ -111,57 +118,73 @@ pub struct Scheduling {
     log: Arc<dyn EventLog>,
     policy: Policy,
     clock: Arc<dyn Clock>,
-    /// Episodes on the waiting list, by referral id.
-    waiting: Mutex<HashMap<Uuid, PatientWaitlisted>>,
-}
-
-/// The waiting list holds plain data updated by single inserts and removes,
-/// so it is consistent even if a holder panicked.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The waiting list on disk, following the log.
+    waiting: Projector<WaitingList>,
+    _follow: FollowTask,
+    /// What the waiting list's catch-up at start-up did.
+    catch_up: CatchUp,
+    /// The log position of this instance's last append: queries wait until
+    /// the waiting list has applied it.
+    written: AtomicU64,
 }
 
 impl Scheduling {
-    /// Open the service over a log, rebuilding the waiting list by replaying
-    /// every episode event.
+    /// Open the service over a log. The waiting list resumes from its
+    /// stored checkpoint in `projections` (or is rebuilt by replay when it
+    /// has none that fits this log) and then follows the log.
     pub async fn open(
         log: Arc<dyn EventLog>,
         policy: Policy,
         clock: Arc<dyn Clock>,
+        projections: &mskflow_projection::Options,
     ) -> Result<Self, Error> {
-        let mut episodes: HashMap<String, EpisodeState> = HashMap::new();
-        let mut sub = log.subscribe(INDEX_CONSUMER, StartFrom::Beginning).await?;
-        loop {
-            let batch = sub.poll_batch(REPLAY_BATCH).await?;
-            if batch.is_empty() {
-                break;
-            }
-            for envelope in &batch {
-                if !envelope.stream_id.starts_with("rehab-")
-                    || envelope.stream_id.starts_with("rehab-slot-")
-                    || !SchedulingEvent::TYPES.contains(&envelope.event_type.as_str())
-                {
-                    continue;
-                }
-                let event =
-                    decode::<SchedulingEvent>(envelope).map_err(|e| Error::decode(envelope, &e))?;
-                let state = episodes.remove(&envelope.stream_id).unwrap_or_default();
-                episodes.insert(envelope.stream_id.clone(), state.apply(&event));
-            }
-        }
-        let waiting: HashMap<Uuid, PatientWaitlisted> = episodes
-            .into_values()
-            .filter(|e| e.status == Some(EpisodeStatus::Waiting))
-            .filter_map(|e| e.waitlisted)
-            .map(|w| (w.referral_id, w))
-            .collect();
-        tracing::info!(waiting = waiting.len(), "rehab waiting list rebuilt");
+        let (waiting, following, catch_up) =
+            Projector::open(&log, projections, WaitingList).await?;
+        tracing::info!(
+            events = catch_up.events,
+            applied = catch_up.applied,
+            ms = catch_up.elapsed.as_millis() as u64,
+            "rehab waiting list ready"
+        );
+        let follow = waiting.spawn(following);
         Ok(Self {
             log,
             policy,
             clock,
-            waiting: Mutex::new(waiting),
+            waiting,
+            _follow: follow,
+            catch_up,
+            written: AtomicU64::new(0),
         })
+    }
+
+    /// What the waiting list's catch-up with the log did at start-up
+    /// (events read after its checkpoint, or from the first event when it
+    /// was rebuilt).
+    pub fn catch_up(&self) -> &CatchUp {
+        &self.catch_up
+    }
+
+    /// Wait until the waiting list has applied this instance's appends.
+    async fn caught_up(&self) -> Result<(), Error> {
+        let position = self.written.load(Ordering::Acquire);
+        if self.waiting.applied() >= position
+            || self
+                .waiting
+                .wait_for(position, READ_YOUR_WRITES_TIMEOUT)
+                .await
+        {
+            Ok(())
+        } else {
+            Err(Error::Behind { position })
+        }
+    }
+
+    /// Every row of the stored waiting list, sorted (once it has applied
+    /// this instance's appends).
+    pub async fn waiting_list_dump(&self) -> Result<waiting::Dump, Error> {
+        self.caught_up().await?;
+        Ok(self.waiting.read(waiting::dump).await?)
     }
 
     pub fn policy(&self) -> &Policy {
@@ -240,6 +263,7 @@ impl Scheduling {
                 .await
             {
                 Ok(appended) => {
+                    self.written.fetch_max(appended.position, Ordering::AcqRel);
                     let mut next = events.iter().fold(state, A::apply);
                     next.set_version(appended.version);
                     return Ok(Ok((next, events)));
@@ -267,7 +291,6 @@ impl Scheduling {
             .execute::<EpisodeState>(&episode_stream(referral_id), referral_id, |s| decide(s))
             .await?;
         if let Ok((state, events)) = &result {
-            self.note(referral_id, state);
             for event in events {
                 tracing::info!(
                     %referral_id,
@@ -278,18 +301,6 @@ impl Scheduling {
             }
         }
         Ok(result)
-    }
-
-    fn note(&self, referral_id: Uuid, state: &EpisodeState) {
-        let mut waiting = lock(&self.waiting);
-        match (&state.waitlisted, state.status) {
-            (Some(w), Some(EpisodeStatus::Waiting)) => {
-                waiting.insert(referral_id, w.clone());
-            }
-            _ => {
-                waiting.remove(&referral_id);
-            }
-        }
     }
 
     // ------------------------------------------------------------ capacity
@@ -443,23 +454,20 @@ impl Scheduling {
             },
             None => None,
         };
-        let mut list: Vec<PatientWaitlisted> = lock(&self.waiting)
-            .values()
-            .filter(|w| filter.programme.is_none_or(|p| w.programme == p))
-            .filter(|w| {
-                info.as_ref().is_none_or(|i| {
-                    w.programme == i.programme && w.choices.accepts(&i.venue_id, &i.days, i.mode)
-                })
-            })
-            .cloned()
-            .collect();
-        list.sort_by(|a, b| {
-            (a.priority, a.need_recorded_at, a.referral_id).cmp(&(
-                b.priority,
-                b.need_recorded_at,
-                b.referral_id,
-            ))
-        });
+        // A place narrows the list to its programme: read only that part.
+        let programme = match (&info, filter.programme) {
+            (Some(i), Some(p)) if i.programme != p => return Ok(Ok(Vec::new())),
+            (Some(i), _) => Some(i.programme),
+            (None, p) => p,
+        };
+        self.caught_up().await?;
+        let mut list = self
+            .waiting
+            .read(move |conn| waiting::waiting(conn, programme))
+            .await?;
+        if let Some(i) = &info {
+            list.retain(|w| w.choices.accepts(&i.venue_id, &i.days, i.mode));
+        }
         Ok(Ok(list))
     }
 

@@ -48,6 +48,7 @@ async fn spawn_app() -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
         Options {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             policy: Policy::default(),
+            projections: mskflow_projection::Options::in_dir(dir.path().join("projections")),
         },
         as_log(&store),
     )

@@ -29,6 +29,11 @@ struct Fixture {
     dir: tempfile::TempDir,
 }
 
+/// Where the tests keep the waiting list: beside the event file.
+fn projections(dir: &tempfile::TempDir) -> mskflow_projection::Options {
+    mskflow_projection::Options::in_dir(dir.path().join("projections"))
+}
+
 async fn open(dir: tempfile::TempDir) -> Result<Fixture, BoxError> {
     let store = open_store(dir.path())?;
     let counting = Arc::new(CountingConflicts {
@@ -36,8 +41,15 @@ async fn open(dir: tempfile::TempDir) -> Result<Fixture, BoxError> {
         conflicts: AtomicU64::new(0),
     });
     let log: Arc<dyn EventLog> = counting.clone();
-    let scheduling =
-        Arc::new(Scheduling::open(log, Policy::default(), Arc::new(FixedClock)).await?);
+    let scheduling = Arc::new(
+        Scheduling::open(
+            log,
+            Policy::default(),
+            Arc::new(FixedClock),
+            &projections(&dir),
+        )
+        .await?,
+    );
     Ok(Fixture {
         scheduling,
         store,

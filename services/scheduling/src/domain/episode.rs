@@ -10,12 +10,13 @@ use mskflow_events::scheduling::{
     SchedulingEvent, SessionAttended, SessionCancelled, SessionMissed,
 };
 use mskflow_events::types::ContactMode;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Aggregate, DomainError, Policy};
 
 /// Where an episode is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EpisodeStatus {
     /// On the waiting list.
     Waiting,
@@ -47,7 +48,7 @@ impl EpisodeStatus {
 }
 
 /// What became of one session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SessionStatus {
     Booked,
     Attended,
@@ -68,7 +69,7 @@ impl SessionStatus {
 }
 
 /// One session of the episode.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionState {
     pub session: BookedSession,
     pub place: Place,
@@ -89,8 +90,9 @@ pub struct PlaceInfo {
     pub session_starts: Vec<NaiveDateTime>,
 }
 
-/// A patient's rehab episode, folded from its stream.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A patient's rehab episode, folded from its stream (serialized as the
+/// waiting list's stored state).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct EpisodeState {
     pub waitlisted: Option<PatientWaitlisted>,
     pub status: Option<EpisodeStatus>,

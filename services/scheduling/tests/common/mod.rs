@@ -114,4 +114,8 @@ impl EventLog for CountingConflicts {
     async fn ping(&self) -> Result<(), mskflow_eventlog::Error> {
         self.inner.ping().await
     }
+
+    fn log_id(&self) -> Option<String> {
+        self.inner.log_id()
+    }
 }
