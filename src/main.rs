@@ -43,11 +43,21 @@ enum Command {
         url: Option<String>,
     },
     /// Rebuild the gateway views from the log (progress bar), report them,
-    /// and optionally reset a durable consumer to replay from the start.
+    /// and optionally reset a durable consumer to replay from the start; or
+    /// (`--rebuild`) rebuild read models kept on disk.
     Replay {
         /// Consumer whose checkpoint to reset to 0.
         #[arg(long)]
         reset_consumer: Option<String>,
+        /// Rebuild a read model kept on disk (or `all`) from the log, with
+        /// the services stopped; prints events/s per read model.
+        #[arg(long, value_name = "NAME", conflicts_with = "reset_consumer")]
+        rebuild: Option<String>,
+        /// Check a read model kept on disk (or `all`) against a rebuild from
+        /// the log, row by row, with the services stopped; fails on any
+        /// difference.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["reset_consumer", "rebuild"])]
+        check: Option<String>,
     },
     /// Events a consumer could not handle: list, retry or discard them
     /// (in the embedded store, or on Kafka when brokers are named).
@@ -168,8 +178,18 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", mskflow::ops::status(&config, url).await?);
             Ok(())
         }
-        Command::Replay { reset_consumer } => {
-            print!("{}", mskflow::ops::replay(&config, reset_consumer).await?);
+        Command::Replay {
+            reset_consumer,
+            rebuild,
+            check,
+        } => {
+            use mskflow::ops::{Action, projections, replay};
+            let out = match (rebuild, check) {
+                (Some(name), _) => projections(&config, &name, Action::Rebuild).await?,
+                (None, Some(name)) => projections(&config, &name, Action::Check).await?,
+                (None, None) => replay(&config, reset_consumer).await?,
+            };
+            print!("{out}");
             Ok(())
         }
         Command::DeadLetters { action, store } => {

@@ -237,6 +237,148 @@ pub async fn replay(config: &Config, reset: Option<String>) -> anyhow::Result<St
     Ok(out)
 }
 
+/// What `mskflow replay` does to a read model kept on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Delete its file and fold every event into a new one.
+    Rebuild,
+    /// Bring it up to the log's head, rebuild a copy from the first event
+    /// in a temporary directory, and compare every row of the two.
+    Check,
+}
+
+/// Carry out `action` on one read model; the line to print, and whether a
+/// check found the two copies equal.
+async fn on_projection<P: mskflow_projection::Projection>(
+    action: Action,
+    log: &std::sync::Arc<dyn mskflow_eventlog::EventLog>,
+    options: &mskflow_projection::Options,
+    make: impl Fn() -> P,
+) -> anyhow::Result<(String, bool)> {
+    use mskflow_projection::Projector;
+    let fresh = match action {
+        Action::Rebuild => {
+            mskflow_projection::remove(options, P::NAME)?;
+            options.clone()
+        }
+        Action::Check => mskflow_projection::Options::temporary()?,
+    };
+    let (rebuilt, _following, catch_up) = Projector::open(log, &fresh, make())
+        .await
+        .with_context(|| format!("rebuilding {}", P::NAME))?;
+    let size = std::fs::metadata(rebuilt.path()).map_or(0, |m| m.len());
+    let built = format!(
+        "{} events read, {} folded, in {:.2} s ({:.0} events/s), {:.1} MiB",
+        catch_up.events,
+        catch_up.applied,
+        catch_up.elapsed.as_secs_f64(),
+        catch_up.rate(),
+        size as f64 / 1_048_576.0
+    );
+    if action == Action::Rebuild {
+        return Ok((format!("rebuilt {:<24} {built}", P::NAME), true));
+    }
+    let (kept, _following, caught_up) = Projector::open(log, options, make())
+        .await
+        .with_context(|| format!("opening {}", P::NAME))?;
+    let (kept, rebuilt) = (kept.dump().await?, rebuilt.dump().await?);
+    let rows: usize = kept.iter().map(|(_, r)| r.len()).sum();
+    if kept == rebuilt {
+        return Ok((
+            format!(
+                "consistent {:<21} {rows} rows equal a rebuild ({built}); kept copy: {:?}",
+                P::NAME,
+                caught_up.opened
+            ),
+            true,
+        ));
+    }
+    let first = kept
+        .iter()
+        .zip(&rebuilt)
+        .find(|(a, b)| a != b)
+        .map_or_else(
+            || "a table is missing".to_owned(),
+            |((table, a), (_, b))| {
+                format!(
+                    "table {table}: {} rows kept, {} rebuilt; first difference: kept {:?}, rebuilt {:?}",
+                    a.len(),
+                    b.len(),
+                    a.iter().find(|r| !b.contains(r)),
+                    b.iter().find(|r| !a.contains(r))
+                )
+            },
+        );
+    Ok((format!("DIFFERS    {:<21} {first}", P::NAME), false))
+}
+
+/// The read models kept on disk, by name (`mskflow replay --rebuild NAME`).
+pub const PROJECTIONS: &[&str] = &[
+    <mskflow_intake::index::RequestIndex as mskflow_projection::Projection>::NAME,
+    <mskflow_scheduling::waiting::WaitingList as mskflow_projection::Projection>::NAME,
+];
+
+/// `mskflow replay --rebuild NAME|all` and `--check NAME|all`, while the
+/// services are stopped (a running process keeps its files open). A check
+/// that finds a difference is an error.
+pub async fn projections(config: &Config, name: &str, action: Action) -> anyhow::Result<String> {
+    use mskflow_projection::Projection as _;
+    anyhow::ensure!(
+        name == "all" || PROJECTIONS.contains(&name),
+        "unknown read model '{name}' (one of: all, {})",
+        PROJECTIONS.join(", ")
+    );
+    let url = format!("http://{}/health/live", config.gateway.addr);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()?;
+    anyhow::ensure!(
+        client.get(&url).send().await.is_err(),
+        "mskflow is running (its gateway answers at {url}): stop it first"
+    );
+    let store = open_store(config)?;
+    let log: std::sync::Arc<dyn mskflow_eventlog::EventLog> = std::sync::Arc::new(store.clone());
+    let options = mskflow_projection::Options::in_dir(config.projections_dir());
+    let wanted = |n: &str| name == "all" || name == n;
+    let mut out = String::new();
+    let mut differ = Vec::new();
+    let started = std::time::Instant::now();
+    let mut report = |(line, ok): (String, bool), name: &str| -> anyhow::Result<()> {
+        writeln!(out, "{line}")?;
+        if !ok {
+            differ.push(name.to_owned());
+        }
+        Ok(())
+    };
+    use mskflow_intake::index::RequestIndex;
+    use mskflow_scheduling::waiting::WaitingList;
+    if wanted(RequestIndex::NAME) {
+        report(
+            on_projection(action, &log, &options, || RequestIndex).await?,
+            RequestIndex::NAME,
+        )?;
+    }
+    if wanted(WaitingList::NAME) {
+        report(
+            on_projection(action, &log, &options, || WaitingList).await?,
+            WaitingList::NAME,
+        )?;
+    }
+    writeln!(
+        out,
+        "done in {:.2} s (head position {})",
+        started.elapsed().as_secs_f64(),
+        store.head().await?
+    )?;
+    store.close().await;
+    anyhow::ensure!(
+        differ.is_empty(),
+        "{out}read models differ from a rebuild: {}",
+        differ.join(", ")
+    );
+    Ok(out)
+}
+
 /// The durable consumers, each with its dead-letter stream
 /// `deadletter-{consumer}`.
 pub const CONSUMERS: &[&str] = &[

@@ -240,10 +240,12 @@ pub struct ReferralFacts {
     /// MSK-HQ changes by later timepoint code (`discharge`, `follow-up`).
     pub msk_hq: BTreeMap<String, ScoreChange>,
     pub referred_to_orthopaedics: bool,
-    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
-    fcp_slots: HashMap<Uuid, DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
-    sessions: HashMap<u32, NaiveDate>,
+    // Ordered maps: the stored JSON is the same however the facts were
+    // built, so a rebuilt read model equals the incrementally kept one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    fcp_slots: BTreeMap<Uuid, DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    sessions: BTreeMap<u32, NaiveDate>,
 }
 
 /// The event types the views fold.

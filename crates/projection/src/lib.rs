@@ -621,6 +621,12 @@ impl<P: Projection> Projector<P> {
         self.inner.skipped.load(Ordering::Relaxed)
     }
 
+    /// Every row of the projection's own tables, as text, sorted: two
+    /// projections built from the same events dump the same.
+    pub async fn dump(&self) -> Result<Dump, Error> {
+        self.read(dump_tables).await
+    }
+
     /// The projection's file.
     pub fn path(&self) -> &Path {
         &self.inner.path
@@ -645,6 +651,49 @@ impl Drop for FollowTask {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// A projection's tables: (table name, its rows as text, sorted).
+pub type Dump = Vec<(String, Vec<String>)>;
+
+fn dump_tables(conn: &Connection) -> rusqlite::Result<Dump> {
+    use rusqlite::types::ValueRef;
+    let mut names = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'table'          AND name NOT IN ('projection_meta') AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )?;
+    let names: Vec<String> = names
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{name}\""))?;
+        let columns = stmt.column_count();
+        let mut rows = stmt.query([])?;
+        let mut lines = Vec::new();
+        while let Some(row) = rows.next()? {
+            let mut line = String::new();
+            for i in 0..columns {
+                if i > 0 {
+                    line.push('|');
+                }
+                match row.get_ref(i)? {
+                    ValueRef::Null => line.push_str("NULL"),
+                    ValueRef::Integer(v) => line.push_str(&v.to_string()),
+                    ValueRef::Real(v) => line.push_str(&v.to_string()),
+                    ValueRef::Text(t) => line.push_str(&String::from_utf8_lossy(t)),
+                    ValueRef::Blob(b) => {
+                        for byte in b {
+                            line.push_str(&format!("{byte:02x}"));
+                        }
+                    }
+                }
+            }
+            lines.push(line);
+        }
+        lines.sort_unstable();
+        out.push((name, lines));
+    }
+    Ok(out)
 }
 
 /// The subscription a [`Projector`] follows after its catch-up.
