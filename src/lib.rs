@@ -107,6 +107,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     outcomes_options.policy.overdue_after_days = config.outcomes.overdue_after_days;
     outcomes_options.value_set_path = config.outcomes.eq5d_value_set.clone();
     outcomes_options.licence_path = config.outcomes.licence_file.clone();
+    outcomes_options.projections = projections.clone();
     let outcomes = mskflow_outcomes::Service::build(outcomes_options, log.clone())
         .await
         .context("starting outcomes")?;

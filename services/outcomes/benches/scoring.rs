@@ -64,6 +64,7 @@ async fn through_service(concurrency: usize, n: usize) -> Result<(), BoxError> {
             ValueSet::example()?,
             LicensedTexts::none(),
             Arc::new(SystemClock),
+            &mskflow_projection::Options::in_dir(dir.path().join("projections")),
         )
         .await?,
     );

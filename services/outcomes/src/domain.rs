@@ -130,7 +130,7 @@ impl Status {
 }
 
 /// A completed questionnaire.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Completion {
     pub response_id: Uuid,
     pub score: Score,
@@ -138,7 +138,7 @@ pub struct Completion {
 }
 
 /// One questionnaire of a referral: a measure at a timepoint.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     pub measure: Measure,
     pub timepoint: Timepoint,

@@ -100,6 +100,9 @@ impl From<Error> for Status {
                 mskflow_eventlog::Error::Unavailable { .. } | mskflow_eventlog::Error::Closed,
             ) => Status::unavailable(format!("event store unavailable, retry: {e}")),
             Error::Conflict { .. } => Status::aborted(e.to_string()),
+            Error::View(_) | Error::ViewBehind { .. } => {
+                Status::unavailable(format!("outcomes view unavailable, retry: {e}"))
+            }
             _ => Status::internal(format!("outcomes failed: {e}")),
         }
     }
@@ -293,7 +296,7 @@ impl OutcomesGrpc {
             0 => DEFAULT_DUE,
             n => n.min(MAX_DUE),
         };
-        let due = self.outcomes.list_due(as_of, limit);
+        let due = self.outcomes.list_due(as_of, limit).await?;
         Ok(Response::new(pb::ListDueResponse {
             due: due
                 .iter()

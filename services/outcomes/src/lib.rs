@@ -43,6 +43,7 @@ pub mod grpc;
 pub mod questionnaire;
 pub mod scoring;
 pub mod service;
+pub mod view;
 
 pub use domain::{Mic, Policy, Status};
 pub use questionnaire::{LicensedTexts, questionnaire};
@@ -88,6 +89,14 @@ pub enum Error {
     /// `exception`.
     #[error("invariant broken: {0}")]
     Invariant(String),
+    /// The view on disk could not be opened, read or kept up. gRPC
+    /// `UNAVAILABLE`; HTTP 503 OperationOutcome `transient`.
+    #[error("outcomes view: {0}")]
+    View(#[from] mskflow_projection::Error),
+    /// The view did not apply this instance's last append in time. gRPC
+    /// `UNAVAILABLE` (retry); HTTP 503 `transient`.
+    #[error("outcomes view has not reached log position {position} yet")]
+    ViewBehind { position: u64 },
     /// The gRPC listener could not be bound. Start-up only.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -132,11 +141,24 @@ pub struct Options {
     pub licence_path: Option<PathBuf>,
     /// How often to look for overdue questionnaires.
     pub overdue_sweep_interval: Duration,
+    /// Where the view keeps its file.
+    pub projections: mskflow_projection::Options,
+}
+
+/// A temporary directory for the view, removed with the options (the view
+/// then rebuilds at every start); a directory of this process under the
+/// system's temporary directory if none can be made.
+fn temporary_projections() -> mskflow_projection::Options {
+    mskflow_projection::Options::temporary().unwrap_or_else(|_| {
+        mskflow_projection::Options::in_dir(
+            std::env::temp_dir().join(format!("mskflow-outcomes-{}", std::process::id())),
+        )
+    })
 }
 
 impl Options {
     /// Defaults: the default policy, built-in value set, no licence file,
-    /// sweep hourly.
+    /// sweep hourly, the view in a temporary directory.
     pub fn new(grpc_addr: SocketAddr) -> Self {
         Self {
             grpc_addr,
@@ -144,6 +166,7 @@ impl Options {
             value_set_path: None,
             licence_path: None,
             overdue_sweep_interval: Duration::from_secs(3600),
+            projections: temporary_projections(),
         }
     }
 }
@@ -191,8 +214,17 @@ impl Service {
             overdue_after_days = options.policy.overdue_after_days,
             "outcomes configuration loaded"
         );
-        let outcomes =
-            Arc::new(Outcomes::open(log, options.policy, value_set, texts, clock).await?);
+        let outcomes = Arc::new(
+            Outcomes::open(
+                log,
+                options.policy,
+                value_set,
+                texts,
+                clock,
+                &options.projections,
+            )
+            .await?,
+        );
         let listener = TcpListener::bind(options.grpc_addr)
             .await
             .map_err(|source| Error::Bind {

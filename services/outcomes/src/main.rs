@@ -91,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         value_set_path: args.eq5d_value_set,
         licence_path: args.licence_file,
         overdue_sweep_interval: Duration::from_secs(args.sweep_secs.max(1)),
+        projections: store.projections.clone(),
         ..Options::new(args.grpc_addr)
     };
     let service = Service::build(options, log.clone())

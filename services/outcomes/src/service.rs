@@ -1,32 +1,34 @@
 //! The outcomes application service: scores responses, runs the domain
 //! against a referral's `outcomes-{referral_id}` stream with optimistic
-//! concurrency, and keeps an in-memory view of every referral's
-//! questionnaires for the due list and the overdue sweep.
+//! concurrency. The due list and the overdue sweep read the view on disk
+//! ([`OutcomesView`]: every referral's questionnaires, indexed by due date),
+//! resumed from its checkpoint at start-up and following the log; they wait
+//! until it has applied this instance's last append (read-your-writes).
+//! Nothing here holds every referral in memory.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mskflow_eventlog::{
-    Envelope, EventLog, ExpectedVersion, Metadata, StartFrom, decode, new_event,
-};
+use mskflow_eventlog::{Envelope, EventLog, ExpectedVersion, Metadata, decode, new_event};
 use mskflow_events::outcomes::{
     ItemAnswer, Measure, OutcomeChangeRecorded, OutcomeEvent, Score, Timepoint,
 };
+use mskflow_projection::{CatchUp, FollowTask, Projector};
 use uuid::Uuid;
 
 use crate::Error;
-use crate::domain::{self, Command, DomainError, Entry, OutcomeState, Policy, Status, Trigger};
+use crate::domain::{self, Command, DomainError, Entry, OutcomeState, Policy, Trigger};
 use crate::questionnaire::LicensedTexts;
 use crate::scoring::{self, ValueSet};
+use crate::view::{self, OutcomesView};
 
 /// Prefix of the outcome streams.
 pub const STREAM_PREFIX: &str = "outcomes-";
-/// Consumer name used to replay the log when the view is rebuilt.
-const VIEW_CONSUMER: &str = "outcomes-view";
-/// Events read per batch while rebuilding the view.
-const REPLAY_BATCH: usize = 512;
+/// How long a query waits for the view to apply this instance's appends.
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts of one command when other writers move the stream on.
 const ATTEMPTS: usize = 5;
 
@@ -108,12 +110,6 @@ pub enum Handled {
     Ignored,
 }
 
-/// The view holds plain data whose every update is a single insert, so it
-/// is consistent even if a holder panicked.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The outcomes application service.
 #[derive(Debug)]
 pub struct Outcomes {
@@ -122,7 +118,14 @@ pub struct Outcomes {
     policy: Policy,
     value_set: ValueSet,
     texts: LicensedTexts,
-    view: Mutex<HashMap<Uuid, OutcomeState>>,
+    /// The view on disk, following the log.
+    view: Projector<OutcomesView>,
+    _follow: FollowTask,
+    /// What the view's catch-up at start-up did.
+    catch_up: CatchUp,
+    /// The log position of this instance's last append: queries wait until
+    /// the view has applied it.
+    written: AtomicU64,
 }
 
 fn decode_outcome(envelope: &Envelope) -> Result<OutcomeEvent, Error> {
@@ -130,55 +133,62 @@ fn decode_outcome(envelope: &Envelope) -> Result<OutcomeEvent, Error> {
 }
 
 impl Outcomes {
-    /// Open the service over a log, rebuilding the view by replaying every
-    /// outcome event.
+    /// Open the service over a log. The view resumes from its stored
+    /// checkpoint in `projections` (or is rebuilt by replay when it has none
+    /// that fits this log) and then follows the log.
     pub async fn open(
         log: Arc<dyn EventLog>,
         policy: Policy,
         value_set: ValueSet,
         texts: LicensedTexts,
         clock: Arc<dyn Clock>,
+        projections: &mskflow_projection::Options,
     ) -> Result<Self, Error> {
-        let mut view: HashMap<Uuid, OutcomeState> = HashMap::new();
-        let mut sub = log.subscribe(VIEW_CONSUMER, StartFrom::Beginning).await?;
-        let mut replayed = 0_usize;
-        loop {
-            let batch = sub.poll_batch(REPLAY_BATCH).await?;
-            if batch.is_empty() {
-                break;
-            }
-            for envelope in &batch {
-                if !envelope.stream_id.starts_with(STREAM_PREFIX)
-                    || !OutcomeEvent::TYPES.contains(&envelope.event_type.as_str())
-                {
-                    continue;
-                }
-                let event = decode_outcome(envelope)?;
-                let Ok(referral_id) = Uuid::parse_str(&envelope.stream_id[STREAM_PREFIX.len()..])
-                else {
-                    continue;
-                };
-                let state = view.remove(&referral_id).unwrap_or_default();
-                let mut state = domain::apply(state, &event);
-                state.version = envelope.sequence;
-                view.insert(referral_id, state);
-                replayed += 1;
-            }
-        }
+        let (view, following, catch_up) = Projector::open(&log, projections, OutcomesView).await?;
         tracing::info!(
-            referrals = view.len(),
-            events = replayed,
+            events = catch_up.events,
+            applied = catch_up.applied,
+            ms = catch_up.elapsed.as_millis() as u64,
             value_set = value_set.name(),
-            "outcomes view rebuilt"
+            "outcomes view ready"
         );
+        let follow = view.spawn(following);
         Ok(Self {
             log,
             clock,
             policy,
             value_set,
             texts,
-            view: Mutex::new(view),
+            view,
+            _follow: follow,
+            catch_up,
+            written: AtomicU64::new(0),
         })
+    }
+
+    /// What the view's catch-up with the log did at start-up (events read
+    /// after its checkpoint, or from the first event when it was rebuilt).
+    pub fn catch_up(&self) -> &CatchUp {
+        &self.catch_up
+    }
+
+    /// Wait until the view has applied this instance's appends.
+    async fn caught_up(&self) -> Result<(), Error> {
+        let position = self.written.load(Ordering::Acquire);
+        if self.view.applied() >= position
+            || self.view.wait_for(position, READ_YOUR_WRITES_TIMEOUT).await
+        {
+            Ok(())
+        } else {
+            Err(Error::ViewBehind { position })
+        }
+    }
+
+    /// Every row of the stored view, sorted (once it has applied this
+    /// instance's appends).
+    pub async fn view_dump(&self) -> Result<view::Dump, Error> {
+        self.caught_up().await?;
+        Ok(self.view.read(view::dump).await?)
     }
 
     pub fn log(&self) -> &Arc<dyn EventLog> {
@@ -253,18 +263,9 @@ impl Outcomes {
                 .await
             {
                 Ok(appended) => {
+                    self.written.fetch_max(appended.position, Ordering::AcqRel);
                     let mut state = events.iter().fold(state, domain::apply);
                     state.version = appended.version;
-                    // Concurrent commands may finish out of order: keep
-                    // the newest state.
-                    let mut view = lock(&self.view);
-                    if view
-                        .get(&referral_id)
-                        .is_none_or(|v| v.version < state.version)
-                    {
-                        view.insert(referral_id, state.clone());
-                    }
-                    drop(view);
                     return Ok(Ok((state, events)));
                 }
                 Err(mskflow_eventlog::Error::WrongExpectedVersion { .. }) => {
@@ -459,15 +460,13 @@ impl Outcomes {
     pub async fn sweep_overdue(&self) -> Result<usize, Error> {
         let now = self.clock.now();
         let window = chrono::Duration::days(i64::from(self.policy.overdue_after_days));
-        let candidates: Vec<Uuid> = lock(&self.view)
-            .iter()
-            .filter(|(_, s)| {
-                s.entries.values().any(|e| {
-                    e.completed.is_none() && !e.overdue && e.due.is_some_and(|d| now > d + window)
-                })
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        // `now > due + window`, as the domain decides it.
+        let due_before = now - window;
+        self.caught_up().await?;
+        let candidates = self
+            .view
+            .read(move |conn| view::overdue_candidates(conn, due_before))
+            .await?;
         let mut marked = 0;
         for referral_id in candidates {
             let metadata = Metadata {
@@ -494,37 +493,16 @@ impl Outcomes {
 
     /// Questionnaires whose due date is reached by `as_of` and that are not
     /// completed, oldest first, at most `limit`.
-    pub fn list_due(&self, as_of: DateTime<Utc>, limit: usize) -> Vec<DueItem> {
-        let mut due: Vec<DueItem> = lock(&self.view)
-            .iter()
-            .flat_map(|(id, s)| {
-                s.entries
-                    .values()
-                    .filter(|e| {
-                        e.status() != Status::Completed && e.due.is_some_and(|d| d <= as_of)
-                    })
-                    .map(|e| DueItem {
-                        referral_id: *id,
-                        entry: e.clone(),
-                    })
-            })
-            .collect();
-        due.sort_by(|a, b| {
-            (
-                a.entry.due,
-                a.referral_id,
-                a.entry.measure,
-                a.entry.timepoint,
-            )
-                .cmp(&(
-                    b.entry.due,
-                    b.referral_id,
-                    b.entry.measure,
-                    b.entry.timepoint,
-                ))
-        });
-        due.truncate(limit);
-        due
+    pub async fn list_due(
+        &self,
+        as_of: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DueItem>, Error> {
+        self.caught_up().await?;
+        Ok(self
+            .view
+            .read(move |conn| view::due(conn, as_of, limit))
+            .await?)
     }
 
     /// The clock's time.

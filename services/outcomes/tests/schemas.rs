@@ -38,6 +38,7 @@ async fn emitted_events_match_their_schemas() -> TestResult {
             ValueSet::example()?,
             LicensedTexts::none(),
             clock.clone(),
+            &mskflow_projection::Options::in_dir(dir.path().join("projections")),
         )
         .await?,
     );

@@ -14,9 +14,11 @@ use mskflow_outcomes::service::{Handled, stream_id};
 use mskflow_outcomes::{LicensedTexts, Outcomes, Policy, Refusal, Status, Submission, ValueSet};
 use uuid::Uuid;
 
+/// Outcomes over `log`, its view kept under `dir`.
 async fn open(
     log: Arc<dyn EventLog>,
     clock: Arc<TestClock>,
+    dir: &std::path::Path,
 ) -> Result<Arc<Outcomes>, Box<dyn std::error::Error + Send + Sync>> {
     Ok(Arc::new(
         Outcomes::open(
@@ -25,6 +27,7 @@ async fn open(
             ValueSet::example()?,
             LicensedTexts::none(),
             clock,
+            &mskflow_projection::Options::in_dir(dir.join("projections")),
         )
         .await?,
     ))
@@ -59,7 +62,7 @@ async fn consumer_schedules_exactly_once_even_when_events_are_delivered_twice() 
     let store = open_store(dir.path())?;
     let log = as_log(&store);
     let clock = TestClock::new(at(2026, 1, 5));
-    let outcomes = open(log.clone(), clock).await?;
+    let outcomes = open(log.clone(), clock, dir.path()).await?;
 
     let rid = Uuid::new_v4();
     let assessment = format!("assessment-{rid}");
@@ -174,7 +177,7 @@ async fn consumer_skips_an_event_without_a_referral_id() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = open_store(dir.path())?;
     let log = as_log(&store);
-    let outcomes = open(log.clone(), TestClock::new(at(2026, 1, 5))).await?;
+    let outcomes = open(log.clone(), TestClock::new(at(2026, 1, 5)), dir.path()).await?;
     log.append(
         "assessment-broken",
         mskflow_eventlog::ExpectedVersion::Any,
@@ -217,7 +220,7 @@ async fn submitting_answers_records_completion_and_change() -> TestResult {
     let store = open_store(dir.path())?;
     let log = as_log(&store);
     let clock = TestClock::new(at(2026, 1, 6));
-    let outcomes = open(log.clone(), clock.clone()).await?;
+    let outcomes = open(log.clone(), clock.clone(), dir.path()).await?;
     let rid = Uuid::new_v4();
     append_pathway_event(
         &*log,
@@ -344,7 +347,7 @@ async fn overdue_sweep_uses_the_injected_clock_and_survives_a_restart() -> TestR
     let store = open_store(dir.path())?;
     let log = as_log(&store);
     let clock = TestClock::new(at(2026, 1, 6));
-    let outcomes = open(log.clone(), clock.clone()).await?;
+    let outcomes = open(log.clone(), clock.clone(), dir.path()).await?;
     let rid = Uuid::new_v4();
     append_pathway_event(
         &*log,
@@ -359,13 +362,13 @@ async fn overdue_sweep_uses_the_injected_clock_and_survives_a_restart() -> TestR
         .process_available()
         .await?;
 
-    let due = outcomes.list_due(at(2026, 1, 6), 10);
+    let due = outcomes.list_due(at(2026, 1, 6), 10).await?;
     assert_eq!(due.len(), 2);
     assert!(
         due.iter()
             .all(|d| d.referral_id == rid && d.entry.status() == Status::Due)
     );
-    assert!(outcomes.list_due(at(2026, 1, 4), 10).is_empty());
+    assert!(outcomes.list_due(at(2026, 1, 4), 10).await?.is_empty());
 
     // Sent, then 28 days on: not yet overdue.
     outcomes
@@ -380,8 +383,8 @@ async fn overdue_sweep_uses_the_injected_clock_and_survives_a_restart() -> TestR
     assert_eq!(outcomes.sweep_overdue().await?, 0);
 
     // A new process rebuilds the view from the log.
-    let reopened = open(log.clone(), clock.clone()).await?;
-    let due = reopened.list_due(at(2026, 2, 3), 10);
+    let reopened = open(log.clone(), clock.clone(), dir.path()).await?;
+    let due = reopened.list_due(at(2026, 2, 3), 10).await?;
     assert_eq!(due.len(), 2);
     assert!(
         due.iter().all(|d| d.entry.status() == Status::Overdue),
