@@ -143,6 +143,24 @@ pub struct Replay {
     pub events_per_sec: f64,
 }
 
+/// A read model kept on disk, rebuilt from the log after the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rebuild {
+    pub name: String,
+    pub events: u64,
+    pub folded: u64,
+    pub seconds: f64,
+    pub events_per_sec: f64,
+}
+
+/// The in-process system stopped after the run and started again on the
+/// same data directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct Restart {
+    /// From the start call to every service ready (the gateway serving).
+    pub seconds_to_ready: f64,
+}
+
 /// What a load run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -168,6 +186,10 @@ pub struct Report {
     pub rss_mib: Option<f64>,
     pub peak_rss_mib: Option<f64>,
     pub replay: Option<Replay>,
+    /// With `--replay`: the restart on the same data, and each read model
+    /// kept on disk rebuilt from the log.
+    pub restart: Option<Restart>,
+    pub rebuilds: Vec<Rebuild>,
     /// Resident memory and open file descriptors during the run
     /// (`--sample-every`), the first taken before the first request.
     pub samples: Vec<Sample>,
@@ -523,6 +545,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
     let tmp = tempfile::tempdir().context("creating a temporary data directory")?;
     // Bearer tokens by sending practice.
     let mut tokens: HashMap<String, String> = HashMap::new();
+    let mut in_process_config = None;
     let (running, base, practice) = match &args.url {
         Some(url) => {
             let ods = args.ods.clone().unwrap_or_else(|| "A81001".to_owned());
@@ -556,6 +579,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
             }
             let running = crate::start(&config).await?;
             let base = format!("http://{}/fhir", running.gateway_addr);
+            in_process_config = Some(config);
             (Some(running), base, args.ods.clone())
         }
     };
@@ -754,6 +778,26 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
     if let Some(r) = running {
         r.stop().await?;
     }
+    let (mut restart, mut rebuilds) = (None, Vec::new());
+    if let (Some(config), true) = (&in_process_config, args.replay) {
+        let t = Instant::now();
+        let again = crate::start(config).await?;
+        let seconds_to_ready = t.elapsed().as_secs_f64();
+        restart = Some(Restart { seconds_to_ready });
+        again.stop().await?;
+        let (_, runs) =
+            crate::ops::run_projections(config, "all", crate::ops::Action::Rebuild).await?;
+        rebuilds = runs
+            .into_iter()
+            .map(|r| Rebuild {
+                name: r.name.to_owned(),
+                events: r.rebuilt.events,
+                folded: r.rebuilt.applied,
+                seconds: r.rebuilt.elapsed.as_secs_f64(),
+                events_per_sec: r.rebuilt.rate(),
+            })
+            .collect();
+    }
 
     let accepted = latency.len();
     Ok(Report {
@@ -772,6 +816,8 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
         rss_mib: rss.map(|r| r.0),
         peak_rss_mib: rss.map(|r| r.1),
         replay: replayed,
+        restart,
+        rebuilds,
         samples,
         questionnaires,
         red_flags,
@@ -869,6 +915,20 @@ impl Report {
                 r.events, r.seconds, r.events_per_sec
             )?;
         }
+        if let Some(r) = &self.restart {
+            writeln!(
+                out,
+                "restart to ready:      {:.2} s on the same data",
+                r.seconds_to_ready
+            )?;
+        }
+        for r in &self.rebuilds {
+            writeln!(
+                out,
+                "rebuild {:<24} {} events ({} folded) in {:.2} s = {:.0} events/s",
+                r.name, r.events, r.folded, r.seconds, r.events_per_sec
+            )?;
+        }
         Ok(())
     }
 }
@@ -956,6 +1016,17 @@ mod tests {
             report["replay"]["events"].as_u64().unwrap() >= 120,
             "{text}"
         );
+        // Restarted on the same data, and the intake index rebuilt with one
+        // request id per referral.
+        assert!(report["restart"]["seconds_to_ready"].as_f64().unwrap() > 0.0);
+        let intake = report["rebuilds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "intake-index")
+            .unwrap();
+        assert_eq!(intake["folded"], 60, "{text}");
+        assert!(text.contains("rebuild intake-index"), "{text}");
         assert!(report["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
         assert!(text.contains("throughput:"));
         let samples = report["samples"].as_array().unwrap();

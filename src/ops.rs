@@ -247,14 +247,25 @@ pub enum Action {
     Check,
 }
 
-/// Carry out `action` on one read model; the line to print, and whether a
-/// check found the two copies equal.
+/// What `action` did to one read model.
+#[derive(Debug)]
+pub struct ProjectionRun {
+    pub name: &'static str,
+    /// The line to print.
+    pub line: String,
+    /// False when a check found the kept copy different from a rebuild.
+    pub consistent: bool,
+    /// The rebuild from the first event.
+    pub rebuilt: mskflow_projection::CatchUp,
+}
+
+/// Carry out `action` on one read model.
 async fn on_projection<P: mskflow_projection::Projection>(
     action: Action,
     log: &std::sync::Arc<dyn mskflow_eventlog::EventLog>,
     options: &mskflow_projection::Options,
     make: impl Fn() -> P,
-) -> anyhow::Result<(String, bool)> {
+) -> anyhow::Result<ProjectionRun> {
     use mskflow_projection::Projector;
     let fresh = match action {
         Action::Rebuild => {
@@ -275,8 +286,14 @@ async fn on_projection<P: mskflow_projection::Projection>(
         catch_up.rate(),
         size as f64 / 1_048_576.0
     );
+    let run = |line: String, consistent: bool| ProjectionRun {
+        name: P::NAME,
+        line,
+        consistent,
+        rebuilt: catch_up.clone(),
+    };
     if action == Action::Rebuild {
-        return Ok((format!("rebuilt {:<24} {built}", P::NAME), true));
+        return Ok(run(format!("rebuilt {:<24} {built}", P::NAME), true));
     }
     let (kept, _following, caught_up) = Projector::open(log, options, make())
         .await
@@ -284,7 +301,7 @@ async fn on_projection<P: mskflow_projection::Projection>(
     let (kept, rebuilt) = (kept.dump().await?, rebuilt.dump().await?);
     let rows: usize = kept.iter().map(|(_, r)| r.len()).sum();
     if kept == rebuilt {
-        return Ok((
+        return Ok(run(
             format!(
                 "consistent {:<21} {rows} rows equal a rebuild ({built}); kept copy: {:?}",
                 P::NAME,
@@ -309,7 +326,7 @@ async fn on_projection<P: mskflow_projection::Projection>(
                 )
             },
         );
-    Ok((format!("DIFFERS    {:<21} {first}", P::NAME), false))
+    Ok(run(format!("DIFFERS    {:<21} {first}", P::NAME), false))
 }
 
 /// The read models kept on disk, by name (`mskflow replay --rebuild NAME`).
@@ -322,6 +339,16 @@ pub const PROJECTIONS: &[&str] = &[
 /// services are stopped (a running process keeps its files open). A check
 /// that finds a difference is an error.
 pub async fn projections(config: &Config, name: &str, action: Action) -> anyhow::Result<String> {
+    let (out, _) = run_projections(config, name, action).await?;
+    Ok(out)
+}
+
+/// [`projections`], with what each run did.
+pub async fn run_projections(
+    config: &Config,
+    name: &str,
+    action: Action,
+) -> anyhow::Result<(String, Vec<ProjectionRun>)> {
     use mskflow_projection::Projection as _;
     anyhow::ensure!(
         name == "all" || PROJECTIONS.contains(&name),
@@ -340,30 +367,25 @@ pub async fn projections(config: &Config, name: &str, action: Action) -> anyhow:
     let log: std::sync::Arc<dyn mskflow_eventlog::EventLog> = std::sync::Arc::new(store.clone());
     let options = mskflow_projection::Options::in_dir(config.projections_dir());
     let wanted = |n: &str| name == "all" || name == n;
-    let mut out = String::new();
-    let mut differ = Vec::new();
+    let mut runs = Vec::new();
     let started = std::time::Instant::now();
-    let mut report = |(line, ok): (String, bool), name: &str| -> anyhow::Result<()> {
-        writeln!(out, "{line}")?;
-        if !ok {
-            differ.push(name.to_owned());
-        }
-        Ok(())
-    };
     use mskflow_intake::index::RequestIndex;
     use mskflow_scheduling::waiting::WaitingList;
     if wanted(RequestIndex::NAME) {
-        report(
-            on_projection(action, &log, &options, || RequestIndex).await?,
-            RequestIndex::NAME,
-        )?;
+        runs.push(on_projection(action, &log, &options, || RequestIndex).await?);
     }
     if wanted(WaitingList::NAME) {
-        report(
-            on_projection(action, &log, &options, || WaitingList).await?,
-            WaitingList::NAME,
-        )?;
+        runs.push(on_projection(action, &log, &options, || WaitingList).await?);
     }
+    let mut out = String::new();
+    for run in &runs {
+        writeln!(out, "{}", run.line)?;
+    }
+    let differ: Vec<&str> = runs
+        .iter()
+        .filter(|r| !r.consistent)
+        .map(|r| r.name)
+        .collect();
     writeln!(
         out,
         "done in {:.2} s (head position {})",
@@ -376,7 +398,7 @@ pub async fn projections(config: &Config, name: &str, action: Action) -> anyhow:
         "{out}read models differ from a rebuild: {}",
         differ.join(", ")
     );
-    Ok(out)
+    Ok((out, runs))
 }
 
 /// The durable consumers, each with its dead-letter stream
