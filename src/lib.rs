@@ -79,6 +79,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         mskflow_assessment::Options {
             grpc_addr: config.assessment.grpc_addr,
             policy: assessment_policy,
+            projections: projections.clone(),
         },
         log.clone(),
     )

@@ -26,7 +26,7 @@ pub const ONWARD_REFERRAL_NAMESPACE: Uuid =
     Uuid::from_u128(0x3c0e_91d4_5a27_4f86_b1e3_7d20_6a9c_4f15);
 
 /// Where an episode is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Status {
     /// On the worklist: needs an appointment.
     AwaitingBooking,

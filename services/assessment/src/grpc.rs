@@ -39,7 +39,8 @@ impl From<Error> for Status {
             Error::Store(
                 mskflow_eventlog::Error::Unavailable { .. } | mskflow_eventlog::Error::Closed,
             )
-            | Error::Projection(_) => Status::unavailable(format!("retry: {e}")),
+            | Error::Projection(_)
+            | Error::View(_) => Status::unavailable(format!("retry: {e}")),
             _ => Status::internal(format!("assessment failed: {e}")),
         }
     }
@@ -345,6 +346,7 @@ impl AssessmentService for AssessmentGrpc {
             entries: self
                 .assessment
                 .worklist(pathway)
+                .await?
                 .iter()
                 .map(entry_to_pb)
                 .collect(),

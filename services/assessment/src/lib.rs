@@ -7,7 +7,8 @@
 //! - [`domain`]: the pure episode aggregate (`handle` / `apply`) and the
 //!   [`Policy`].
 //! - [`slot`]: the pure clinician slot aggregate.
-//! - [`projection`]: the worklist read model, rebuilt by replay.
+//! - [`projection`]: the read model on disk (worklist, slots), resumed from
+//!   its checkpoint.
 //! - [`service`]: the application service over an [`EventLog`], including
 //!   how a booking spans two streams safely.
 //! - [`consumer`]: the `assessment` consumer of intake's `ReferralTriaged`.
@@ -37,7 +38,7 @@ pub mod slot;
 
 pub use consumer::Consumer;
 pub use domain::{AssessmentRecord, DomainError, EpisodeState, Policy, PolicyError, Status};
-pub use projection::{Projection, WorklistEntry};
+pub use projection::{AssessmentView, DanglingHold, WorklistEntry};
 pub use service::{Assessment, Clock, Rejection, SystemClock};
 
 /// Errors of the assessment service. Refusals of a command are not errors
@@ -72,6 +73,10 @@ pub enum Error {
     /// `transient`.
     #[error("assessment read model: {0}")]
     Projection(String),
+    /// The read model on disk could not be opened, read or kept up. gRPC
+    /// `UNAVAILABLE`; HTTP 503 `transient`.
+    #[error("assessment read model: {0}")]
+    View(#[from] mskflow_projection::Error),
     /// Something that cannot happen did (a bug). gRPC `INTERNAL`; HTTP 500
     /// `exception`.
     #[error("internal invariant broken: {0}")]
@@ -114,6 +119,8 @@ pub struct Options {
     pub grpc_addr: SocketAddr,
     /// The local policy (did-not-attend limit).
     pub policy: Policy,
+    /// Where the read model keeps its file.
+    pub projections: mskflow_projection::Options,
 }
 
 /// The assessment service, built and bound, ready to run.
@@ -138,7 +145,8 @@ impl Service {
         log: Arc<dyn EventLog>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, Error> {
-        let assessment = Arc::new(Assessment::open(log, options.policy, clock).await?);
+        let assessment =
+            Arc::new(Assessment::open(log, options.policy, clock, &options.projections).await?);
         let consumer = consumer::open(Arc::clone(&assessment)).await?;
         let listener = TcpListener::bind(options.grpc_addr)
             .await

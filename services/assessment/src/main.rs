@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         Options {
             grpc_addr: args.grpc_addr,
             policy,
+            projections: store.projections.clone(),
         },
         log.clone(),
     )

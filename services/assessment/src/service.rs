@@ -1,5 +1,9 @@
 //! The assessment application service: reads streams, runs the domain,
-//! appends durably, and keeps the read model ([`Projection`]) current.
+//! appends durably, and answers queries from the read model on disk
+//! ([`AssessmentView`]), which resumes from its checkpoint at start-up and
+//! follows the log. A command waits until the read model has applied its
+//! append (read-your-writes); nothing here holds every episode or slot in
+//! memory.
 //!
 //! # Booking a slot
 //!
@@ -28,31 +32,25 @@
 //! service instance writes these streams (the embedded deployment).
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mskflow_eventlog::{
-    Appended, Envelope, EventLog, ExpectedVersion, Metadata, NewEvent, StartFrom, Subscription,
-    decode, new_event,
+    Appended, EventLog, ExpectedVersion, Metadata, NewEvent, decode, new_event,
 };
 use mskflow_events::assessment::{AssessmentEvent, Party, Slot, SlotEvent, SlotReleaseReason};
 use mskflow_events::intake::IntakeEvent;
 use mskflow_events::types::Pathway;
 use mskflow_events::{NhsNumber, SCHEMA_VERSION};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use mskflow_projection::{CatchUp, FollowTask, Projector};
 use uuid::Uuid;
 
 use crate::Error;
 use crate::domain::{self, AssessmentRecord, Command, DomainError, EpisodeState, Policy};
-use crate::projection::{EPISODE_PREFIX, Projection, SLOT_PREFIX, WorklistEntry};
+use crate::projection::{self, AssessmentView, EPISODE_PREFIX, SLOT_PREFIX, WorklistEntry};
 use crate::slot::{self, SlotError, SlotState};
 
-/// Consumer name of the read model's replay (never committed).
-const PROJECTION_CONSUMER: &str = "assessment-projection";
-/// Events read per batch.
-const BATCH: usize = 512;
 /// How long a write waits for the read model to see it.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -130,88 +128,17 @@ impl From<DomainError> for Rejection {
     }
 }
 
-/// How far the read model has got.
-#[derive(Debug, Clone, Default)]
-struct Progress {
-    position: u64,
-    /// Set when an event could not be applied: the read model stops.
-    failed: Option<String>,
-}
-
-/// The read model shared by the service and its projector task.
-#[derive(Debug)]
-struct View {
-    projection: Mutex<Projection>,
-    progress: watch::Sender<Progress>,
-}
-
-impl View {
-    /// The projection holds plain data updated one event at a time, so it
-    /// is consistent even if a holder panicked.
-    fn lock(&self) -> MutexGuard<'_, Projection> {
-        self.projection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn apply_batch(&self, batch: &[Envelope]) -> Result<(), Error> {
-        let mut projection = self.lock();
-        let mut result = Ok(());
-        for envelope in batch {
-            if let Err(e) = projection.apply(envelope) {
-                result = Err(e);
-                break;
-            }
-        }
-        let position = projection.position();
-        drop(projection);
-        self.progress.send_modify(|p| {
-            p.position = position;
-            if let Err(e) = &result {
-                p.failed = Some(e.to_string());
-            }
-        });
-        result
-    }
-
-    async fn wait_for(&self, position: u64) -> Result<(), Error> {
-        let mut rx = self.progress.subscribe();
-        let waited = tokio::time::timeout(
-            READ_YOUR_WRITES_TIMEOUT,
-            rx.wait_for(|p| p.position >= position || p.failed.is_some()),
-        )
-        .await;
-        match waited {
-            Ok(Ok(p)) => match &p.failed {
-                Some(reason) => Err(Error::Projection(reason.clone())),
-                None => Ok(()),
-            },
-            Ok(Err(_)) => Err(Error::Projection("read model stopped".to_owned())),
-            Err(_) => Err(Error::Projection(format!(
-                "read model did not reach position {position} in time"
-            ))),
-        }
-    }
-}
-
-/// Aborts the projector task when the service is dropped.
-#[derive(Debug)]
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The assessment application service.
 #[derive(Debug)]
 pub struct Assessment {
     log: Arc<dyn EventLog>,
     policy: Policy,
     clock: Arc<dyn Clock>,
-    view: Arc<View>,
-    _projector: AbortOnDrop,
+    /// The read model on disk, following the log.
+    view: Projector<AssessmentView>,
+    _follow: FollowTask,
+    /// What the read model's catch-up at start-up did.
+    catch_up: CatchUp,
 }
 
 /// An episode's stream read back.
@@ -239,40 +166,28 @@ fn encode_all(events: &[AssessmentEvent], now: DateTime<Utc>) -> Result<Vec<NewE
 }
 
 impl Assessment {
-    /// Open the service over a log: rebuild the read model by replaying
-    /// the log, release dangling slot holds (see the module docs), and
-    /// start following the log.
+    /// Open the service over a log: the read model resumes from its
+    /// stored checkpoint in `projections` (or is rebuilt by replay when it
+    /// has none that fits this log) and follows the log; then dangling slot
+    /// holds are released (see the module docs).
     pub async fn open(
         log: Arc<dyn EventLog>,
         policy: Policy,
         clock: Arc<dyn Clock>,
+        projections: &mskflow_projection::Options,
     ) -> Result<Self, Error> {
         policy.validate()?;
-        let (progress, _) = watch::channel(Progress::default());
-        let view = Arc::new(View {
-            projection: Mutex::new(Projection::default()),
-            progress,
-        });
-        let mut sub = log
-            .subscribe(PROJECTION_CONSUMER, StartFrom::Beginning)
-            .await?;
-        let mut replayed = 0_usize;
-        loop {
-            let batch = sub.poll_batch(BATCH).await?;
-            if batch.is_empty() {
-                break;
-            }
-            replayed += batch.len();
-            view.apply_batch(&batch)?;
-        }
-        let dangling = view.lock().dangling_holds();
-        let projector = tokio::spawn(follow(sub, Arc::clone(&view)));
+        let (view, following, catch_up) =
+            Projector::open(&log, projections, AssessmentView).await?;
+        let dangling = view.read(projection::dangling_holds).await?;
+        let follow = view.spawn(following);
         let service = Self {
             log,
             policy,
             clock,
             view,
-            _projector: AbortOnDrop(projector),
+            _follow: follow,
+            catch_up,
         };
         for hold in &dangling {
             tracing::warn!(slot_id = %hold.slot_id, referral_id = %hold.referral_id, "releasing a slot whose booking did not complete");
@@ -287,10 +202,12 @@ impl Assessment {
                 .await?;
         }
         tracing::info!(
-            events = replayed,
+            events = service.catch_up.events,
+            applied = service.catch_up.applied,
+            ms = service.catch_up.elapsed.as_millis() as u64,
             released = dangling.len(),
             max_missed = service.policy.max_missed,
-            "assessment read model rebuilt"
+            "assessment read model ready"
         );
         Ok(service)
     }
@@ -303,29 +220,48 @@ impl Assessment {
         &self.log
     }
 
+    /// What the read model's catch-up with the log did at start-up (events
+    /// read after its checkpoint, or from the first event when it was
+    /// rebuilt).
+    pub fn catch_up(&self) -> &CatchUp {
+        &self.catch_up
+    }
+
     /// Wait until the read model has applied the log up to `position`.
     pub async fn wait_for(&self, position: u64) -> Result<(), Error> {
-        self.view.wait_for(position).await
+        if self.view.wait_for(position, READ_YOUR_WRITES_TIMEOUT).await {
+            Ok(())
+        } else {
+            Err(Error::Projection(format!(
+                "read model did not reach position {position} in time"
+            )))
+        }
     }
 
     /// Referrals awaiting an FCP appointment, in worklist order.
-    pub fn worklist(&self, pathway: Option<Pathway>) -> Vec<WorklistEntry> {
-        self.view.lock().worklist(pathway)
+    pub async fn worklist(&self, pathway: Option<Pathway>) -> Result<Vec<WorklistEntry>, Error> {
+        Ok(self
+            .view
+            .read(move |conn| projection::worklist(conn, pathway))
+            .await?)
     }
 
     /// Published slots nobody holds, earliest first.
-    pub fn free_slots(&self) -> Vec<Slot> {
-        self.view
-            .lock()
-            .free_slots()
-            .into_iter()
-            .filter_map(|s| s.slot.clone())
-            .collect()
+    pub async fn free_slots(&self) -> Result<Vec<Slot>, Error> {
+        Ok(self.view.read(projection::free_slots).await?)
     }
 
     /// The read model's view of a slot.
-    pub fn slot(&self, slot_id: Uuid) -> Option<SlotState> {
-        self.view.lock().slot(slot_id).cloned()
+    pub async fn slot(&self, slot_id: Uuid) -> Result<Option<SlotState>, Error> {
+        Ok(self
+            .view
+            .read(move |conn| projection::slot(conn, slot_id))
+            .await?)
+    }
+
+    /// Every row of the read model's tables, sorted.
+    pub async fn dump(&self) -> Result<projection::Dump, Error> {
+        Ok(self.view.read(projection::dump).await?)
     }
 
     async fn load(&self, referral_id: Uuid) -> Result<Loaded, Error> {
@@ -807,30 +743,5 @@ impl Assessment {
         state.version = appended.version;
         self.wait_for(appended.position).await?;
         Ok(state)
-    }
-}
-
-/// Follow the log into the read model until the log closes or an event
-/// cannot be applied.
-async fn follow(mut sub: Box<dyn Subscription>, view: Arc<View>) {
-    loop {
-        match sub.next_batch(BATCH).await {
-            Ok(batch) => {
-                if let Err(e) = view.apply_batch(&batch) {
-                    tracing::error!(error = %e, "assessment read model stopped");
-                    return;
-                }
-            }
-            Err(mskflow_eventlog::Error::Closed) => {
-                view.progress.send_modify(|p| {
-                    p.failed = Some("event log closed".to_owned());
-                });
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "assessment read model cannot read the log; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
     }
 }

@@ -7,7 +7,7 @@ use mskflow_events::assessment::{
 use uuid::Uuid;
 
 /// A slot's state, folded from its events.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct SlotState {
     /// `None` until published.
     pub slot: Option<Slot>,

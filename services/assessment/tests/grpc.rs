@@ -49,6 +49,7 @@ async fn spawn_app() -> Result<App, BoxError> {
         Options {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             policy: Policy::default(),
+            projections: mskflow_projection::Options::in_dir(dir.path().join("projections")),
         },
         as_log(&store),
     )
@@ -171,7 +172,7 @@ async fn book_then_get_and_the_checkpoint_survives_shutdown() -> TestResult {
 
     app.stop().await?;
     // The consumer committed: a restart delivers nothing again.
-    let assessment = open_assessment(as_log(&app.store), Policy::default()).await?;
+    let assessment = open_assessment(as_log(&app.store), Policy::default(), app.dir.path()).await?;
     let mut consumer = mskflow_assessment::consumer::open(assessment).await?;
     let redelivered = consumer.process_available().await?;
     assert!(redelivered.is_empty(), "{redelivered:?}");

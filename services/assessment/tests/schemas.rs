@@ -34,7 +34,7 @@ async fn emitted_events_match_their_schemas() -> TestResult {
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     triage(&*log, a, FcpPriority::Urgent, Pathway::Knee, at(0)).await?;
     triage(&*log, b, FcpPriority::Routine, Pathway::Hip, at(1)).await?;
-    let assessment = open_assessment(Arc::clone(&log), Policy::default()).await?;
+    let assessment = open_assessment(Arc::clone(&log), Policy::default(), dir.path()).await?;
     consume(&assessment).await?;
     let s: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
     assessment

@@ -27,7 +27,7 @@ async fn triage_becomes_one_worklist_entry_even_when_delivered_twice() -> TestRe
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     triage(&*log, a, FcpPriority::Soon, Pathway::Knee, at(0)).await?;
     triage(&*log, b, FcpPriority::Routine, Pathway::Hip, at(5)).await?;
-    let assessment = open_assessment(Arc::clone(&log), Policy::default()).await?;
+    let assessment = open_assessment(Arc::clone(&log), Policy::default(), dir.path()).await?;
 
     // First delivery, then a "crash": no commit.
     let mut first = mskflow_assessment::consumer::open(Arc::clone(&assessment)).await?;
@@ -68,7 +68,7 @@ async fn triage_becomes_one_worklist_entry_even_when_delivered_twice() -> TestRe
         // Traced back to the triage that caused it.
         assert!(events[0].causation_id.is_some());
     }
-    let worklist = assessment.worklist(None);
+    let worklist = assessment.worklist(None).await?;
     assert_eq!(
         worklist.iter().map(|e| e.referral_id).collect::<Vec<_>>(),
         [a, b]
@@ -80,9 +80,9 @@ async fn triage_becomes_one_worklist_entry_even_when_delivered_twice() -> TestRe
     drop(assessment);
     store.close().await;
     let store = open_store(dir.path())?;
-    let assessment = open_assessment(as_log(&store), Policy::default()).await?;
-    assert_eq!(assessment.worklist(None), worklist);
-    assert_eq!(assessment.worklist(Some(Pathway::Hip)).len(), 1);
+    let assessment = open_assessment(as_log(&store), Policy::default(), dir.path()).await?;
+    assert_eq!(assessment.worklist(None).await?, worklist);
+    assert_eq!(assessment.worklist(Some(Pathway::Hip)).await?.len(), 1);
     store.close().await;
     Ok(())
 }
@@ -107,10 +107,11 @@ async fn worklist_is_ordered_by_priority_then_time_waited() -> TestResult {
         ids.insert(id, name);
         triage(&*log, id, priority, Pathway::Shoulder, at(minutes)).await?;
     }
-    let assessment = open_assessment(Arc::clone(&log), Policy::default()).await?;
+    let assessment = open_assessment(Arc::clone(&log), Policy::default(), dir.path()).await?;
     consume(&assessment).await?;
     let order: Vec<&str> = assessment
         .worklist(None)
+        .await?
         .iter()
         .filter_map(|e| ids.get(&e.referral_id).copied())
         .collect();
@@ -127,19 +128,20 @@ async fn worklist_is_ordered_by_priority_then_time_waited() -> TestResult {
     );
 
     // Booked referrals leave the worklist; a DNA puts them back in place.
-    let urgent_old = assessment.worklist(None)[0].referral_id;
+    let urgent_old = assessment.worklist(None).await?[0].referral_id;
     let s = Uuid::new_v4();
     assessment.publish_slots(vec![slot(s, 0)]).await??;
     assessment.book(urgent_old, s).await??;
     assert!(
         assessment
             .worklist(None)
+            .await?
             .iter()
             .all(|e| e.referral_id != urgent_old)
     );
     let state = assessment.record_missed(urgent_old, s).await??;
     assert_eq!(state.status, Some(Status::AwaitingBooking));
-    let first = &assessment.worklist(None)[0];
+    let first = &assessment.worklist(None).await?[0];
     assert_eq!((first.referral_id, first.missed), (urgent_old, 1));
     store.close().await;
     Ok(())
@@ -156,9 +158,9 @@ async fn concurrent_bookings_of_one_slot_never_both_succeed() -> TestResult {
         triage(&*log, id, FcpPriority::Routine, Pathway::Knee, at(i)).await?;
         referrals.push(id);
     }
-    let assessment = open_assessment(Arc::clone(&log), Policy::default()).await?;
+    let assessment = open_assessment(Arc::clone(&log), Policy::default(), dir.path()).await?;
     consume(&assessment).await?;
-    assert_eq!(assessment.worklist(None).len(), 20);
+    assert_eq!(assessment.worklist(None).await?.len(), 20);
 
     let mut lost_races = 0_usize;
     for round in 0..100 {
@@ -202,13 +204,13 @@ async fn concurrent_bookings_of_one_slot_never_both_succeed() -> TestResult {
             })
             .collect();
         assert_eq!(holders, [winner], "round {round}");
-        assert_eq!(assessment.worklist(None).len(), 19, "round {round}");
+        assert_eq!(assessment.worklist(None).await?.len(), 19, "round {round}");
         // Put the winner back on the worklist for the next round.
         assessment
             .cancel(winner, Party::Service, "test round over".to_owned(), false)
             .await??;
         assert_eq!(
-            assessment.slot(slot_id).and_then(|s| s.held_by),
+            assessment.slot(slot_id).await?.and_then(|s| s.held_by),
             None,
             "round {round}: cancelled slot released"
         );
@@ -228,7 +230,7 @@ async fn a_slot_held_by_a_booking_that_never_reached_the_episode_is_released_on_
     let (referral, other) = (Uuid::new_v4(), Uuid::new_v4());
     triage(&*log, referral, FcpPriority::Urgent, Pathway::Knee, at(0)).await?;
     triage(&*log, other, FcpPriority::Routine, Pathway::Knee, at(1)).await?;
-    let assessment = open_assessment(Arc::clone(&log), Policy::default()).await?;
+    let assessment = open_assessment(Arc::clone(&log), Policy::default(), dir.path()).await?;
     consume(&assessment).await?;
     let (held, kept) = (Uuid::new_v4(), Uuid::new_v4());
     assessment
@@ -250,16 +252,19 @@ async fn a_slot_held_by_a_booking_that_never_reached_the_episode_is_released_on_
     .await?;
     drop(assessment);
 
-    let assessment = open_assessment(Arc::clone(&log), Policy::default()).await?;
-    assert_eq!(assessment.slot(held).and_then(|s| s.held_by), None);
-    assert_eq!(assessment.slot(kept).and_then(|s| s.held_by), Some(other));
+    let assessment = open_assessment(Arc::clone(&log), Policy::default(), dir.path()).await?;
+    assert_eq!(assessment.slot(held).await?.and_then(|s| s.held_by), None);
+    assert_eq!(
+        assessment.slot(kept).await?.and_then(|s| s.held_by),
+        Some(other)
+    );
     let released = log.read_stream(&slot_stream_id(held), 1).await?;
     assert_eq!(
         released.last().map(|e| e.event_type.as_str()),
         Some("FcpSlotReleased")
     );
     // The patient is still waiting and the slot can be booked.
-    assert_eq!(assessment.worklist(None)[0].referral_id, referral);
+    assert_eq!(assessment.worklist(None).await?[0].referral_id, referral);
     let state = assessment.book(referral, held).await??;
     assert_eq!(state.booking.map(|b| b.slot_id), Some(held));
     store.close().await;
@@ -274,7 +279,7 @@ async fn rescheduling_and_cancelling_free_the_slots_they_leave() -> TestResult {
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     triage(&*log, a, FcpPriority::Routine, Pathway::Foot, at(0)).await?;
     triage(&*log, b, FcpPriority::Routine, Pathway::Foot, at(1)).await?;
-    let assessment = open_assessment(Arc::clone(&log), Policy::default()).await?;
+    let assessment = open_assessment(Arc::clone(&log), Policy::default(), dir.path()).await?;
     consume(&assessment).await?;
     let (s1, s2) = (Uuid::new_v4(), Uuid::new_v4());
     assessment
@@ -296,15 +301,15 @@ async fn rescheduling_and_cancelling_free_the_slots_they_leave() -> TestResult {
         .reschedule(a, s2, Party::Patient, Some("work shift".to_owned()))
         .await??;
     assert_eq!(moved.booking.map(|s| s.slot_id), Some(s2));
-    assert_eq!(assessment.slot(s1).and_then(|s| s.held_by), None);
-    assert_eq!(assessment.free_slots().len(), 1);
+    assert_eq!(assessment.slot(s1).await?.and_then(|s| s.held_by), None);
+    assert_eq!(assessment.free_slots().await?.len(), 1);
     // The freed slot is bookable by someone else.
     assessment.book(b, s1).await??;
     let cancelled = assessment
         .cancel(a, Party::Patient, "unwell".to_owned(), false)
         .await??;
     assert_eq!(cancelled.status, Some(Status::AwaitingBooking));
-    assert_eq!(assessment.slot(s2).and_then(|s| s.held_by), None);
+    assert_eq!(assessment.slot(s2).await?.and_then(|s| s.held_by), None);
 
     // Unknowns.
     assert_eq!(
@@ -341,7 +346,7 @@ async fn two_dnas_discharge_and_an_orthopaedic_referral_goes_out() -> Result<(),
     let (dna, ortho) = (Uuid::new_v4(), Uuid::new_v4());
     triage(&*log, dna, FcpPriority::Routine, Pathway::Knee, at(0)).await?;
     triage(&*log, ortho, FcpPriority::Routine, Pathway::Hip, at(1)).await?;
-    let assessment = open_assessment(Arc::clone(&log), Policy::default()).await?;
+    let assessment = open_assessment(Arc::clone(&log), Policy::default(), dir.path()).await?;
     consume(&assessment).await?;
     let slots: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
     assessment
@@ -364,6 +369,7 @@ async fn two_dnas_discharge_and_an_orthopaedic_referral_goes_out() -> Result<(),
     assert!(
         assessment
             .worklist(None)
+            .await?
             .iter()
             .all(|e| e.referral_id != dna)
     );
@@ -446,7 +452,7 @@ async fn retried_bookings_of_the_same_slot_leave_it_booked() -> TestResult {
         triage(&*log, id, FcpPriority::Urgent, Pathway::Hand, at(i)).await?;
         referrals.push(id);
     }
-    let assessment = open_assessment(Arc::clone(&log), Policy::default()).await?;
+    let assessment = open_assessment(Arc::clone(&log), Policy::default(), dir.path()).await?;
     consume(&assessment).await?;
     for (round, &referral) in referrals.iter().enumerate() {
         let slot_id = Uuid::new_v4();

@@ -32,12 +32,20 @@ pub fn as_log(store: &SqliteEventLog) -> Arc<dyn EventLog> {
     Arc::new(store.clone())
 }
 
+/// Assessment over `log`, its read model kept under `dir`.
 pub async fn open_assessment(
     log: Arc<dyn EventLog>,
     policy: Policy,
+    dir: &Path,
 ) -> Result<Arc<Assessment>, mskflow_assessment::Error> {
     Ok(Arc::new(
-        Assessment::open(log, policy, Arc::new(SystemClock)).await?,
+        Assessment::open(
+            log,
+            policy,
+            Arc::new(SystemClock),
+            &mskflow_projection::Options::in_dir(dir.join("projections")),
+        )
+        .await?,
     ))
 }
 
