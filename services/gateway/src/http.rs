@@ -26,6 +26,10 @@ use crate::{render, search};
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_CORRELATION_ID: &str = "x-correlation-id";
+/// The extension on a scored EQ-5D-5L `QuestionnaireResponse` naming the
+/// value set that gave its index (`england-devlin-2018` by default).
+pub const EQ5D_VALUE_SET_EXTENSION: &str =
+    "https://fhir.mskflow.org/StructureDefinition/eq5d-value-set";
 /// The whole request body must arrive within this time of the handler
 /// starting to read it; a slower client (slow-loris, or a Content-Length
 /// larger than what is sent) gets 408 and the connection is closed. The
@@ -1558,6 +1562,12 @@ async fn submit_questionnaire_response(
             "url": "https://fhir.mskflow.org/StructureDefinition/prom-score",
             "valueDecimal": score.value,
         })];
+        if let Some(value_set) = &score.value_set {
+            ext.push(serde_json::json!({
+                "url": EQ5D_VALUE_SET_EXTENSION,
+                "valueString": value_set,
+            }));
+        }
         for change in &scored.changes {
             ext.push(serde_json::json!({
                 "url": "https://fhir.mskflow.org/StructureDefinition/prom-change",
