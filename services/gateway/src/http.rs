@@ -339,7 +339,7 @@ fn negotiate(req: &ServiceRequest) -> Result<(), ApiError> {
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == "_format")
-        .map(|(_, v)| v.replace("%2B", "+").replace("%2b", "+"));
+        .map(|(_, v)| percent_decoded(v));
     if let Some(f) = format
         && !json_ok(&f)
     {
@@ -362,6 +362,31 @@ fn negotiate(req: &ServiceRequest) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// A query value with its `%XX` escapes decoded (`+` is kept: in `_format`
+/// it is the `+` of `fhir+json`).
+fn percent_decoded(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn fhir_ok(status: StatusCode, body: &Value) -> HttpResponse {
