@@ -741,6 +741,24 @@ mod tests {
     }
 
     #[test]
+    fn a_value_set_file_replaces_the_default_under_its_own_name() {
+        // Another country's set, or a newer one: here the England table with
+        // one profile changed, so the file is seen to be used.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eq5d5l-newer-set.csv");
+        let csv = vs().to_csv().replace("\n11112,0.922\n", "\n11112,0.900\n");
+        std::fs::write(&path, format!("# a newer value set\n{csv}")).unwrap();
+        let loaded = ValueSet::from_path(&path).unwrap();
+        assert_eq!(loaded.name(), "eq5d5l-newer-set");
+        assert!((loaded.index(&[1, 1, 1, 1, 2]) - 0.9).abs() < 1e-9);
+        let a = answers_in_order(Measure::Eq5d5l, &[1, 1, 1, 1, 2, 90]);
+        let Score::Eq5d5l { value_set, .. } = eq5d5l(&a, &loaded).unwrap() else {
+            panic!("not EQ-5D-5L")
+        };
+        assert_eq!(value_set, "eq5d5l-newer-set");
+    }
+
+    #[test]
     fn value_set_refuses_incomplete_or_bad_files() {
         let e = ValueSet::parse("t", "profile,index\n11111,1.0\n").unwrap_err();
         assert!(
