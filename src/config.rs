@@ -212,8 +212,9 @@ pub struct Outcomes {
     pub follow_up_months: u32,
     /// A questionnaire is overdue this many days after it was due.
     pub overdue_after_days: u32,
-    /// EQ-5D-5L value set (CSV `profile,index`); the illustrative built-in
-    /// one when unset.
+    /// EQ-5D-5L value set file (CSV `profile,index`) for another country or a
+    /// newer set; the built-in England value set (Devlin et al. 2018,
+    /// `england-devlin-2018`) when unset.
     pub eq5d_value_set: Option<PathBuf>,
     /// Licensed questionnaire wording (TOML or JSON); none when unset.
     pub licence_file: Option<PathBuf>,

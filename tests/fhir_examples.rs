@@ -30,12 +30,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use common::{TestResult, repo_root, spawn_app};
+use common::fhir_validator::{fhir_tools, validate};
+use common::{TestResult, spawn_app};
 
 const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";
@@ -51,26 +52,6 @@ const VALIDATION_CODES: &[&str] = &[
     "invariant",
     "code-invalid",
 ];
-
-/// Install (or find) the tools; the directory `fhir-tools.sh` printed.
-fn fhir_tools() -> TestResult<PathBuf> {
-    let out = std::process::Command::new("bash")
-        .arg(repo_root().join("scripts/fhir-tools.sh"))
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "scripts/fhir-tools.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    let stdout = String::from_utf8(out.stdout)?;
-    let dir = stdout
-        .lines()
-        .last()
-        .ok_or("fhir-tools.sh printed nothing")?;
-    Ok(PathBuf::from(dir.trim()))
-}
 
 /// The official examples of `resource_type`, by file name.
 fn examples(dir: &Path, resource_type: &str) -> TestResult<Vec<(String, Value)>> {
@@ -330,40 +311,6 @@ fn as_sent(patient: &Value) -> Value {
         }
     }
     p
-}
-
-/// Run the validator over `resources`; the failures, each described.
-fn validate(tools: &Path, resources: &[(String, Value)]) -> TestResult<Vec<String>> {
-    let file = tempfile::NamedTempFile::new()?;
-    let list: Vec<&Value> = resources.iter().map(|(_, r)| r).collect();
-    std::fs::write(file.path(), serde_json::to_vec(&list)?)?;
-    let out = std::process::Command::new("node")
-        .arg(repo_root().join("scripts/fhir-validate.mjs"))
-        .arg(tools)
-        .arg(file.path())
-        .output()?;
-    let results: Vec<Value> = serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "the validator did not answer ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    if results.len() != resources.len() {
-        return Err("the validator skipped resources".into());
-    }
-    Ok(results
-        .iter()
-        .zip(resources)
-        .filter(|(r, _)| r["errors"].as_array().is_some_and(|e| !e.is_empty()))
-        .map(|(r, (what, resource))| {
-            format!(
-                "{} from {what}: {}\n  {}",
-                resource["resourceType"].as_str().unwrap_or("?"),
-                r["errors"],
-                resource.to_string().chars().take(400).collect::<String>()
-            )
-        })
-        .collect())
 }
 
 /// Every resource in a Bundle's entries, for validation on its own (the

@@ -160,7 +160,9 @@ pub enum Score {
         vas: u8,
         /// Index value from the configured value set (1 = full health).
         index: f64,
-        /// Which value set gave the index.
+        /// Which value set gave the index: `england-devlin-2018` for the
+        /// built-in England value set (Devlin et al. 2018), else the name of
+        /// the value set file the service loaded.
         value_set: String,
     },
     /// PSFS mean of the activities scored (0-10, higher is better).

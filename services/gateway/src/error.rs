@@ -158,7 +158,7 @@ impl ResponseError for ApiError {
         ) {
             res.force_close();
         }
-        res.content_type(crate::http::FHIR_JSON)
+        res.content_type(crate::state::FHIR_JSON)
             .body(self.outcome().to_string())
     }
 }

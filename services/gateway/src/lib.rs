@@ -9,13 +9,14 @@ pub mod audit;
 pub mod auth;
 pub mod delivery;
 pub mod error;
+pub mod fhir;
 pub mod http;
 pub mod notify;
-pub mod patient;
 pub mod projection;
 pub mod render;
 pub mod search;
 pub mod sent;
+pub mod state;
 pub mod subscription;
 pub mod tls;
 pub mod views;
@@ -239,7 +240,7 @@ impl Service {
             (None, Ok(addr)) => format!("{scheme}://{addr}/fhir"),
             (None, Err(_)) => format!("{scheme}://localhost/fhir"),
         };
-        let state = web::Data::new(http::AppState {
+        let state = web::Data::new(state::AppState {
             views: self.views.clone(),
             log: self.log.clone(),
             intake: self.intake,

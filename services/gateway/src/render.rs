@@ -1,12 +1,12 @@
-//! FHIR R4 JSON for the views: `Task`, `ServiceRequest`, `Bundle`s and the
-//! `CapabilityStatement`.
+//! FHIR R4 JSON for the views: `Task`, `ServiceRequest`, `Patient`,
+//! `Appointment`, `Encounter`, `Schedule`, `Slot` and the `Bundle`s that carry
+//! them. Pure: no HTTP. (The CapabilityStatement is built in
+//! [`crate::fhir::metadata`], the MessageDefinition in
+//! [`crate::fhir::messaging`].)
 
 use mskflow_events::{NHS_NUMBER_SYSTEM, ODS_SYSTEM};
 use serde_json::{Value, json};
 
-use mskflow_events::intake::CancellationStatus;
-
-use crate::search::Resource;
 use mskflow_events::assessment::{DischargeReason, Outcome};
 
 use mskflow_events::scheduling::Programme;
@@ -14,7 +14,7 @@ use mskflow_events::types::ContactMode;
 
 use crate::views::{
     AppointmentKind, AppointmentView, AssessmentStage, AssessmentView, Capacity, ClassView,
-    Decision, OnwardView, ReferralStatus, ReferralView, RehabSlotView, RehabStage,
+    Decision, OnwardView, ReferralView, RehabSlotView,
 };
 
 /// Code system of our referral business statuses (`Task.businessStatus`).
@@ -26,85 +26,10 @@ pub const TRIAGE_OUTPUT_SYSTEM: &str = "https://fhir.mskflow.org/CodeSystem/tria
 /// NHS Booking and Referral Standard message events.
 pub const MESSAGE_EVENT_SYSTEM: &str = "https://fhir.nhs.uk/CodeSystem/message-event";
 
+pub use crate::views::status::{business_status, service_request_status, task_status};
+
 fn instant(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// FHIR `Task.status` for a referral status.
-pub fn task_status(view: &ReferralView) -> &'static str {
-    match view.status {
-        ReferralStatus::Received => "received",
-        ReferralStatus::Triaged => match (
-            view.assessment.as_ref().map(|a| a.stage),
-            view.rehab.as_ref().map(|r| r.stage),
-        ) {
-            (_, Some(RehabStage::Completed | RehabStage::Discharged)) => "completed",
-            (_, Some(_)) => "in-progress",
-            (None | Some(AssessmentStage::AwaitingAppointment), None) => "accepted",
-            (Some(AssessmentStage::Booked | AssessmentStage::Assessed), None) => "in-progress",
-            (Some(AssessmentStage::Discharged), None) => "completed",
-        },
-        ReferralStatus::Redirected | ReferralStatus::Rejected => "rejected",
-        ReferralStatus::Cancelled => match &view.cancellation {
-            Some(c) if c.status == CancellationStatus::EnteredInError => "entered-in-error",
-            _ => "cancelled",
-        },
-    }
-}
-
-/// FHIR `ServiceRequest.status` for a referral status.
-pub fn service_request_status(view: &ReferralView) -> &'static str {
-    match view.status {
-        ReferralStatus::Received | ReferralStatus::Triaged => {
-            if task_status(view) == "completed" {
-                "completed"
-            } else {
-                "active"
-            }
-        }
-        ReferralStatus::Redirected | ReferralStatus::Rejected => "revoked",
-        ReferralStatus::Cancelled => match &view.cancellation {
-            Some(c) if c.status == CancellationStatus::EnteredInError => "entered-in-error",
-            _ => "revoked",
-        },
-    }
-}
-
-/// `Task.businessStatus`: where the referral is on the pathway.
-pub fn business_status(view: &ReferralView) -> (&'static str, &'static str) {
-    if view.status == ReferralStatus::Triaged
-        && let Some(r) = &view.rehab
-    {
-        return match r.stage {
-            RehabStage::Waiting | RehabStage::Offered => (
-                "awaiting-rehabilitation",
-                "Waiting for community rehabilitation",
-            ),
-            RehabStage::Booked => ("rehabilitation-booked", "Community rehabilitation booked"),
-            RehabStage::Completed => (
-                "rehabilitation-completed",
-                "Community rehabilitation completed",
-            ),
-            RehabStage::Discharged => ("discharged", "Discharged"),
-        };
-    }
-    if view.status == ReferralStatus::Triaged
-        && let Some(a) = &view.assessment
-    {
-        return match a.stage {
-            AssessmentStage::AwaitingAppointment => (
-                "awaiting-assessment",
-                "Awaiting First Contact Practitioner appointment",
-            ),
-            AssessmentStage::Booked => (
-                "assessment-booked",
-                "First Contact Practitioner appointment booked",
-            ),
-            AssessmentStage::Assessed => ("assessed", "Assessed by a First Contact Practitioner"),
-            AssessmentStage::Discharged => ("discharged", "Discharged"),
-        };
-    }
-    (view.status.code(), business_display(view.status))
 }
 
 fn outcome_code(o: &Outcome) -> String {
@@ -291,16 +216,6 @@ pub fn task(view: &ReferralView) -> Value {
         task["output"] = Value::Array(outputs);
     }
     task
-}
-
-fn business_display(status: ReferralStatus) -> &'static str {
-    match status {
-        ReferralStatus::Received => "Referral received",
-        ReferralStatus::Triaged => "Triaged to First Contact Practitioner",
-        ReferralStatus::Redirected => "Redirected (red flag)",
-        ReferralStatus::Rejected => "Rejected",
-        ReferralStatus::Cancelled => "Cancelled by the referrer",
-    }
 }
 
 /// The ServiceRequest exactly as the referrer sent it (every element, known or
@@ -653,180 +568,4 @@ pub fn response_message(base: &str, request_message_id: &str, view: &ReferralVie
             {"fullUrl": format!("{base}/ServiceRequest/{id}"), "resource": service_request(view)},
         ]
     })
-}
-
-fn resource_capability(resource: Resource, interactions: &[&str]) -> Value {
-    let mut params: Vec<Value> = resource
-        .parameters()
-        .iter()
-        .map(|(name, kind)| json!({"name": name, "type": kind}))
-        .collect();
-    params.push(json!({"name": "_count", "type": "number"}));
-    params.push(json!({"name": "_offset", "type": "number"}));
-    json!({
-        "type": resource.name(),
-        "versioning": "versioned",
-        "readHistory": true,
-        "interaction": interactions.iter().map(|i| json!({"code": i})).collect::<Vec<_>>(),
-        "searchParam": params,
-    })
-}
-
-/// The message this server accepts on `$process-message`, and what it
-/// requires of it.
-pub fn message_definition() -> Value {
-    json!({
-        "resourceType": "MessageDefinition",
-        "id": "servicerequest-request",
-        "url": "https://fhir.mskflow.org/MessageDefinition/servicerequest-request",
-        "version": "1",
-        "name": "MskReferralRequest",
-        "title": "MSK referral request",
-        "status": "active",
-        "date": "2026-11-23",
-        "publisher": "mskflow",
-        "description": "A referral to the community MSK service, sent as a Bundle of type message. Required: X-Request-Id and X-Correlation-Id headers (UUIDs); Bundle.meta.versionId; MessageHeader as the first entry with eventCoding servicerequest-request, focus on the ServiceRequest and source.endpoint for replies; a ServiceRequest with status active, subject referencing a Patient entry with an NHS number (https://fhir.nhs.uk/Id/nhs-number, modulus 11 check digit). Optional: ServiceRequest.identifier (duplicates of the same sender and identifier are refused), reasonCode and bodySite (SNOMED CT) for the pathway, priority, red-flag Observations (code system https://fhir.mskflow.org/CodeSystem/msk-red-flag, valueBoolean), and a STarT Back QuestionnaireResponse (https://fhir.mskflow.org/Questionnaire/start-back, items 1-9, valueBoolean).",
-        "eventCoding": {"system": MESSAGE_EVENT_SYSTEM, "code": "servicerequest-request"},
-        "category": "consequence",
-        "focus": [
-            {"code": "ServiceRequest", "min": 1, "max": "1"}
-        ],
-        "responseRequired": "always",
-        "allowedResponse": [{
-            "message": "https://fhir.mskflow.org/MessageDefinition/servicerequest-response",
-            "situation": "Accepted: a response message with the Task (status accepted, or rejected when redirected or not for this service) and the ServiceRequest. Refused: an OperationOutcome with the Booking and Referral Standard error code."
-        }]
-    })
-}
-
-/// What this server supports, and nothing more. `tests` compare it with the
-/// routes. `token_url` is the authorisation server's token endpoint,
-/// advertised with the SMART `oauth-uris` extension when configured.
-pub fn capability_statement(base: &str, token_url: Option<&str>) -> Value {
-    // Update is the referrer's cancellation only, with If-Match honoured.
-    let mut service_request = resource_capability(
-        Resource::ServiceRequest,
-        &[
-            "read",
-            "vread",
-            "history-instance",
-            "create",
-            "update",
-            "search-type",
-        ],
-    );
-    service_request["versioning"] = json!("versioned-update");
-    service_request["updateCreate"] = json!(false);
-    let mut statement = json!({
-        "resourceType": "CapabilityStatement",
-        "id": "mskflow-gateway",
-        "status": "active",
-        "date": "2026-11-23",
-        "publisher": "mskflow",
-        "kind": "instance",
-        "software": {"name": "mskflow", "version": env!("CARGO_PKG_VERSION")},
-        "implementation": {"description": "mskflow FHIR gateway", "url": base},
-        "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
-        "rest": [{
-            "mode": "server",
-            "security": {
-                "cors": false,
-                "service": [{
-                    "coding": [{
-                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                        "code": "SMART-on-FHIR",
-                        "display": "SMART-on-FHIR"
-                    }],
-                    "text": "OAuth2 bearer tokens (JWT) with SMART system scopes, e.g. system/ServiceRequest.write, system/Task.read; claim 'ods' names the calling organisation"
-                }],
-                "description": "Every request except GET /metadata needs Authorization: Bearer <JWT>. 401 for a missing, invalid or expired token; 403 when its scopes do not cover the interaction. Referrers see only the referrals their organisation sent. Every access to patient data is recorded (AuditEvent)."
-            },
-            "resource": [
-                service_request,
-                resource_capability(Resource::Task, &["read", "vread", "history-instance", "search-type"]),
-                {
-                    "type": "Patient",
-                    "versioning": "versioned",
-                    "readHistory": true,
-                    "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "history-instance"}, {"code": "search-type"}],
-                    "searchParam": crate::search::PATIENT_PARAMETERS
-                        .iter()
-                        .map(|(name, kind)| json!({"name": name, "type": kind}))
-                        .chain([json!({"name": "_count", "type": "number"}), json!({"name": "_offset", "type": "number"})])
-                        .collect::<Vec<_>>()
-                },
-                {
-                    "type": "Appointment",
-                    "interaction": [{"code": "read"}, {"code": "search-type"}],
-                    "searchParam": crate::search::APPOINTMENT_PARAMETERS
-                        .iter()
-                        .map(|(name, kind)| json!({"name": name, "type": kind}))
-                        .collect::<Vec<_>>()
-                },
-                {
-                    "type": "Schedule",
-                    "interaction": [{"code": "read"}, {"code": "search-type"}],
-                    "searchParam": [{"name": "_id", "type": "token"}]
-                },
-                {
-                    "type": "Slot",
-                    "interaction": [{"code": "read"}, {"code": "search-type"}],
-                    "searchParam": [
-                        {"name": "schedule", "type": "reference"},
-                        {"name": "status", "type": "token"},
-                        {"name": "start", "type": "date"}
-                    ]
-                },
-                {
-                    "type": "Questionnaire",
-                    "interaction": [{"code": "read"}, {"code": "search-type"}],
-                    "searchParam": []
-                },
-                {
-                    "type": "QuestionnaireResponse",
-                    "interaction": [{"code": "create"}],
-                    "searchParam": []
-                },
-                {
-                    "type": "Encounter",
-                    "interaction": [{"code": "read"}],
-                    "searchParam": []
-                },
-                {
-                    "type": "MessageDefinition",
-                    "interaction": [{"code": "read"}, {"code": "search-type"}],
-                    "searchParam": []
-                },
-                {
-                    "type": "Subscription",
-                    "profile": crate::subscription::SUBSCRIPTION_PROFILE,
-                    "documentation": format!("Topic-based subscriptions (Subscriptions R5 Backport for R4): topic {}, channel rest-hook to a registered referrer endpoint, payload application/fhir+json with payload content empty, id-only (default) or full-resource; limited to the referrals of the token's organisation", crate::subscription::TOPIC),
-                    "interaction": [{"code": "read"}, {"code": "create"}, {"code": "delete"}, {"code": "search-type"}],
-                    "searchParam": [{"name": "status", "type": "token"}]
-                },
-                {
-                    "type": "AuditEvent",
-                    "interaction": [{"code": "search-type"}],
-                    "searchParam": [
-                        {"name": "date", "type": "date"},
-                        {"name": "agent", "type": "token", "documentation": "the OAuth client id"},
-                        {"name": "entity", "type": "reference"},
-                        {"name": "_count", "type": "number"}
-                    ]
-                },
-            ],
-            "operation": [{
-                "name": "process-message",
-                "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"
-            }]
-        }]
-    });
-    if let Some(token) = token_url {
-        statement["rest"][0]["security"]["extension"] = json!([{
-            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-            "extension": [{"url": "token", "valueUri": token}]
-        }]);
-    }
-    statement
 }

@@ -61,7 +61,7 @@ async fn through_service(concurrency: usize, n: usize) -> Result<(), BoxError> {
         Outcomes::open(
             log,
             Policy::default(),
-            ValueSet::example()?,
+            ValueSet::england(),
             LicensedTexts::none(),
             Arc::new(SystemClock),
             &mskflow_projection::Options::in_dir(dir.path().join("projections")),
@@ -106,7 +106,7 @@ async fn through_service(concurrency: usize, n: usize) -> Result<(), BoxError> {
 }
 
 fn main() -> Result<(), BoxError> {
-    let value_set = ValueSet::example()?;
+    let value_set = ValueSet::england();
     // `cargo bench` passes `--bench`; `cargo test --all-targets` does not,
     // and then a short smoke run is enough.
     let scale = if std::env::args().any(|a| a == "--bench") {

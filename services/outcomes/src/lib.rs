@@ -19,11 +19,14 @@
 //! Questionnaires served carry item codes, answer codes and scores but not
 //! the licensed wording; see [`questionnaire`].
 //!
-//! **EQ-5D-5L value set.** The built-in value set is illustrative only (a
-//! simple additive formula, `data/eq5d5l-valueset-example.csv`), not an
-//! official one. Operators load the official value set with
-//! [`Options::value_set_path`]; the service logs a warning while the
-//! illustrative one is in use.
+//! **EQ-5D-5L value set.** The built-in value set is the England one
+//! (Devlin N, Shah K, Feng Y, Mulhern B, van Hout B. Valuing health-related
+//! quality of life: An EQ-5D-5L value set for England. Health Economics
+//! 2018;27:7-22), generated from its published coefficients
+//! ([`ValueSet::england`]) and recorded with every score as
+//! `england-devlin-2018`. Another country's set, or a newer one, is loaded
+//! from a file with [`Options::value_set_path`] and recorded under the file
+//! name.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -133,8 +136,8 @@ pub struct Options {
     /// Measures, follow-up interval, overdue window, minimal important
     /// changes.
     pub policy: Policy,
-    /// The EQ-5D-5L value set CSV (`profile,index`); `None` = the built-in
-    /// illustrative one (not an official value set).
+    /// The EQ-5D-5L value set CSV (`profile,index`), recorded under its file
+    /// name; `None` = the built-in England value set (`england-devlin-2018`).
     pub value_set_path: Option<PathBuf>,
     /// A licence file (TOML, or JSON by extension) giving licensed item
     /// wording; `None` = Questionnaires without licensed wording.
@@ -157,7 +160,7 @@ fn temporary_projections() -> mskflow_projection::Options {
 }
 
 impl Options {
-    /// Defaults: the default policy, built-in value set, no licence file,
+    /// Defaults: the default policy, the England value set, no licence file,
     /// sweep hourly, the view in a temporary directory.
     pub fn new(grpc_addr: SocketAddr) -> Self {
         Self {
@@ -195,14 +198,8 @@ impl Service {
     ) -> Result<Self, Error> {
         let value_set = match &options.value_set_path {
             Some(path) => ValueSet::from_path(path)?,
-            None => ValueSet::example()?,
+            None => ValueSet::england(),
         };
-        if value_set.is_illustrative() {
-            tracing::warn!(
-                "EQ-5D-5L index values come from the built-in ILLUSTRATIVE value set, \
-                 not an official one: configure the official value set"
-            );
-        }
         let texts = match &options.licence_path {
             Some(path) => LicensedTexts::from_path(path)?,
             None => LicensedTexts::none(),

@@ -51,8 +51,10 @@ struct Args {
     /// Minimal important change of the PSFS mean.
     #[arg(long, env = "MSKFLOW_OUTCOMES_MIC_PSFS", default_value_t = 2.0)]
     mic_psfs: f64,
-    /// The official EQ-5D-5L value set (CSV `profile,index`). Without it the
-    /// built-in illustrative value set is used (not an official one).
+    /// An EQ-5D-5L value set file (CSV `profile,index`, all 3125 profiles),
+    /// for another country or a newer set; recorded under its file name.
+    /// Without it the built-in England value set (Devlin et al. 2018,
+    /// `england-devlin-2018`) is used.
     #[arg(long, env = "MSKFLOW_OUTCOMES_EQ5D_VALUE_SET")]
     eq5d_value_set: Option<PathBuf>,
     /// Licence file (TOML or JSON) with the licensed item wording.

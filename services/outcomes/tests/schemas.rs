@@ -35,7 +35,7 @@ async fn emitted_events_match_their_schemas() -> TestResult {
         Outcomes::open(
             log.clone(),
             Policy::default(),
-            ValueSet::example()?,
+            ValueSet::england(),
             LicensedTexts::none(),
             clock.clone(),
             &mskflow_projection::Options::in_dir(dir.path().join("projections")),

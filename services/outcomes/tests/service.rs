@@ -24,7 +24,7 @@ async fn open(
         Outcomes::open(
             log,
             Policy::default(),
-            ValueSet::example()?,
+            ValueSet::england(),
             LicensedTexts::none(),
             clock,
             &mskflow_projection::Options::in_dir(dir.join("projections")),

@@ -47,7 +47,7 @@ async fn open_at(
         Outcomes::open(
             as_log(store),
             Policy::default(),
-            ValueSet::example()?,
+            ValueSet::england(),
             LicensedTexts::none(),
             clock.clone(),
             &projections(dir),

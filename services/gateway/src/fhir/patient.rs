@@ -20,7 +20,8 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::http::{AppState, FHIR_JSON, base_url, with_sent};
+use crate::fhir::request::{base_url, with_sent};
+use crate::state::{AppState, FHIR_JSON};
 use crate::views::{ReferralView, Views};
 use crate::{render, search};
 
