@@ -140,6 +140,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             tls: config.gateway.tls.options(),
             analytics_imd: Some(analyst_stream.context.imd.clone()),
             analyst_stream: Some(analyst_stream),
+            projections: Some(projections.clone()),
         },
         log.clone(),
     )

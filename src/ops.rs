@@ -332,7 +332,10 @@ async fn on_projection<P: mskflow_projection::Projection>(
 /// The read models kept on disk, by name (`mskflow replay --rebuild NAME`).
 pub const PROJECTIONS: &[&str] = &[
     <mskflow_intake::index::RequestIndex as mskflow_projection::Projection>::NAME,
+    <mskflow_assessment::projection::AssessmentView as mskflow_projection::Projection>::NAME,
     <mskflow_scheduling::waiting::WaitingList as mskflow_projection::Projection>::NAME,
+    <mskflow_outcomes::view::OutcomesView as mskflow_projection::Projection>::NAME,
+    <mskflow_analytics::store::AnalyticsFacts as mskflow_projection::Projection>::NAME,
 ];
 
 /// `mskflow replay --rebuild NAME|all` and `--check NAME|all`, while the
@@ -369,13 +372,29 @@ pub async fn run_projections(
     let wanted = |n: &str| name == "all" || name == n;
     let mut runs = Vec::new();
     let started = std::time::Instant::now();
+    use mskflow_analytics::store::AnalyticsFacts;
+    use mskflow_assessment::projection::AssessmentView;
     use mskflow_intake::index::RequestIndex;
+    use mskflow_outcomes::view::OutcomesView;
     use mskflow_scheduling::waiting::WaitingList;
     if wanted(RequestIndex::NAME) {
         runs.push(on_projection(action, &log, &options, || RequestIndex).await?);
     }
+    if wanted(AssessmentView::NAME) {
+        runs.push(on_projection(action, &log, &options, || AssessmentView).await?);
+    }
     if wanted(WaitingList::NAME) {
         runs.push(on_projection(action, &log, &options, || WaitingList).await?);
+    }
+    if wanted(OutcomesView::NAME) {
+        runs.push(on_projection(action, &log, &options, || OutcomesView).await?);
+    }
+    if wanted(AnalyticsFacts::NAME) {
+        // The attributes are fixed with the IMD lookup the gateway uses.
+        let ctx = crate::analyst_stream(config)?.context;
+        runs.push(
+            on_projection(action, &log, &options, || AnalyticsFacts::new(ctx.clone())).await?,
+        );
     }
     let mut out = String::new();
     for run in &runs {

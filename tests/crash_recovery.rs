@@ -185,7 +185,13 @@ async fn sigkill_during_a_stream_of_referrals_loses_nothing_acknowledged() -> Te
     let out = String::from_utf8_lossy(&check.stdout);
     eprintln!("{out}{}", String::from_utf8_lossy(&check.stderr));
     assert!(check.status.success(), "read models differ from a rebuild");
-    for name in ["intake-index", "scheduling-waiting-list"] {
+    for name in [
+        "intake-index",
+        "assessment-view",
+        "scheduling-waiting-list",
+        "outcomes-view",
+        "analytics-facts",
+    ] {
         assert!(
             out.lines()
                 .any(|l| l.starts_with("consistent") && l.contains(name)),

@@ -8,8 +8,8 @@
 //! - `GET /analytics/{view}?split=imd_decile&format=csv`: one view as JSON
 //!   (`{"view", "split", "rows"}`) or, with `format=csv` or
 //!   `Accept: text/csv`, as CSV. An unknown view is 404, an unknown split or
-//!   format 400, each with an OperationOutcome; 503 until the first replay
-//!   of the log has finished.
+//!   format 400, each with an OperationOutcome; 503 until the read model
+//!   has caught up with the log at start-up.
 //!
 //! Every request needs a bearer token whose scopes allow reading
 //! `Analytics` (`system/Analytics.read`, or a wildcard such as
@@ -17,43 +17,54 @@
 //! its scopes do not allow it.
 //!
 //! The views are aggregates (no pseudonyms, no identifiers); what each
-//! holds is defined in `mskflow_analytics::views`. Deprivation deciles come
-//! from the illustrative postcode lookup shipped with `mskflow-analytics`
-//! unless one is given to [`AnalyticsStore::new`]; `mskflow export` loads
-//! the official one with `--imd-lookup`.
+//! holds is defined in `mskflow_analytics::views`. They are computed from
+//! one row of facts per referral kept on disk with its checkpoint
+//! (`mskflow_analytics::store`, ADR 0005), streamed into per-group figures
+//! at each request. Deprivation deciles come from the example postcode
+//! lookup shipped with `mskflow-analytics` unless one is given to
+//! [`AnalyticsStore::new`]; `mskflow export` loads the official one with
+//! `--imd-lookup`. After changing the lookup, rebuild the read model
+//! (`mskflow replay --rebuild analytics-facts`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use mskflow_analytics::views::{Split, Table, View, ViewOptions, Views};
+use mskflow_analytics::store::AnalyticsFacts;
+use mskflow_analytics::views::{Split, Table, View, ViewOptions};
 use mskflow_analytics::{Context, ImdLookup, Pseudonymiser};
-use mskflow_eventlog::{EventLog, StartFrom, Subscription};
+use mskflow_eventlog::EventLog;
 use mskflow_fhir::IssueType;
+use mskflow_projection::Projector;
 use serde_json::json;
 
 use crate::error::ApiError;
 
-/// The consumer name of the analytics follower.
-pub const CONSUMER: &str = "gateway-analytics";
-const BATCH: usize = 1000;
 const CSV: &str = "text/csv; charset=utf-8";
 
-/// The live analytical views, shared by the HTTP workers.
+/// The analytical views, kept on disk (`analytics-facts.db`, see
+/// `mskflow_analytics::store`) and shared by the HTTP workers.
 #[derive(Debug)]
 pub struct AnalyticsStore {
-    views: RwLock<Views>,
     ctx: Context,
-    ready: AtomicBool,
+    options: ViewOptions,
+    projections: Option<mskflow_projection::Options>,
+    /// Set once the read model has caught up with the log.
+    projector: OnceLock<Projector<AnalyticsFacts>>,
 }
 
 impl AnalyticsStore {
-    /// An empty store. `imd`: the postcode to IMD decile lookup, or `None`
-    /// for the illustrative one shipped with `mskflow-analytics`.
-    pub fn new(imd: Option<ImdLookup>, options: ViewOptions) -> Self {
+    /// A store not yet open. `imd`: the postcode to IMD decile lookup, or
+    /// `None` for the example one shipped with `mskflow-analytics`;
+    /// `projections`: where the read model keeps its file (`None`: a
+    /// temporary directory, rebuilt at each start).
+    pub fn new(
+        imd: Option<ImdLookup>,
+        options: ViewOptions,
+        projections: Option<mskflow_projection::Options>,
+    ) -> Self {
         let imd = imd
             .or_else(|| ImdLookup::example().ok())
             .unwrap_or_default();
@@ -70,47 +81,38 @@ impl AnalyticsStore {
         )]
         let pseudonymiser = Pseudonymiser::new(&key).expect("a 32-byte key is long enough");
         Self {
-            views: RwLock::new(Views::new(options)),
             ctx: Context { pseudonymiser, imd },
-            ready: AtomicBool::new(false),
+            options,
+            projections,
+            projector: OnceLock::new(),
         }
     }
 
-    /// Fold a batch of events in.
-    pub fn apply_batch(&self, batch: &[mskflow_eventlog::Envelope]) {
-        let mut views = match self.views.write() {
-            Ok(v) => v,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        for envelope in batch {
-            views.observe(envelope, &self.ctx);
-        }
+    /// One view's table, streamed from the stored facts; `None` until the
+    /// read model has caught up with the log at start-up.
+    pub async fn table(
+        &self,
+        view: View,
+        split: Split,
+    ) -> Option<Result<Table, mskflow_projection::Error>> {
+        let projector = self.projector.get()?;
+        let options = self.options;
+        Some(
+            projector
+                .read(move |conn| mskflow_analytics::store::table(conn, view, split, options))
+                .await,
+        )
     }
 
-    /// One view's table.
-    pub fn table(&self, view: View, split: Split) -> Table {
-        let views = match self.views.read() {
-            Ok(v) => v,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        views.table(view, split)
-    }
-
-    /// Whether the first replay of the log has finished.
+    /// Whether the read model has caught up with the log since start-up.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.projector.get().is_some_and(Projector::is_ready)
     }
 }
 
-impl Default for AnalyticsStore {
-    fn default() -> Self {
-        Self::new(None, ViewOptions::default())
-    }
-}
-
-/// Replay the whole log into `store`, then follow it until `shutdown`
-/// resolves. The views live in memory, so every start replays from the
-/// beginning; read errors are logged and retried with backoff.
+/// Open the read model (resumed after its checkpoint, or rebuilt), then
+/// follow the log until `shutdown` resolves; opening failures are logged
+/// and retried with backoff.
 pub async fn run(
     log: Arc<dyn EventLog>,
     store: Arc<AnalyticsStore>,
@@ -118,75 +120,37 @@ pub async fn run(
 ) {
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);
-    let mut sub: Box<dyn Subscription> = loop {
+    let (projector, following) = loop {
+        let opened = async {
+            let options = match &store.projections {
+                Some(options) => options.clone(),
+                None => mskflow_projection::Options::temporary().map_err(|source| {
+                    mskflow_projection::Error::Io {
+                        name: "analytics-facts",
+                        path: std::env::temp_dir(),
+                        source,
+                    }
+                })?,
+            };
+            Projector::open(&log, &options, AnalyticsFacts::new(store.ctx.clone())).await
+        };
         tokio::select! {
             () = &mut shutdown => return,
-            caught = catch_up(&log, &store) => match caught {
-                Ok(sub) => break sub,
+            opened = opened => match opened {
+                Ok((projector, following, catch_up)) => {
+                    tracing::info!(events = catch_up.events, "analytics views ready");
+                    break (projector, following);
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "analytics views cannot replay the event log; retrying");
+                    tracing::error!(error = %e, "analytics views cannot be opened; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
     };
-    store.ready.store(true, Ordering::Release);
-    tracing::info!("analytics views replayed");
-    backoff = Duration::from_millis(100);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            batch = sub.next_batch(BATCH) => match batch {
-                Ok(batch) => {
-                    backoff = Duration::from_millis(100);
-                    store.apply_batch(&batch);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "analytics views cannot read the event log; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-}
-
-/// Replay from the beginning; the subscription is left at the head.
-async fn catch_up(
-    log: &Arc<dyn EventLog>,
-    store: &AnalyticsStore,
-) -> Result<Box<dyn Subscription>, mskflow_eventlog::Error> {
-    let fresh = AnalyticsStore::new(Some(store.ctx.imd.clone()), store.options());
-    let mut sub = log.subscribe(CONSUMER, StartFrom::Beginning).await?;
-    loop {
-        let batch = sub.poll_batch(BATCH).await?;
-        if batch.is_empty() {
-            break;
-        }
-        fresh.apply_batch(&batch);
-    }
-    // Swap the replayed views in whole, so a retried replay never mixes
-    // with a partial one.
-    let replayed = match fresh.views.into_inner() {
-        Ok(v) => v,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    let mut views = match store.views.write() {
-        Ok(v) => v,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    *views = replayed;
-    Ok(sub)
-}
-
-impl AnalyticsStore {
-    fn options(&self) -> ViewOptions {
-        match self.views.read() {
-            Ok(v) => v.options(),
-            Err(poisoned) => poisoned.into_inner().options(),
-        }
-    }
+    let projector = store.projector.get_or_init(|| projector);
+    projector.follow(following, shutdown).await;
 }
 
 /// Mount `/analytics` and `/analytics/{view}`. Needs a
@@ -328,12 +292,18 @@ async fn view(
         })?,
     };
     let format = format(&req, param("format"))?;
-    if !store.is_ready() {
-        return Err(ApiError::unavailable(
-            "the analytics views are still replaying the event log",
-        ));
-    }
-    let table = store.table(view, split);
+    let table = match store.table(view, split).await {
+        None => {
+            return Err(ApiError::unavailable(
+                "the analytics views are still catching up with the event log",
+            ));
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "analytics views cannot be read");
+            return Err(ApiError::unavailable("the analytics views cannot be read"));
+        }
+        Some(Ok(table)) => table,
+    };
     Ok(match format {
         Format::Json => HttpResponse::Ok().json(&table),
         Format::Csv => HttpResponse::Ok()

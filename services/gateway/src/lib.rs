@@ -66,6 +66,9 @@ pub struct Options {
     /// analyst stream's lookup when that is set, else the illustrative one
     /// shipped with `mskflow-analytics`.
     pub analytics_imd: Option<mskflow_analytics::ImdLookup>,
+    /// Where the gateway's read models kept on disk live (the analytics
+    /// facts); a temporary directory, rebuilt at each start, when `None`.
+    pub projections: Option<mskflow_projection::Options>,
 }
 
 /// Where the analysts' stream goes and how it is pseudonymised.
@@ -91,6 +94,7 @@ impl Default for Options {
             tls: tls::Options::default(),
             analyst_stream: None,
             analytics_imd: None,
+            projections: None,
         }
     }
 }
@@ -264,6 +268,7 @@ impl Service {
         let analytics_store = Arc::new(analytics::AnalyticsStore::new(
             imd,
             mskflow_analytics::views::ViewOptions::default(),
+            self.options.projections.clone(),
         ));
         let analytics_data = web::Data::from(analytics_store.clone());
         let server = HttpServer::new(move || {

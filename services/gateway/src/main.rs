@@ -145,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
             },
             analyst_stream,
             analytics_imd,
+            projections: Some(store.projections.clone()),
             ..Default::default()
         },
         store.log.clone(),
