@@ -139,6 +139,19 @@ pub async fn status(config: &Config, gateway_url: Option<String>) -> anyhow::Res
         out,
         "consumers     gateway-views (in memory, replays from the log at start)"
     )?;
+    let options = mskflow_projection::Options::in_dir(config.projections_dir());
+    for name in PROJECTIONS {
+        let line = match mskflow_projection::stored(&options, name)? {
+            Some(s) => format!(
+                "{name}: on disk, checkpoint {}, lag {}, {:.1} MiB",
+                s.checkpoint,
+                head.saturating_sub(s.checkpoint),
+                s.bytes as f64 / 1_048_576.0
+            ),
+            None => format!("{name}: not built yet (built from the log at the next start)"),
+        };
+        writeln!(out, "              {line}")?;
+    }
     for (name, position) in store.checkpoints().await? {
         if name.starts_with("mskflow-ops") || name.starts_with("test-") {
             continue;

@@ -253,6 +253,8 @@ async fn status_and_replay_commands_report_the_store_and_the_services() -> TestR
         "triaged 1, redirected 1",
         "(total 2)",
         "ready (event-store pass, views pass)",
+        "intake-index: on disk, checkpoint",
+        "analytics-facts: on disk, checkpoint",
     ];
     // Consumers commit just after their appends: look again until they have
     // (bounded).

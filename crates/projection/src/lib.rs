@@ -202,6 +202,46 @@ pub fn remove(options: &Options, name: &'static str) -> Result<bool, Error> {
     Ok(removed)
 }
 
+/// What a projection's file holds, read without opening it for writing
+/// (`mskflow status`): `None` when there is no file yet.
+pub fn stored(options: &Options, name: &'static str) -> Result<Option<Stored>, Error> {
+    let path = options.path_of(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let store_err = |source| Error::Store {
+        name,
+        path: path.clone(),
+        context: "reading its checkpoint",
+        source,
+    };
+    let conn =
+        Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(store_err)?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(store_err)?;
+    let size = ["", "-wal"]
+        .iter()
+        .filter_map(|s| std::fs::metadata(format!("{}{s}", path.display())).ok())
+        .map(|m| m.len())
+        .sum();
+    Ok(read_meta(&conn)
+        .map_err(store_err)?
+        .map(|(version, _, checkpoint)| Stored {
+            version: u32::try_from(version).unwrap_or(0),
+            checkpoint: u64::try_from(checkpoint).unwrap_or(0),
+            bytes: size,
+        }))
+}
+
+/// A projection file's version, checkpoint and size on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub version: u32,
+    pub checkpoint: u64,
+    /// The file and its write-ahead log.
+    pub bytes: u64,
+}
+
 /// What opening found, for the start-up log line and the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opened {
