@@ -254,3 +254,115 @@ async fn the_referrer_hears_of_every_change_in_order_after_a_failed_delivery() -
     receiver.stop().await;
     Ok(())
 }
+
+/// Each message's Task: (status, businessStatus, meta.versionId).
+fn task_of(message: &Value) -> (String, String, String) {
+    let task = entries_of(message, "Task")
+        .first()
+        .map(|t| (*t).clone())
+        .unwrap_or_default();
+    (
+        task["status"].as_str().unwrap_or_default().to_owned(),
+        business(&task).to_owned(),
+        task["meta"]["versionId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_referrer_hears_each_change_once_as_it_was() -> TestResult {
+    let receiver = Receiver::start(0, StatusCode::OK)?;
+    let url = receiver.url.clone();
+    let endpoint = format!("{url}/ServiceRequest");
+    let configure = |c: &mut mskflow::Config| {
+        c.gateway.referrer_endpoints.push(url.clone());
+        c.gateway.outbound.initial_backoff_ms = 20;
+    };
+    let mut app = spawn_app_with(configure).await?;
+    let mut bundle = new_referral_message()?;
+    with_resource(&mut bundle, "MessageHeader", |h| {
+        h["source"]["endpoint"] = serde_json::json!(endpoint)
+    })?;
+    let answer: Value = app.post_message(&bundle).await?.json().await?;
+    let id = entries_of(&answer, "Task")[0]["id"]
+        .as_str()
+        .ok_or("no id")?
+        .to_owned();
+    task_when(&app, &id, "awaiting assessment", |t| {
+        business(t) == "awaiting-assessment"
+    })
+    .await?;
+    // Book the FCP appointment: a second change, told before the restart.
+    let running = app.running.as_ref().ok_or("not running")?;
+    let mut assessment =
+        AssessmentServiceClient::connect(format!("http://{}", running.assessment_addr)).await?;
+    let slot_id = Uuid::new_v4();
+    let start = chrono::Utc::now() + chrono::Duration::days(1);
+    assessment
+        .publish_slots(apb::PublishSlotsRequest {
+            slots: vec![apb::Slot {
+                slot_id: slot_id.to_string(),
+                clinician_id: "fcp-011".to_owned(),
+                start: start.to_rfc3339(),
+                end: (start + chrono::Duration::minutes(30)).to_rfc3339(),
+                mode: "telephone".to_owned(),
+                location: None,
+            }],
+        })
+        .await?;
+    assessment
+        .book_assessment(apb::BookAssessmentRequest {
+            referral_id: id.clone(),
+            slot_id: slot_id.to_string(),
+        })
+        .await?;
+    let before = receiver.wait_for(2).await;
+    assert_eq!(before.len(), 2, "the triage, then the booking");
+
+    // Restart: the worker resumes from its checkpoint; then the referrer
+    // withdraws the referral.
+    app.stop().await?;
+    let kept = app;
+    assert!(
+        kept.dir
+            .join("projections")
+            .join("gateway-notifications.db")
+            .exists(),
+        "the worker's subscriptions and counters are kept for its resumption"
+    );
+    let app = spawn_app_in_with(&kept.dir, configure).await?;
+    assert_eq!(
+        app.post_message(&as_update(&bundle, "revoked")?)
+            .await?
+            .status()
+            .as_u16(),
+        200
+    );
+    task_when(&app, &id, "cancelled", |t| t["status"] == "cancelled").await?;
+    let seen = receiver.wait_for(3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen_now = receiver.requests();
+    assert_eq!(seen.len(), 3, "one message per change");
+    assert_eq!(seen_now.len(), 3, "nothing sent twice after the restart");
+    let ids: std::collections::BTreeSet<&str> =
+        seen.iter().map(|r| r.request_id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "three distinct messages");
+    let tasks: Vec<(String, String, String)> = seen.iter().map(|r| task_of(&r.body)).collect();
+    let expected = [
+        ("accepted", "triaged", "2"),
+        ("in-progress", "assessment-booked", "4"),
+        ("cancelled", "cancelled", "5"),
+    ];
+    let expected: Vec<(String, String, String)> = expected
+        .iter()
+        .map(|(s, b, v)| ((*s).to_owned(), (*b).to_owned(), (*v).to_owned()))
+        .collect();
+    assert_eq!(
+        tasks, expected,
+        "each message shows the Task as it was at its change (as the replaying worker sent them)"
+    );
+    receiver.stop().await;
+    Ok(())
+}

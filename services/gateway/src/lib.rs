@@ -5,6 +5,7 @@
 //! `Task` and `ServiceRequest` views built only from events.
 
 pub mod analytics;
+pub mod as_at;
 pub mod audit;
 pub mod auth;
 pub mod delivery;
@@ -67,7 +68,8 @@ pub struct Options {
     /// shipped with `mskflow-analytics`.
     pub analytics_imd: Option<mskflow_analytics::ImdLookup>,
     /// Where the gateway's read models kept on disk live (the analytics
-    /// facts); a temporary directory, rebuilt at each start, when `None`.
+    /// facts, the notification worker's subscriptions and counters); a
+    /// temporary directory, rebuilt at each start, when `None`.
     pub projections: Option<mskflow_projection::Options>,
 }
 
@@ -312,21 +314,29 @@ impl Service {
                 let _ = deliver_stop_rx.wait_for(|s| *s).await;
             },
         ));
-        let notifier = notify::Worker::new(
+        let mut notify_stop_rx = deliver_stop_tx.subscribe();
+        let notifier = notify::Worker::open(
             self.log.clone(),
             &self.options.outbound,
             self.options.referrer_endpoints.clone(),
             public_base,
-        );
-        let mut notify_stop_rx = deliver_stop_tx.subscribe();
-        let notifying = tokio::spawn(delivery::run(
-            self.log.clone(),
-            mskflow_eventlog::StartFrom::Beginning,
-            notifier,
-            async move {
-                let _ = notify_stop_rx.wait_for(|s| *s).await;
-            },
-        ));
+            self.options.projections.clone(),
+        )
+        .await;
+        let notifying = match notifier {
+            Ok((notifier, start)) => Some(tokio::spawn(delivery::run(
+                self.log.clone(),
+                start,
+                notifier,
+                async move {
+                    let _ = notify_stop_rx.wait_for(|s| *s).await;
+                },
+            ))),
+            Err(e) => {
+                tracing::error!(error = %e, "notification state cannot be opened; no status messages or notifications are sent");
+                None
+            }
+        };
         let mut analytics_stop_rx = deliver_stop_tx.subscribe();
         let analysing = tokio::spawn(analytics::run(
             self.log.clone(),
@@ -366,7 +376,9 @@ impl Service {
         let _ = deliver_stop_tx.send(true);
         let _ = follower.await;
         let _ = delivering.await;
-        let _ = notifying.await;
+        if let Some(notifying) = notifying {
+            let _ = notifying.await;
+        }
         let _ = analysing.await;
         if let Some(publishing) = publishing {
             let _ = publishing.await;

@@ -11,12 +11,22 @@
 //!
 //! Active FHIR Subscriptions ([`crate::subscription`]) of the referral's
 //! organisation are told too, each with its own message id (subscription id
-//! and causing event) and its own strictly increasing counter: the worker
-//! replays the log from the start, so the counters are rebuilt in the same
-//! log order after a restart (on the embedded log, whose order is total; on
-//! Kafka a subscription's creation and a referral's change sit on different
-//! topics, so a change made while a subscription was being created may be
-//! counted on one side of it or the other after a replay).
+//! and causing event) and its own strictly increasing counter, kept with the
+//! subscriptions in the worker's small state file ([`state`]): numbered once
+//! per causing event, in log order, and written before the notification is
+//! sent, so a restart or a redelivery goes on from the same count.
+//!
+//! The worker is a checkpointed consumer (`gateway-notifications`): a
+//! restart resumes after its checkpoint. Each message shows the Task as it
+//! was at its change: the referral's view is folded afresh from the
+//! referral's own streams up to the event's log position ([`crate::as_at`]),
+//! so the worker keeps no copy of the views. When its state file cannot be
+//! resumed (new, or on a log without stable positions such as Kafka's
+//! index), the worker reads the log once from the first event instead,
+//! numbering again in the same order and sending nothing already settled
+//! (on Kafka a subscription's creation and a referral's change sit on
+//! different topics, so a change made while a subscription was being
+//! created may be counted on one side of it or the other after that).
 //!
 //! A new subscription is first sent its handshake, as a message like any
 //! other (message id from the subscription id and its creation event, same
@@ -25,14 +35,17 @@
 //! subscription whose handshake was answered is told of changes. The worker
 //! handles the log in order and the handshake is settled before the next
 //! event, so changes made while it was pending are sent after it succeeds,
-//! in log order, and none are sent to a subscription in error. Replayed, the
-//! outcome is read back from the handshake's own `notify-{id}` stream, so
+//! in log order, and none are sent to a subscription in error. Seen again,
+//! the outcome is read back from the handshake's own `notify-{id}` stream, so
 //! the counters come out the same.
 
-use std::collections::BTreeMap;
+pub mod state;
+
 use std::sync::Arc;
 
-use mskflow_eventlog::{Envelope, EventLog, ExpectedVersion, Metadata, decode, new_event};
+use mskflow_eventlog::{
+    Envelope, EventLog, ExpectedVersion, Metadata, StartFrom, decode, new_event,
+};
 use mskflow_events::delivery::DeliveryEvent;
 use mskflow_events::subscription::{
     SubscriptionActivated, SubscriptionErrored, SubscriptionEvent, SubscriptionStatusEvent,
@@ -43,7 +56,9 @@ use uuid::Uuid;
 use crate::delivery::{Consume, Message, Options, Outbox};
 use crate::render;
 use crate::subscription::{self, Handshake, SubscriptionView};
-use crate::views::{ReferralView, Views};
+use crate::views::ReferralView;
+
+use self::state::State;
 
 /// The worker's consumer name.
 pub const CONSUMER: &str = "gateway-notifications";
@@ -70,8 +85,8 @@ pub const NOTIFYING: &[&str] = &[
     "RehabDischarged",
 ];
 
-/// The notification worker: keeps its own views (replayed from the start of
-/// the log) so each message shows the Task as it was at that change.
+/// The notification worker: folds the changed referral as it was at each
+/// change, and keeps only the subscriptions (in [`State`]).
 #[derive(Debug)]
 pub struct Worker {
     outbox: Outbox,
@@ -80,30 +95,30 @@ pub struct Worker {
     /// Registered referrer endpoints (prefixes); nothing else is called.
     registered: Vec<String>,
     base_url: String,
-    views: Views,
-    /// Per subscription: notifications numbered so far and the event that
-    /// numbered the last one.
-    counters: BTreeMap<Uuid, (u64, Uuid)>,
-    /// Per subscription: the outcome of its handshake (absent: pending).
-    handshakes: BTreeMap<Uuid, Handshake>,
+    /// The subscriptions: handshakes, counters, creation and deletion.
+    state: State,
 }
 
 impl Worker {
-    pub fn new(
+    /// A worker with its state opened in `projections` (`None`: a temporary
+    /// directory), and where its subscription to the log starts: after its
+    /// checkpoint, or from the first event when the state was rebuilt.
+    pub async fn open(
         log: Arc<dyn EventLog>,
         options: &Options,
         registered: Vec<String>,
         base_url: String,
-    ) -> Self {
-        Self {
+        projections: Option<mskflow_projection::Options>,
+    ) -> Result<(Self, StartFrom), mskflow_eventlog::Error> {
+        let (state, start) = State::open(log.as_ref(), projections).await?;
+        let worker = Self {
             outbox: Outbox::new(log.clone(), options),
             log,
             registered,
             base_url,
-            views: Views::default(),
-            counters: BTreeMap::new(),
-            handshakes: BTreeMap::new(),
-        }
+            state,
+        };
+        Ok((worker, start))
     }
 
     fn registered(&self, endpoint: &str) -> bool {
@@ -129,11 +144,12 @@ impl Consume for Worker {
     }
 
     async fn handle(&mut self, envelope: &Envelope) -> Result<(), mskflow_eventlog::Error> {
-        if let Err(e) = self.views.apply(envelope) {
-            tracing::debug!(error = %e, "notification views skipped an event");
-        }
-        if envelope.event_type == "SubscriptionCreated" {
-            return self.handshake(envelope).await;
+        if SubscriptionEvent::TYPES.contains(&envelope.event_type.as_str()) {
+            self.state.apply(envelope).await?;
+            if envelope.event_type == "SubscriptionCreated" {
+                return self.handshake(envelope).await;
+            }
+            return Ok(());
         }
         if !NOTIFYING.contains(&envelope.event_type.as_str()) || self.registered.is_empty() {
             return Ok(());
@@ -141,34 +157,39 @@ impl Consume for Worker {
         let Some(referral_id) = referral_of(envelope) else {
             return Ok(());
         };
-        let Some(view) = self.views.referral(&referral_id).cloned() else {
+        let message_id = Uuid::new_v5(&NOTIFY_NAMESPACE, envelope.event_id.as_bytes());
+        let stream = format!("notify-{message_id}");
+        let referrer_settled = self.outbox.settled(&stream).await?;
+        if referrer_settled && self.told(envelope.position).next().is_none() {
+            // Nothing left to send because of this event: no need to fold.
+            return Ok(());
+        }
+        let Some(view) =
+            crate::as_at::referral(self.log.as_ref(), referral_id, envelope.position).await?
+        else {
             return Ok(());
         };
-        if let Some(endpoint) = view
+        let endpoint = view
             .details
             .sender
             .endpoint
             .clone()
-            .filter(|e| self.registered(e))
-        {
-            let message_id = Uuid::new_v5(&NOTIFY_NAMESPACE, envelope.event_id.as_bytes());
-            let stream = format!("notify-{message_id}");
-            if !self.outbox.settled(&stream).await? {
-                let mut view = view.clone();
-                crate::sent::fill(self.log.as_ref(), &mut view).await?;
-                let request_message = view.details.sender.message_id.clone().unwrap_or_default();
-                let mut bundle = render::response_message(&self.base_url, &request_message, &view);
-                bundle["id"] = serde_json::json!(message_id.to_string());
-                let msg = Message {
-                    stream,
-                    message_id,
-                    referral_id,
-                    url: endpoint,
-                    body: bundle.to_string(),
-                    label: "referrer".to_owned(),
-                };
-                self.outbox.send(msg, envelope).await?;
-            }
+            .filter(|e| !referrer_settled && self.registered(e));
+        if let Some(endpoint) = endpoint {
+            let mut view = view.clone();
+            crate::sent::fill(self.log.as_ref(), &mut view).await?;
+            let request_message = view.details.sender.message_id.clone().unwrap_or_default();
+            let mut bundle = render::response_message(&self.base_url, &request_message, &view);
+            bundle["id"] = serde_json::json!(message_id.to_string());
+            let msg = Message {
+                stream,
+                message_id,
+                referral_id,
+                url: endpoint,
+                body: bundle.to_string(),
+                label: "referrer".to_owned(),
+            };
+            self.outbox.send(msg, envelope).await?;
         }
         self.notify_subscribers(envelope, &view).await
     }
@@ -184,22 +205,17 @@ impl Worker {
         view: &ReferralView,
     ) -> Result<(), mskflow_eventlog::Error> {
         let matching: Vec<SubscriptionView> = self
-            .views
-            .subscriptions()
-            .filter(|s| {
-                s.matches(view)
-                    && self.handshakes.get(&s.id) == Some(&Handshake::Active)
-                    && self.registered(&s.endpoint)
-            })
+            .told(envelope.position)
+            .filter(|s| s.matches(view))
             .cloned()
             .collect();
         let mut numbered = Vec::with_capacity(matching.len());
         for s in matching {
-            let counter = self.counters.entry(s.id).or_insert((0, Uuid::nil()));
-            if counter.1 != envelope.event_id {
-                *counter = (counter.0 + 1, envelope.event_id);
-            }
-            numbered.push((s, counter.0));
+            let number = self
+                .state
+                .number(s.id, envelope.position, envelope.event_id)
+                .await?;
+            numbered.push((s, number));
         }
         for (s, number) in numbered {
             let message_id = message_id(s.id, envelope.event_id);
@@ -207,6 +223,12 @@ impl Worker {
             if self.outbox.settled(&stream).await? {
                 continue;
             }
+            let Some(number) = number else {
+                // Numbered before a later event was; that one is only
+                // numbered once this one is settled, so this cannot be.
+                tracing::error!(subscription_id = %s.id, position = envelope.position, "an unsettled notification before the last numbered one; not sent");
+                continue;
+            };
             let bundle = subscription::notification(
                 &self.base_url,
                 &s,
@@ -226,6 +248,17 @@ impl Worker {
             self.outbox.send(msg, envelope).await?;
         }
         Ok(())
+    }
+
+    /// The subscriptions told of changes at log position `position`: not
+    /// deleted by then, handshake answered, endpoint registered (in order of
+    /// subscription id).
+    fn told(&self, position: u64) -> impl Iterator<Item = &SubscriptionView> {
+        self.state
+            .subscriptions()
+            .filter(move |t| t.active_at(position) && t.handshake == Some(Handshake::Active))
+            .map(|t| &t.view)
+            .filter(|s| self.registered(&s.endpoint))
     }
 }
 
@@ -251,7 +284,7 @@ impl Worker {
             return Ok(());
         };
         let id = created.subscription_id;
-        let Some(s) = self.views.subscriptions().find(|s| s.id == id).cloned() else {
+        let Some(s) = self.state.get(&id).map(|t| t.view.clone()) else {
             return Ok(());
         };
         let deleted = self
@@ -293,7 +326,7 @@ impl Worker {
             SubscriptionStatusEvent::SubscriptionActivated(_) => Handshake::Active,
             SubscriptionStatusEvent::SubscriptionErrored(_) => Handshake::Error,
         };
-        self.handshakes.insert(id, handshake);
+        self.state.settle_handshake(id, handshake).await?;
         self.record(envelope, &outcome).await?;
         tracing::info!(subscription_id = %id, outcome = outcome.event_type(), "subscription handshake settled");
         Ok(())
