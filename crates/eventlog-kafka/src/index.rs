@@ -15,18 +15,29 @@
 //!
 //! A record is applied only after the records its writer had applied (its
 //! `after` frontier), so every instance sees causes before effects across
-//! topics. No I/O here: `applier.rs` feeds it from Kafka.
+//! topics.
+//!
+//! What has been decided lives in a [`Store`] (`disk.rs`: one SQLite file
+//! per instance). The index keeps in memory only the decisions of the batch
+//! being applied, which [`Index::flush`] stores in one transaction together
+//! with the next offset of each partition, and the few records waiting for
+//! their frontier (not stored: a restart resumes at the stored offsets and
+//! fetches them again). No I/O here beyond the store's calls; `lib.rs` feeds
+//! it from Kafka.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use mskflow_eventlog::{Envelope, ExpectedVersion};
+use mskflow_eventlog::{Envelope, Error, ExpectedVersion};
 use uuid::Uuid;
 
 use crate::record::{AppendRecord, FORMAT, FrontierEntry};
 
 /// A topic-partition.
 pub type Tp = (String, i32);
+
+/// A record's place: topic, partition, offset.
+pub type Place = (String, i32, i64);
 
 /// One record as read from a partition.
 #[derive(Debug, Clone)]
@@ -61,11 +72,12 @@ impl Incoming {
 /// How a record was decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Its events are `log[first..first + count]`; the stream is now at
-    /// `version`.
+    /// Its events are the accepted events `first..first + count` in local
+    /// order (0-based: their positions are `first + 1 ..= first + count`);
+    /// the stream is now at `version`.
     Accepted {
-        first: usize,
-        count: usize,
+        first: u64,
+        count: u64,
         version: u64,
     },
     /// The stream was at `actual`, not what the writer expected.
@@ -80,37 +92,130 @@ pub enum Outcome {
     Undecodable { reason: String },
 }
 
-/// The fold. See the module documentation.
+/// The decision on one record and the append it carried (none for an
+/// undecodable record): its writer checks that the offset the brokers
+/// acknowledged holds its own record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    pub outcome: Outcome,
+    pub append_id: Option<Uuid>,
+}
+
+/// What one [`Index::flush`] stores, in one transaction.
 #[derive(Debug, Default)]
-pub struct Index {
-    log: Vec<Arc<Envelope>>,
-    streams: HashMap<String, Vec<usize>>,
-    event_ids: HashSet<Uuid>,
+pub struct Batch {
+    /// Accepted events, in local order, with their positions.
+    pub events: Vec<Envelope>,
+    /// The new version of every stream the batch appended to.
+    pub versions: HashMap<String, u64>,
+    /// Every record decided, in the order decided.
+    pub decided: Vec<(Place, Decided)>,
+    /// The next offset to apply of every partition the batch moved.
+    pub offsets: HashMap<Tp, i64>,
+}
+
+/// What a store holds when an index opens it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// The next offset to apply, per partition (absent: from the start).
+    pub offsets: HashMap<Tp, i64>,
+    /// How many events were accepted (the last position).
+    pub events: u64,
+}
+
+/// Where the index keeps what it decided. Reads see whole batches only:
+/// what the last [`Store::commit`] stored.
+pub trait Store {
+    /// The stored offsets and event count.
+    fn stored(&self) -> Result<Stored, Error>;
+    /// A stream's version (its last sequence; 0 when it has no events).
+    fn version(&self, stream_id: &str) -> Result<u64, Error>;
+    /// Has an event with this id been accepted?
+    fn contains_event(&self, event_id: &Uuid) -> Result<bool, Error>;
+    /// A stream's events with `sequence >= from`, in order.
+    fn read_stream(&self, stream_id: &str, from: u64) -> Result<Vec<Envelope>, Error>;
+    /// Accepted events in local order after the first `from`, at most `max`.
+    fn slice(&self, from: u64, max: usize) -> Result<Vec<Envelope>, Error>;
+    /// The decision on the record at this place, if it was applied.
+    fn decided(&self, topic: &str, partition: i32, offset: i64) -> Result<Option<Decided>, Error>;
+    /// Store a batch: all of it or, on error, nothing.
+    fn commit(&self, batch: &Batch) -> Result<(), Error>;
+}
+
+impl<S: Store + ?Sized> Store for Arc<S> {
+    fn stored(&self) -> Result<Stored, Error> {
+        (**self).stored()
+    }
+    fn version(&self, stream_id: &str) -> Result<u64, Error> {
+        (**self).version(stream_id)
+    }
+    fn contains_event(&self, event_id: &Uuid) -> Result<bool, Error> {
+        (**self).contains_event(event_id)
+    }
+    fn read_stream(&self, stream_id: &str, from: u64) -> Result<Vec<Envelope>, Error> {
+        (**self).read_stream(stream_id, from)
+    }
+    fn slice(&self, from: u64, max: usize) -> Result<Vec<Envelope>, Error> {
+        (**self).slice(from, max)
+    }
+    fn decided(&self, topic: &str, partition: i32, offset: i64) -> Result<Option<Decided>, Error> {
+        (**self).decided(topic, partition, offset)
+    }
+    fn commit(&self, batch: &Batch) -> Result<(), Error> {
+        (**self).commit(batch)
+    }
+}
+
+/// The fold. See the module documentation.
+///
+/// After an error from [`Index::offer`] or [`Index::flush`] the index is
+/// ahead of its store (or half-way through a decision): drop it and open a
+/// new one on the store, which resumes at the stored offsets.
+#[derive(Debug)]
+pub struct Index<S> {
+    store: S,
+    /// Next offset to apply per partition, counting the unflushed batch.
     applied: HashMap<Tp, i64>,
-    outcomes: HashMap<(String, i32, i64), Outcome>,
-    /// Which append each decoded record carried (its writer checks that the
-    /// offset the brokers acknowledged holds its own record).
-    appends: HashMap<(String, i32, i64), Uuid>,
+    /// Events accepted, counting the unflushed batch.
+    len: u64,
+    batch: Batch,
+    /// Event ids accepted in the unflushed batch.
+    batch_ids: HashSet<Uuid>,
     waiting: HashMap<Tp, VecDeque<Incoming>>,
     stalled: usize,
 }
 
-impl Index {
+impl<S: Store> Index<S> {
+    /// An index resuming from what `store` holds.
+    pub fn open(store: S) -> Result<Self, Error> {
+        let stored = store.stored()?;
+        Ok(Self {
+            store,
+            applied: stored.offsets,
+            len: stored.events,
+            batch: Batch::default(),
+            batch_ids: HashSet::new(),
+            waiting: HashMap::new(),
+            stalled: 0,
+        })
+    }
+
     /// Offer the next record of a partition (records of one partition must
     /// be offered in offset order). Returns how many records were applied
     /// (this one and any it unblocked); 0 when it has to wait for its
-    /// writer's frontier.
-    pub fn offer(&mut self, incoming: Incoming) -> usize {
+    /// writer's frontier. Applied records are stored by the next
+    /// [`Index::flush`].
+    pub fn offer(&mut self, incoming: Incoming) -> Result<usize, Error> {
         let tp = (incoming.topic.clone(), incoming.partition);
         if incoming.offset < self.next_offset(&tp.0, tp.1) {
             // Already applied (a re-fetch after a reconnect).
-            return 0;
+            return Ok(0);
         }
         // The usual case: nothing waits in this partition and the record's
         // causes are applied.
         if self.waiting.get(&tp).is_none_or(VecDeque::is_empty) && self.ready(&incoming) {
-            self.apply(incoming);
-            return 1 + if self.stalled > 0 { self.drain() } else { 0 };
+            self.apply(incoming)?;
+            return Ok(1 + if self.stalled > 0 { self.drain()? } else { 0 });
         }
         self.stalled += 1;
         self.waiting.entry(tp).or_default().push_back(incoming);
@@ -118,7 +223,7 @@ impl Index {
     }
 
     /// Apply every waiting record whose frontier is satisfied.
-    fn drain(&mut self) -> usize {
+    fn drain(&mut self) -> Result<usize, Error> {
         let mut applied = 0;
         loop {
             let mut progressed = false;
@@ -133,14 +238,14 @@ impl Index {
                         break;
                     };
                     self.stalled -= 1;
-                    self.apply(record);
+                    self.apply(record)?;
                     applied += 1;
                     progressed = true;
                 }
             }
             self.waiting.retain(|_, q| !q.is_empty());
             if !progressed {
-                return applied;
+                return Ok(applied);
             }
         }
     }
@@ -157,51 +262,72 @@ impl Index {
         }
     }
 
-    fn apply(&mut self, incoming: Incoming) {
-        let key = (incoming.topic.clone(), incoming.partition, incoming.offset);
-        let outcome = match incoming.record {
-            Err(reason) => Outcome::Undecodable { reason },
+    fn apply(&mut self, incoming: Incoming) -> Result<(), Error> {
+        let decided = match incoming.record {
+            Err(reason) => Decided {
+                outcome: Outcome::Undecodable { reason },
+                append_id: None,
+            },
             Ok(record) => {
-                self.appends.insert(key.clone(), record.append_id);
-                self.decide(record)
+                let append_id = Some(record.append_id);
+                Decided {
+                    outcome: self.decide(record)?,
+                    append_id,
+                }
             }
         };
-        self.applied
-            .insert((incoming.topic, incoming.partition), incoming.offset + 1);
-        self.outcomes.insert(key, outcome);
+        let tp = (incoming.topic, incoming.partition);
+        self.applied.insert(tp.clone(), incoming.offset + 1);
+        self.batch.offsets.insert(tp.clone(), incoming.offset + 1);
+        self.batch
+            .decided
+            .push(((tp.0, tp.1, incoming.offset), decided));
+        Ok(())
     }
 
-    fn decide(&mut self, record: AppendRecord) -> Outcome {
-        let version = self.version(&record.stream_id);
+    /// A stream's version, counting the unflushed batch.
+    fn version(&self, stream_id: &str) -> Result<u64, Error> {
+        match self.batch.versions.get(stream_id) {
+            Some(v) => Ok(*v),
+            None => self.store.version(stream_id),
+        }
+    }
+
+    /// Was this event accepted, counting the unflushed batch?
+    fn accepted(&self, event_id: &Uuid) -> Result<bool, Error> {
+        Ok(self.batch_ids.contains(event_id) || self.store.contains_event(event_id)?)
+    }
+
+    /// Decide one record. Every lookup comes before the first change, so an
+    /// error leaves the batch as it was.
+    fn decide(&mut self, record: AppendRecord) -> Result<Outcome, Error> {
+        let version = self.version(&record.stream_id)?;
         if !record.expected.allows(version) {
-            return Outcome::WrongVersion {
+            return Ok(Outcome::WrongVersion {
                 stream_id: record.stream_id,
                 expected: record.expected.into(),
                 actual: version,
-            };
+            });
         }
         let mut seen = HashSet::new();
         for e in &record.events {
-            if self.event_ids.contains(&e.event_id) || !seen.insert(e.event_id) {
-                return Outcome::Duplicate {
+            if !seen.insert(e.event_id) || self.accepted(&e.event_id)? {
+                return Ok(Outcome::Duplicate {
                     stream_id: record.stream_id,
                     event_id: e.event_id,
-                };
+                });
             }
         }
-        let first = self.log.len();
-        let count = record.events.len();
-        let indices = self.streams.entry(record.stream_id.clone()).or_default();
+        let first = self.len;
+        let count = record.events.len() as u64;
         for (i, e) in record.events.into_iter().enumerate() {
-            let sequence = version + i as u64 + 1;
-            let position = (first + i + 1) as u64;
-            self.event_ids.insert(e.event_id);
-            indices.push(first + i);
-            self.log.push(Arc::new(Envelope {
+            let i = i as u64;
+            self.batch_ids.insert(e.event_id);
+            self.batch.events.push(Envelope {
                 event_id: e.event_id,
                 stream_id: record.stream_id.clone(),
-                sequence,
-                position,
+                sequence: version + i + 1,
+                position: first + i + 1,
                 occurred_at: e.occurred_at,
                 recorded_at: record.written_at,
                 causation_id: record.metadata.causation_id,
@@ -211,72 +337,32 @@ impl Index {
                 event_type: e.event_type,
                 schema_version: e.schema_version,
                 payload: e.payload,
-            }));
+            });
         }
-        Outcome::Accepted {
+        self.len += count;
+        self.batch
+            .versions
+            .insert(record.stream_id, version + count);
+        Ok(Outcome::Accepted {
             first,
             count,
-            version: version + count as u64,
+            version: version + count,
+        })
+    }
+
+    /// Store every decision since the last flush in one transaction, and
+    /// return them (empty when there were none). On error nothing is
+    /// stored and the index must be reopened (see [`Index`]).
+    pub fn flush(&mut self) -> Result<Batch, Error> {
+        if self.batch.decided.is_empty() {
+            return Ok(Batch::default());
         }
+        self.store.commit(&self.batch)?;
+        self.batch_ids.clear();
+        Ok(std::mem::take(&mut self.batch))
     }
 
-    /// A stream's version (its last sequence; 0 when it has no events).
-    pub fn version(&self, stream_id: &str) -> u64 {
-        self.streams.get(stream_id).map_or(0, |v| v.len() as u64)
-    }
-
-    /// Has an event with this id been accepted?
-    pub fn contains_event(&self, event_id: &Uuid) -> bool {
-        self.event_ids.contains(event_id)
-    }
-
-    /// A stream's events with `sequence >= from`.
-    pub fn read_stream(&self, stream_id: &str, from: u64) -> Vec<Envelope> {
-        let Some(indices) = self.streams.get(stream_id) else {
-            return Vec::new();
-        };
-        let skip = from.saturating_sub(1) as usize;
-        indices
-            .iter()
-            .skip(skip)
-            .filter_map(|&i| self.log.get(i).map(|e| e.as_ref().clone()))
-            .collect()
-    }
-
-    /// Accepted events in local order, from index `from`, at most `max`.
-    pub fn slice(&self, from: usize, max: usize) -> Vec<Envelope> {
-        let end = from.saturating_add(max).min(self.log.len());
-        self.log
-            .get(from..end)
-            .map(|s| s.iter().map(|e| e.as_ref().clone()).collect())
-            .unwrap_or_default()
-    }
-
-    /// How many events have been accepted.
-    pub fn len(&self) -> usize {
-        self.log.len()
-    }
-
-    /// No events accepted yet.
-    #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.log.is_empty()
-    }
-
-    /// The decision on one record, once applied.
-    pub fn outcome(&self, topic: &str, partition: i32, offset: i64) -> Option<&Outcome> {
-        self.outcomes.get(&(topic.to_owned(), partition, offset))
-    }
-
-    /// The append id of the record at this place, once applied (none for
-    /// an undecodable record).
-    pub fn append_at(&self, topic: &str, partition: i32, offset: i64) -> Option<Uuid> {
-        self.appends
-            .get(&(topic.to_owned(), partition, offset))
-            .copied()
-    }
-
-    /// Next offset to apply in a partition.
+    /// Next offset to apply in a partition (counting the unflushed batch).
     pub fn next_offset(&self, topic: &str, partition: i32) -> i64 {
         self.applied
             .get(&(topic.to_owned(), partition))
@@ -284,25 +370,126 @@ impl Index {
             .unwrap_or(0)
     }
 
-    /// Everything applied so far, for a writer's record.
-    pub fn frontier(&self) -> Vec<FrontierEntry> {
-        let mut f: Vec<FrontierEntry> = self
-            .applied
-            .iter()
-            .filter(|(_, next)| **next > 0)
-            .map(|((topic, partition), next)| FrontierEntry {
-                topic: topic.clone(),
-                partition: *partition,
-                next: *next,
-            })
-            .collect();
-        f.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-        f
+    /// Next offset to apply per partition (counting the unflushed batch;
+    /// the stored offsets right after [`Index::open`] or a flush).
+    pub fn offsets(&self) -> &HashMap<Tp, i64> {
+        &self.applied
+    }
+
+    /// Events accepted (counting the unflushed batch): the last position.
+    pub fn events(&self) -> u64 {
+        self.len
     }
 
     /// Records read but waiting for their writer's frontier.
     pub fn stalled(&self) -> usize {
         self.stalled
+    }
+
+    /// The store under the index.
+    #[cfg(test)]
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+}
+
+/// The frontier a writer puts on its record: every partition applied up to
+/// `next` (partitions at 0 left out), in a stable order.
+pub fn frontier(applied: &HashMap<Tp, i64>) -> Vec<FrontierEntry> {
+    let mut f: Vec<FrontierEntry> = applied
+        .iter()
+        .filter(|(_, next)| **next > 0)
+        .map(|((topic, partition), next)| FrontierEntry {
+            topic: topic.clone(),
+            partition: *partition,
+            next: *next,
+        })
+        .collect();
+    f.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    f
+}
+
+/// A store in memory, for tests of the fold without a file.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: std::sync::Mutex<Memory>,
+}
+
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct Memory {
+    log: Vec<Envelope>,
+    streams: HashMap<String, Vec<usize>>,
+    event_ids: HashSet<Uuid>,
+    decided: HashMap<Place, Decided>,
+    offsets: HashMap<Tp, i64>,
+}
+
+#[cfg(test)]
+impl MemoryStore {
+    fn with<T>(&self, f: impl FnOnce(&mut Memory) -> T) -> T {
+        f(&mut self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+#[cfg(test)]
+impl Store for MemoryStore {
+    fn stored(&self) -> Result<Stored, Error> {
+        Ok(self.with(|m| Stored {
+            offsets: m.offsets.clone(),
+            events: m.log.len() as u64,
+        }))
+    }
+    fn version(&self, stream_id: &str) -> Result<u64, Error> {
+        Ok(self.with(|m| m.streams.get(stream_id).map_or(0, |v| v.len() as u64)))
+    }
+    fn contains_event(&self, event_id: &Uuid) -> Result<bool, Error> {
+        Ok(self.with(|m| m.event_ids.contains(event_id)))
+    }
+    fn read_stream(&self, stream_id: &str, from: u64) -> Result<Vec<Envelope>, Error> {
+        Ok(self.with(|m| {
+            let skip = from.saturating_sub(1) as usize;
+            m.streams
+                .get(stream_id)
+                .map(|ix| ix.iter().skip(skip).map(|&i| m.log[i].clone()).collect())
+                .unwrap_or_default()
+        }))
+    }
+    fn slice(&self, from: u64, max: usize) -> Result<Vec<Envelope>, Error> {
+        Ok(self.with(|m| {
+            let from = (from as usize).min(m.log.len());
+            let end = from.saturating_add(max).min(m.log.len());
+            m.log[from..end].to_vec()
+        }))
+    }
+    fn decided(&self, topic: &str, partition: i32, offset: i64) -> Result<Option<Decided>, Error> {
+        Ok(self.with(|m| {
+            m.decided
+                .get(&(topic.to_owned(), partition, offset))
+                .cloned()
+        }))
+    }
+    fn commit(&self, batch: &Batch) -> Result<(), Error> {
+        self.with(|m| {
+            for e in &batch.events {
+                m.streams
+                    .entry(e.stream_id.clone())
+                    .or_default()
+                    .push(m.log.len());
+                m.event_ids.insert(e.event_id);
+                m.log.push(e.clone());
+            }
+            for (place, d) in &batch.decided {
+                m.decided.insert(place.clone(), d.clone());
+            }
+            m.offsets
+                .extend(batch.offsets.iter().map(|(k, v)| (k.clone(), *v)));
+        });
+        Ok(())
     }
 }
 
@@ -339,6 +526,23 @@ mod tests {
         }
     }
 
+    type Mem = Index<Arc<MemoryStore>>;
+
+    fn new_index() -> Mem {
+        Index::open(Arc::new(MemoryStore::default())).unwrap()
+    }
+
+    /// Offer one record and store what it applied (one batch per record).
+    fn offer(index: &mut Mem, incoming: Incoming) -> usize {
+        let applied = index.offer(incoming).unwrap();
+        index.flush().unwrap();
+        applied
+    }
+
+    fn outcome(index: &Mem, t: &str, p: i32, o: i64) -> Option<Outcome> {
+        index.store().decided(t, p, o).unwrap().map(|d| d.outcome)
+    }
+
     fn incoming(t: &str, p: i32, o: i64, r: AppendRecord) -> Incoming {
         Incoming {
             topic: t.to_owned(),
@@ -350,42 +554,36 @@ mod tests {
 
     #[test]
     fn of_two_writers_on_one_version_exactly_one_wins() {
-        let mut index = Index::default();
+        let mut index = new_index();
         let a = Uuid::new_v4();
         let b = Uuid::new_v4();
         let c = Uuid::new_v4();
-        index.offer(incoming(
-            "t",
-            0,
-            0,
-            record("s", WireExpected::NoStream, &[a]),
-        ));
+        offer(
+            &mut index,
+            incoming("t", 0, 0, record("s", WireExpected::NoStream, &[a])),
+        );
         // Both writers read version 1 and append.
-        index.offer(incoming(
-            "t",
-            0,
-            1,
-            record("s", WireExpected::Exact(1), &[b]),
-        ));
-        index.offer(incoming(
-            "t",
-            0,
-            2,
-            record("s", WireExpected::Exact(1), &[c]),
-        ));
+        offer(
+            &mut index,
+            incoming("t", 0, 1, record("s", WireExpected::Exact(1), &[b])),
+        );
+        offer(
+            &mut index,
+            incoming("t", 0, 2, record("s", WireExpected::Exact(1), &[c])),
+        );
         assert_eq!(
-            index.outcome("t", 0, 1),
-            Some(&Outcome::Accepted {
+            outcome(&index, "t", 0, 1),
+            Some(Outcome::Accepted {
                 first: 1,
                 count: 1,
                 version: 2
             })
         );
         assert!(matches!(
-            index.outcome("t", 0, 2),
+            outcome(&index, "t", 0, 2),
             Some(Outcome::WrongVersion { actual: 2, .. })
         ));
-        let events = index.read_stream("s", 1);
+        let events = index.store().read_stream("s", 1).unwrap();
         assert_eq!(
             events.iter().map(|e| e.event_id).collect::<Vec<_>>(),
             vec![a, b]
@@ -398,20 +596,26 @@ mod tests {
 
     #[test]
     fn a_retried_append_is_a_duplicate_and_adds_nothing() {
-        let mut index = Index::default();
+        let mut index = new_index();
         let a = Uuid::new_v4();
-        index.offer(incoming("t", 0, 0, record("s", WireExpected::Any, &[a])));
-        index.offer(incoming("t", 0, 1, record("s", WireExpected::Any, &[a])));
+        offer(
+            &mut index,
+            incoming("t", 0, 0, record("s", WireExpected::Any, &[a])),
+        );
+        offer(
+            &mut index,
+            incoming("t", 0, 1, record("s", WireExpected::Any, &[a])),
+        );
         assert!(matches!(
-            index.outcome("t", 0, 1),
+            outcome(&index, "t", 0, 1),
             Some(Outcome::Duplicate { .. })
         ));
-        assert_eq!(index.len(), 1);
+        assert_eq!(index.store().stored().unwrap().events, 1);
     }
 
     #[test]
     fn effects_wait_for_their_causes_across_topics() {
-        let mut index = Index::default();
+        let mut index = new_index();
         let cause = Uuid::new_v4();
         let effect = Uuid::new_v4();
         // The effect's writer had applied intake/0 up to offset 1.
@@ -421,55 +625,189 @@ mod tests {
             partition: 0,
             next: 1,
         }];
-        assert_eq!(index.offer(incoming("assessment", 0, 0, r)), 0);
+        assert_eq!(offer(&mut index, incoming("assessment", 0, 0, r)), 0);
         assert_eq!(index.stalled(), 1);
-        assert!(index.is_empty());
+        assert_eq!(index.store().stored().unwrap().events, 0);
         // The cause arrives: both apply, cause first.
-        let applied = index.offer(incoming(
-            "intake",
-            0,
-            0,
-            record("referral-x", WireExpected::NoStream, &[cause]),
-        ));
+        let applied = offer(
+            &mut index,
+            incoming(
+                "intake",
+                0,
+                0,
+                record("referral-x", WireExpected::NoStream, &[cause]),
+            ),
+        );
         assert_eq!(applied, 2);
         assert_eq!(index.stalled(), 0);
-        let order: Vec<Uuid> = index.slice(0, 10).iter().map(|e| e.event_id).collect();
+        let order: Vec<Uuid> = index
+            .store()
+            .slice(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.event_id)
+            .collect();
         assert_eq!(order, vec![cause, effect]);
     }
 
     #[test]
     fn undecodable_records_are_skipped_alike_and_counted_as_applied() {
-        let mut index = Index::default();
-        index.offer(Incoming::decode("t", 0, 0, Some(b"{not json")));
-        index.offer(Incoming::decode("t", 0, 1, None));
+        let mut index = new_index();
+        offer(&mut index, Incoming::decode("t", 0, 0, Some(b"{not json")));
+        offer(&mut index, Incoming::decode("t", 0, 1, None));
         assert!(matches!(
-            index.outcome("t", 0, 0),
+            outcome(&index, "t", 0, 0),
             Some(Outcome::Undecodable { .. })
         ));
         assert_eq!(index.next_offset("t", 0), 2);
         // A re-fetched record is ignored.
-        assert_eq!(index.offer(Incoming::decode("t", 0, 1, None)), 0);
+        assert_eq!(offer(&mut index, Incoming::decode("t", 0, 1, None)), 0);
     }
 
     #[test]
     fn a_batch_is_one_decision() {
-        let mut index = Index::default();
+        let mut index = new_index();
         let ids = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
-        index.offer(incoming(
-            "t",
-            0,
-            0,
-            record("s", WireExpected::NoStream, &ids),
-        ));
-        assert_eq!(index.version("s"), 3);
-        assert_eq!(index.read_stream("s", 2).len(), 2);
+        offer(
+            &mut index,
+            incoming("t", 0, 0, record("s", WireExpected::NoStream, &ids)),
+        );
+        assert_eq!(index.store().version("s").unwrap(), 3);
+        assert_eq!(index.store().read_stream("s", 2).unwrap().len(), 2);
         assert_eq!(
-            index.frontier(),
+            frontier(&index.store().stored().unwrap().offsets),
             vec![FrontierEntry {
                 topic: "t".to_owned(),
                 partition: 0,
                 next: 1
             }]
         );
+    }
+
+    #[test]
+    fn a_reopened_index_resumes_where_its_store_ends_and_decides_alike() {
+        let store = Arc::new(MemoryStore::default());
+        let mut index = Index::open(store.clone()).unwrap();
+        let a = Uuid::new_v4();
+        let b = Uuid::new_v4();
+        index
+            .offer(incoming(
+                "t",
+                0,
+                0,
+                record("s", WireExpected::NoStream, &[a]),
+            ))
+            .unwrap();
+        index
+            .offer(incoming(
+                "t",
+                1,
+                0,
+                record("u", WireExpected::NoStream, &[b]),
+            ))
+            .unwrap();
+        let flushed = index.flush().unwrap();
+        assert_eq!(flushed.decided.len(), 2);
+        assert_eq!(flushed.events.len(), 2);
+        // Decided but not flushed: lost with the index.
+        index
+            .offer(incoming(
+                "t",
+                0,
+                1,
+                record("s", WireExpected::Exact(1), &[Uuid::new_v4()]),
+            ))
+            .unwrap();
+        drop(index);
+
+        let mut index = Index::open(store.clone()).unwrap();
+        assert_eq!(index.next_offset("t", 0), 1);
+        assert_eq!(index.next_offset("t", 1), 1);
+        // A re-fetched record already stored is ignored.
+        assert_eq!(
+            index
+                .offer(incoming(
+                    "t",
+                    0,
+                    0,
+                    record("s", WireExpected::NoStream, &[a])
+                ))
+                .unwrap(),
+            0
+        );
+        // The stale writer is refused after the restart, the next position
+        // follows the stored ones, and a stored id is still a duplicate.
+        index
+            .offer(incoming(
+                "t",
+                0,
+                1,
+                record("s", WireExpected::NoStream, &[Uuid::new_v4()]),
+            ))
+            .unwrap();
+        index
+            .offer(incoming(
+                "t",
+                0,
+                2,
+                record("s", WireExpected::Exact(1), &[Uuid::new_v4()]),
+            ))
+            .unwrap();
+        index
+            .offer(incoming("t", 1, 1, record("u", WireExpected::Any, &[a])))
+            .unwrap();
+        index.flush().unwrap();
+        assert!(matches!(
+            outcome(&index, "t", 0, 1),
+            Some(Outcome::WrongVersion { actual: 1, .. })
+        ));
+        assert_eq!(
+            outcome(&index, "t", 0, 2),
+            Some(Outcome::Accepted {
+                first: 2,
+                count: 1,
+                version: 2
+            })
+        );
+        assert!(matches!(
+            outcome(&index, "t", 1, 1),
+            Some(Outcome::Duplicate { event_id, .. }) if event_id == a
+        ));
+        let positions: Vec<u64> = store
+            .slice(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        assert_eq!(positions, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_record_waiting_for_its_causes_is_not_stored_and_is_fetched_again() {
+        let store = Arc::new(MemoryStore::default());
+        let mut index = Index::open(store.clone()).unwrap();
+        let mut r = record("assessment-x", WireExpected::NoStream, &[Uuid::new_v4()]);
+        r.after = vec![FrontierEntry {
+            topic: "intake".to_owned(),
+            partition: 0,
+            next: 1,
+        }];
+        assert_eq!(
+            index
+                .offer(incoming("assessment", 0, 0, r.clone()))
+                .unwrap(),
+            0
+        );
+        index.flush().unwrap();
+        drop(index);
+        // The stored offset stays before it: a restart reads it again.
+        let mut index = Index::open(store.clone()).unwrap();
+        assert_eq!(index.next_offset("assessment", 0), 0);
+        assert_eq!(index.offer(incoming("assessment", 0, 0, r)).unwrap(), 0);
+        let cause = record("referral-x", WireExpected::NoStream, &[Uuid::new_v4()]);
+        assert_eq!(index.offer(incoming("intake", 0, 0, cause)).unwrap(), 2);
+        let flushed = index.flush().unwrap();
+        assert_eq!(flushed.decided.len(), 2);
+        assert_eq!(store.stored().unwrap().offsets.len(), 2);
     }
 }

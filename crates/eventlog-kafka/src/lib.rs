@@ -15,9 +15,15 @@
 //! * **Causal order**: each record carries its writer's applied frontier;
 //!   readers apply it only after what its writer had seen (except the
 //!   gateway topic: audit and delivery attempts cause nothing elsewhere).
-//! * **Reads**: every instance folds every topic into a local in-memory
-//!   index (`read_stream`, `StartFrom::Beginning` subscriptions: views and
-//!   indexes that need everything).
+//! * **Reads**: every instance folds every topic into a local index kept in
+//!   a SQLite file of its own (`disk.rs`, [`Options::index_path`]):
+//!   accepted events in local order, stream versions, event ids, every
+//!   record's decision and each partition's next offset, stored in one
+//!   transaction per batch. `read_stream` and `StartFrom::Beginning` /
+//!   `StartFrom::After` subscriptions read the file; memory holds only
+//!   bounded caches. A restart resumes each partition at its stored offset,
+//!   so positions are stable and `log_id` is the file's identity (with no
+//!   path, a temporary file rebuilt at each start).
 //! * **Durable consumers** (`StartFrom::Checkpoint`): a Kafka consumer group
 //!   per consumer name shares the partitions among instances; offsets are
 //!   committed only when the handler calls `commit`, after its effects are
@@ -27,6 +33,7 @@
 //!
 //! See `docs/adr/0004-kafka-event-log.md` for the reasoning.
 
+mod disk;
 mod index;
 pub mod publish;
 mod record;
@@ -35,8 +42,10 @@ pub mod topics;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -61,7 +70,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::index::{Incoming, Index, Outcome};
+use crate::disk::{Identity, Location, Opened, SqliteStore};
+use crate::index::{Batch, Decided, Incoming, Index, Outcome, Place, Store as _, Tp};
 pub use crate::publish::TopicPublisher;
 use crate::record::{AppendRecord, FORMAT, WireEvent, headers, partition_key};
 pub use crate::topics::{TopicSettings, TopicSpec};
@@ -89,6 +99,11 @@ pub struct Options {
     /// Extra librdkafka settings (`security.protocol`, `ssl.ca.location`,
     /// `sasl.mechanisms`, …), applied to every client.
     pub extra: Vec<(String, String)>,
+    /// This instance's index file (SQLite; one per instance): kept across
+    /// restarts, so the index resumes at its stored offsets. `None`: a
+    /// temporary file, removed when the log is dropped (the index is
+    /// rebuilt from the start of the topics at each start).
+    pub index_path: Option<PathBuf>,
 }
 
 impl Options {
@@ -101,6 +116,7 @@ impl Options {
             session_timeout: Duration::from_secs(10),
             append_timeout: Duration::from_secs(5),
             extra: Vec::new(),
+            index_path: None,
         }
     }
 
@@ -127,42 +143,130 @@ fn unavailable(context: impl Into<String>, e: KafkaError) -> Error {
     }
 }
 
+/// How many recent decisions stay in memory for their writers (older ones
+/// are read from the index file).
+const RECENT_DECISIONS: usize = 8192;
+
+/// What this instance's readers can see of the index: the state of its last
+/// stored batch. Bounded: offsets per partition and the recent decisions.
+#[derive(Debug, Default)]
+struct View {
+    /// Next offset per partition, as stored.
+    offsets: HashMap<Tp, i64>,
+    /// Events stored (the last position).
+    events: u64,
+    /// Records read but waiting for their writer's frontier.
+    stalled: usize,
+    recent: HashMap<Place, Decided>,
+    /// `recent`'s places, oldest first.
+    recent_order: VecDeque<Place>,
+}
+
+impl View {
+    fn next_offset(&self, topic: &str, partition: i32) -> i64 {
+        self.offsets
+            .get(&(topic.to_owned(), partition))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Take in a stored batch.
+    fn stored(&mut self, batch: Batch, events: u64, stalled: usize) {
+        self.offsets.extend(batch.offsets);
+        self.events = events;
+        self.stalled = stalled;
+        for (place, decided) in batch.decided {
+            if self.recent.insert(place.clone(), decided).is_none() {
+                self.recent_order.push_back(place);
+            }
+        }
+        while self.recent_order.len() > RECENT_DECISIONS {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+    }
+}
+
 /// What every clone of the log and its subscriptions share.
 #[derive(Debug)]
 struct Shared {
-    index: RwLock<Index>,
-    /// Bumped whenever the index applies records.
+    /// The index file (reads see whole stored batches).
+    store: Arc<SqliteStore>,
+    view: RwLock<View>,
+    /// Bumped whenever the index stores a batch.
     changed: watch::Sender<u64>,
+    /// Records the index consumer fetched since this log opened.
+    fetched: AtomicU64,
+}
+
+/// Run a blocking index-file call off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Unavailable {
+            context: "reading the Kafka index".to_owned(),
+            source: Box::new(e),
+        })?
 }
 
 impl Shared {
-    fn read<T>(&self, f: impl FnOnce(&Index) -> T) -> T {
-        match self.index.read() {
+    fn read<T>(&self, f: impl FnOnce(&View) -> T) -> T {
+        match self.view.read() {
             Ok(g) => f(&g),
             Err(poisoned) => f(&poisoned.into_inner()),
         }
     }
 
-    fn write<T>(&self, f: impl FnOnce(&mut Index) -> T) -> T {
-        match self.index.write() {
+    fn write<T>(&self, f: impl FnOnce(&mut View) -> T) -> T {
+        match self.view.write() {
             Ok(mut g) => f(&mut g),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         }
     }
 
-    /// Wait until the index has decided the record at this place.
+    /// Accepted events after the first `from`, at most `max`, from the file.
+    async fn slice(&self, from: u64, max: usize) -> Result<Vec<Envelope>, Error> {
+        let store = self.store.clone();
+        blocking(move || store.slice(from, max)).await
+    }
+
+    /// Wait until the index has decided the record at this place. Recent
+    /// decisions are in memory; older ones (evicted, or from before a
+    /// restart) are read from the file.
     async fn outcome(
         &self,
         topic: &str,
         partition: i32,
         offset: i64,
         timeout: Option<Duration>,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Decided, Error> {
         let mut rx = self.changed.subscribe();
+        let place = (topic.to_owned(), partition, offset);
         let wait = async {
             loop {
-                if let Some(o) = self.read(|i| i.outcome(topic, partition, offset).cloned()) {
-                    return Ok(o);
+                let (recent, applied) = self.read(|v| {
+                    (
+                        v.recent.get(&place).cloned(),
+                        v.next_offset(topic, partition) > offset,
+                    )
+                });
+                if let Some(d) = recent {
+                    return Ok(d);
+                }
+                if applied {
+                    let store = self.store.clone();
+                    let (t, p, o) = place.clone();
+                    return blocking(move || store.decided(&t, p, o))
+                        .await?
+                        .ok_or_else(|| Error::Unavailable {
+                            context: format!("{topic}/{partition}@{offset}"),
+                            source: "the Kafka index has no decision for a record below its \
+                                     applied offset (the index started after it)"
+                                .into(),
+                        });
                 }
                 if rx.changed().await.is_err() {
                     return Err(Error::Closed);
@@ -193,6 +297,8 @@ struct Inner {
     producer: Producers,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
+    /// The index's consumer loop, until [`KafkaEventLog::close`].
+    follower: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The idempotent producer every append of one log sends with. The time
@@ -277,28 +383,17 @@ impl fmt::Debug for KafkaEventLog {
 }
 
 impl KafkaEventLog {
-    /// Connect, check that the topic set exists, and start following it.
-    /// Returns once the index has caught up with the topics as they were at
-    /// start, so reads and appends see everything recorded before.
+    /// Connect, check that the topic set exists, open the index file and
+    /// start following the topics from its stored offsets. Returns once the
+    /// index has caught up with the topics as they were at start, so reads
+    /// and appends see everything recorded before.
     pub async fn open(options: Options) -> Result<Self, Error> {
         let names = options.topics.names();
         check_topics(&options).await?;
 
         let producer = Producers::new(&options)?;
 
-        let consumer: StreamConsumer<Logging> = options
-            .client_config("index")
-            .set(
-                "group.id",
-                format!("{}-index-{}", options.client_id, Uuid::new_v4()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "20")
-            .create_with_context(Logging("index".to_owned()))
-            .map_err(|e| unavailable("creating the index consumer", e))?;
-        let (assignment, ends) = {
+        let ends = {
             let brokers = options.brokers.clone();
             let names = names.clone();
             let probe: BaseConsumer = options
@@ -306,24 +401,81 @@ impl KafkaEventLog {
                 .set("group.id", format!("{}-probe", options.client_id))
                 .create()
                 .map_err(|e| unavailable("creating the metadata client", e))?;
-            tokio::task::spawn_blocking(move || whole_topics(&probe, &names))
+            tokio::task::spawn_blocking(move || topic_ends(&probe, &names))
                 .await
                 .map_err(|e| Error::Unavailable {
                     context: format!("reading topic metadata from {brokers}"),
                     source: Box::new(e),
                 })??
         };
-        consumer
-            .assign(&assignment)
-            .map_err(|e| unavailable("assigning the topics to the index", e))?;
+        let identity = Identity {
+            prefix: options.topics.prefix.clone(),
+            topics: options
+                .topics
+                .specs()
+                .into_iter()
+                .map(|s| (s.name, s.partitions))
+                .collect(),
+        };
+        let location = match &options.index_path {
+            Some(path) => Location::File(path.clone()),
+            None => Location::Temporary,
+        };
+        let (store, opened) = {
+            let ends = ends.clone();
+            blocking(move || {
+                SqliteStore::open(location, &identity, |stored| {
+                    stale_offsets(&stored.offsets, &ends)
+                })
+            })
+            .await?
+        };
+        let store = Arc::new(store);
+        let index = {
+            let store = store.clone();
+            blocking(move || Index::open(store)).await?
+        };
+        let stored = index.offsets().clone();
+        match &opened {
+            Opened::Resumed => tracing::info!(
+                path = %store.path().display(),
+                partitions = stored.len(),
+                "Kafka index resumes at its stored offsets"
+            ),
+            Opened::Fresh { reason } if reason == "new" => tracing::info!(
+                path = %store.path().display(),
+                "Kafka index built from the start of the topics"
+            ),
+            Opened::Fresh { reason } => tracing::warn!(
+                path = %store.path().display(),
+                %reason,
+                "Kafka index started afresh from the start of the topics"
+            ),
+        }
+        let events = index.events();
+        let partitions: Vec<Tp> = ends.keys().cloned().collect();
+        let consumer = index_consumer(&options, &partitions, &stored)?;
 
         let (changed, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
-            index: RwLock::new(Index::default()),
+            store,
+            view: RwLock::new(View {
+                offsets: stored,
+                events,
+                ..View::default()
+            }),
             changed,
+            fetched: AtomicU64::new(0),
         });
         let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(follow(consumer, shared.clone(), stop_rx));
+        let follower = tokio::spawn(follow(
+            options.clone(),
+            partitions,
+            consumer,
+            index,
+            shared.clone(),
+            stop_rx,
+        ));
 
         let log = Self {
             inner: Arc::new(Inner {
@@ -331,6 +483,7 @@ impl KafkaEventLog {
                 producer,
                 shared,
                 stop,
+                follower: std::sync::Mutex::new(Some(follower)),
             }),
         };
         log.catch_up(&ends).await?;
@@ -340,9 +493,9 @@ impl KafkaEventLog {
     /// Wait until the index has applied every record below `ends`.
     async fn catch_up(&self, ends: &Ends) -> Result<(), Error> {
         let mut rx = self.inner.shared.changed.subscribe();
-        let reached = |i: &Index| {
+        let reached = |v: &View| {
             ends.iter()
-                .all(|((t, p), end)| i.next_offset(t, *p) >= *end)
+                .all(|((t, p), end)| v.next_offset(t, *p) >= *end)
         };
         let wait = async {
             while !self.inner.shared.read(reached) {
@@ -360,14 +513,39 @@ impl KafkaEventLog {
             })?
     }
 
+    /// Stop following the topics and wait until the index has stored its
+    /// last batch. Appends and reads fail afterwards; the index file is let
+    /// go once the last clone of the log (and its subscriptions) is dropped.
+    pub async fn close(&self) {
+        let _ = self.inner.stop.send(true);
+        let handle = match self.inner.follower.lock() {
+            Ok(mut g) => g.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+
     /// Records read but waiting for causes not yet read (normally 0).
     pub fn stalled(&self) -> usize {
-        self.inner.shared.read(Index::stalled)
+        self.inner.shared.read(|v| v.stalled)
     }
 
     /// Events in the local index.
     pub fn indexed(&self) -> usize {
-        self.inner.shared.read(Index::len)
+        usize::try_from(self.inner.shared.read(|v| v.events)).unwrap_or(usize::MAX)
+    }
+
+    /// Records the index fetched from the brokers since this log opened
+    /// (after a restart, only those past its stored offsets).
+    pub fn records_fetched(&self) -> u64 {
+        self.inner.shared.fetched.load(Ordering::Relaxed)
+    }
+
+    /// The index file.
+    pub fn index_path(&self) -> &std::path::Path {
+        self.inner.shared.store.path()
     }
 
     /// The topic set this log uses.
@@ -380,16 +558,15 @@ impl KafkaEventLog {
 /// acknowledged the record.
 const INDEX_GRACE: Duration = Duration::from_secs(1);
 
+/// Most records the index decides and stores in one transaction.
+const INDEX_BATCH: usize = 2000;
+
 /// Where each topic-partition ends (its high watermark).
 type Ends = HashMap<(String, i32), i64>;
 
-/// Every partition of `names` from the beginning, and where each ends now.
-fn whole_topics(
-    client: &BaseConsumer,
-    names: &[String],
-) -> Result<(TopicPartitionList, Ends), Error> {
+/// Every partition of `names` and where each ends now.
+fn topic_ends(client: &BaseConsumer, names: &[String]) -> Result<Ends, Error> {
     let timeout = Duration::from_secs(10);
-    let mut tpl = TopicPartitionList::new();
     let mut ends = HashMap::new();
     for name in names {
         let metadata = client
@@ -397,8 +574,6 @@ fn whole_topics(
             .map_err(|e| unavailable(format!("metadata of {name}"), e))?;
         for topic in metadata.topics() {
             for p in topic.partitions() {
-                tpl.add_partition_offset(name, p.id(), Offset::Beginning)
-                    .map_err(|e| unavailable(format!("assigning {name}/{}", p.id()), e))?;
                 let (_, high) = client
                     .fetch_watermarks(name, p.id(), timeout)
                     .map_err(|e| unavailable(format!("end of {name}/{}", p.id()), e))?;
@@ -406,27 +581,100 @@ fn whole_topics(
             }
         }
     }
+    Ok(ends)
+}
+
+/// Every partition of `names` from the beginning, and where each ends now.
+fn whole_topics(
+    client: &BaseConsumer,
+    names: &[String],
+) -> Result<(TopicPartitionList, Ends), Error> {
+    let ends = topic_ends(client, names)?;
+    let mut tpl = TopicPartitionList::new();
+    for (name, partition) in ends.keys() {
+        tpl.add_partition_offset(name, *partition, Offset::Beginning)
+            .map_err(|e| unavailable(format!("assigning {name}/{partition}"), e))?;
+    }
     Ok((tpl, ends))
 }
 
-/// The index's consumer loop.
-async fn follow(
-    consumer: StreamConsumer<Logging>,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let incoming = tokio::select! {
-            _ = stop.changed() => break,
-            m = consumer.recv() => match m {
-                Ok(m) => Incoming::decode(m.topic(), m.partition(), m.offset(), m.payload()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the event topics failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            },
+/// Why stored offsets cannot be resumed on these brokers: a partition the
+/// index has applied further than the brokers hold (the topics were
+/// re-created, or this is another cluster).
+fn stale_offsets(stored: &HashMap<Tp, i64>, ends: &Ends) -> Option<String> {
+    stored.iter().find_map(|((topic, partition), next)| {
+        let end = ends.get(&(topic.clone(), *partition)).copied().unwrap_or(0);
+        (*next > end).then(|| {
+            format!(
+                "it applied {topic}/{partition} up to offset {next}, the brokers hold {end} \
+                 (topics re-created or another cluster)"
+            )
+        })
+    })
+}
+
+/// The index's consumer: every partition, each from its stored offset (or
+/// the beginning when it has none).
+fn index_consumer(
+    options: &Options,
+    partitions: &[Tp],
+    stored: &HashMap<Tp, i64>,
+) -> Result<StreamConsumer<Logging>, Error> {
+    let consumer: StreamConsumer<Logging> = options
+        .client_config("index")
+        .set(
+            "group.id",
+            format!("{}-index-{}", options.client_id, Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "20")
+        .create_with_context(Logging("index".to_owned()))
+        .map_err(|e| unavailable("creating the index consumer", e))?;
+    let mut tpl = TopicPartitionList::new();
+    for tp in partitions {
+        let offset = match stored.get(tp) {
+            Some(next) if *next > 0 => Offset::Offset(*next),
+            _ => Offset::Beginning,
         };
+        tpl.add_partition_offset(&tp.0, tp.1, offset)
+            .map_err(|e| unavailable(format!("assigning {}/{}", tp.0, tp.1), e))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| unavailable("assigning the topics to the index", e))?;
+    Ok(consumer)
+}
+
+/// One record as fetched, decoded on a blocking thread.
+struct Fetched {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    payload: Option<Vec<u8>>,
+}
+
+impl Fetched {
+    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        Self {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            payload: m.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// Decide a batch of fetched records and store the decisions in one
+/// transaction. Returns what was stored and the index's event count and
+/// stalled records afterwards.
+fn apply_fetched(
+    index: &mut Index<Arc<SqliteStore>>,
+    fetched: Vec<Fetched>,
+) -> Result<(Batch, u64, usize), Error> {
+    for f in fetched {
+        let incoming = Incoming::decode(&f.topic, f.partition, f.offset, f.payload.as_deref());
         if let Err(reason) = &incoming.record {
             tracing::error!(
                 topic = %incoming.topic,
@@ -436,9 +684,95 @@ async fn follow(
                 "undecodable record skipped"
             );
         }
-        let applied = shared.write(|i| i.offer(incoming));
-        if applied > 0 {
-            shared.changed.send_modify(|g| *g = g.wrapping_add(1));
+        index.offer(incoming)?;
+    }
+    let batch = index.flush()?;
+    Ok((batch, index.events(), index.stalled()))
+}
+
+/// The index's consumer loop: a batch of whatever has arrived, decided and
+/// stored in one transaction, then published to readers and writers. A
+/// failure of the index file drops the batch's decisions and starts again
+/// from the stored offsets (with a new consumer), after a pause.
+async fn follow(
+    options: Options,
+    partitions: Vec<Tp>,
+    mut consumer: StreamConsumer<Logging>,
+    index: Index<Arc<SqliteStore>>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut index = Some(index);
+    loop {
+        let Some(mut current) = index.take() else {
+            // Lost to a failure: reopen it from the file.
+            let store = shared.store.clone();
+            let reopened = blocking(move || Index::open(store)).await.and_then(|i| {
+                let stored = i.offsets().clone();
+                let c = index_consumer(&options, &partitions, &stored)?;
+                Ok((i, c))
+            });
+            match reopened {
+                Ok((i, c)) => {
+                    index = Some(i);
+                    consumer = c;
+                    tracing::info!("Kafka index reopened at its stored offsets");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reopening the Kafka index failed; retrying");
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+            continue;
+        };
+        let mut fetched = tokio::select! {
+            _ = stop.changed() => break,
+            m = consumer.recv() => match m {
+                Ok(m) => vec![Fetched::of(&m)],
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the event topics failed; retrying");
+                    index = Some(current);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+        };
+        while fetched.len() < INDEX_BATCH {
+            match consumer.recv().now_or_never() {
+                Some(Ok(m)) => fetched.push(Fetched::of(&m)),
+                _ => break,
+            }
+        }
+        shared
+            .fetched
+            .fetch_add(fetched.len() as u64, Ordering::Relaxed);
+        let result = tokio::task::spawn_blocking(move || {
+            let r = apply_fetched(&mut current, fetched);
+            (current, r)
+        })
+        .await;
+        match result {
+            Ok((i, Ok((batch, events, stalled)))) => {
+                index = Some(i);
+                let applied = !batch.decided.is_empty();
+                shared.write(|v| v.stored(batch, events, stalled));
+                if applied {
+                    shared.changed.send_modify(|g| *g = g.wrapping_add(1));
+                }
+            }
+            Ok((_, Err(e))) => {
+                tracing::error!(error = %e, "the Kafka index could not store a batch; resuming from its stored offsets");
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the Kafka index task failed; resuming from its stored offsets");
+            }
         }
     }
     tracing::debug!("index follower stopped");
@@ -508,28 +842,40 @@ impl EventLog for KafkaEventLog {
         // A writer that is already behind cannot win: refuse without a
         // round trip. (Being level locally proves nothing: the decision is
         // made in partition order below.)
-        let frontier = shared.read(|i| {
-            let actual = i.version(stream_id);
-            let behind = match expected {
-                ExpectedVersion::Any => false,
-                ExpectedVersion::NoStream => actual > 0,
-                ExpectedVersion::Exact(v) => actual > v,
-            };
-            if behind {
-                return Err(Error::WrongExpectedVersion {
-                    stream_id: stream_id.to_owned(),
-                    expected,
-                    actual,
-                });
-            }
-            if let Some(e) = events.iter().find(|e| i.contains_event(&e.event_id)) {
-                return Err(Error::DuplicateEvent {
-                    stream_id: stream_id.to_owned(),
-                    event_id: e.event_id,
-                });
-            }
-            Ok(i.frontier())
-        })?;
+        let (actual, duplicate) = {
+            let store = shared.store.clone();
+            let stream = stream_id.to_owned();
+            let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+            blocking(move || {
+                let actual = store.version(&stream)?;
+                for id in ids {
+                    if store.contains_event(&id)? {
+                        return Ok((actual, Some(id)));
+                    }
+                }
+                Ok((actual, None))
+            })
+            .await?
+        };
+        let behind = match expected {
+            ExpectedVersion::Any => false,
+            ExpectedVersion::NoStream => actual > 0,
+            ExpectedVersion::Exact(v) => actual > v,
+        };
+        if behind {
+            return Err(Error::WrongExpectedVersion {
+                stream_id: stream_id.to_owned(),
+                expected,
+                actual,
+            });
+        }
+        if let Some(event_id) = duplicate {
+            return Err(Error::DuplicateEvent {
+                stream_id: stream_id.to_owned(),
+                event_id,
+            });
+        }
+        let frontier = shared.read(|v| index::frontier(&v.offsets));
         // The gateway topic (audit, delivery and notification attempts)
         // causes nothing on any other stream, so no record waits for it:
         // otherwise every record would wait until a reader had caught up
@@ -618,15 +964,14 @@ impl EventLog for KafkaEventLog {
         let left = deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .max(INDEX_GRACE);
-        let outcome = shared
+        let decided = shared
             .outcome(&topic, delivery.partition, delivery.offset, Some(left))
             .await?;
         // The place must hold this very record. A broker that lost
         // acknowledged records (storage not flushed before a crash) hands
         // their offsets out again; the index, which had applied the lost
         // records, would otherwise answer with another record's decision.
-        let found = shared.read(|i| i.append_at(&topic, delivery.partition, delivery.offset));
-        if found != Some(append_uuid) {
+        if decided.append_id != Some(append_uuid) {
             tracing::error!(
                 %topic,
                 partition = delivery.partition,
@@ -640,6 +985,7 @@ impl EventLog for KafkaEventLog {
                         .into(),
             });
         }
+        let outcome = decided.outcome;
         match outcome {
             Outcome::Accepted {
                 first,
@@ -647,7 +993,7 @@ impl EventLog for KafkaEventLog {
                 version,
             } => Ok(Appended {
                 version,
-                position: (first + count) as u64,
+                position: first + count,
             }),
             Outcome::WrongVersion {
                 stream_id,
@@ -677,10 +1023,9 @@ impl EventLog for KafkaEventLog {
         stream_id: &str,
         from_sequence: u64,
     ) -> Result<Vec<Envelope>, Error> {
-        Ok(self
-            .inner
-            .shared
-            .read(|i| i.read_stream(stream_id, from_sequence)))
+        let store = self.inner.shared.store.clone();
+        let stream = stream_id.to_owned();
+        blocking(move || store.read_stream(&stream, from_sequence)).await
     }
 
     async fn subscribe(
@@ -689,14 +1034,13 @@ impl EventLog for KafkaEventLog {
         start: StartFrom,
     ) -> Result<Box<dyn Subscription>, Error> {
         match start {
-            // Positions are those of this instance's index, folded afresh at
-            // each start (`log_id` is `None`), so `After` is meaningful only
-            // within one run.
+            // Positions are those of this instance's index file, stable
+            // for as long as it keeps its `log_id`.
             StartFrom::Beginning | StartFrom::After(_) => Ok(Box::new(LocalSubscription {
                 shared: self.inner.shared.clone(),
                 rx: self.inner.shared.changed.subscribe(),
                 cursor: match start {
-                    StartFrom::After(position) => usize::try_from(position).unwrap_or(usize::MAX),
+                    StartFrom::After(position) => position,
                     _ => 0,
                 },
             })),
@@ -741,6 +1085,13 @@ impl EventLog for KafkaEventLog {
         }
     }
 
+    /// The index file's identity: its positions stay valid across restarts
+    /// for as long as the file keeps it (a file started afresh gets a new
+    /// one).
+    fn log_id(&self) -> Option<String> {
+        Some(self.inner.shared.store.log_id().to_owned())
+    }
+
     async fn ping(&self) -> Result<(), Error> {
         let (_, producer) = self.inner.producer.current();
         let brokers = self.inner.options.brokers.clone();
@@ -760,11 +1111,13 @@ impl EventLog for KafkaEventLog {
     }
 }
 
-/// Every event, in this instance's order, from the start.
+/// Every event, in this instance's order, from the start (or a position),
+/// read from the index file.
 struct LocalSubscription {
     shared: Arc<Shared>,
     rx: watch::Receiver<u64>,
-    cursor: usize,
+    /// Position of the last event returned.
+    cursor: u64,
 }
 
 impl fmt::Debug for LocalSubscription {
@@ -791,8 +1144,10 @@ impl Subscription for LocalSubscription {
 
     async fn poll_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error> {
         self.rx.mark_unchanged();
-        let batch = self.shared.read(|i| i.slice(self.cursor, max.max(1)));
-        self.cursor += batch.len();
+        let batch = self.shared.slice(self.cursor, max.max(1)).await?;
+        if let Some(last) = batch.last() {
+            self.cursor = last.position;
+        }
         Ok(batch)
     }
 
@@ -802,7 +1157,7 @@ impl Subscription for LocalSubscription {
     }
 
     async fn lag(&self) -> Result<u64, Error> {
-        Ok(self.shared.read(Index::len).saturating_sub(self.cursor) as u64)
+        Ok(self.shared.read(|v| v.events).saturating_sub(self.cursor))
     }
 }
 
@@ -938,10 +1293,11 @@ impl GroupSubscription {
         }
         let mut out = Vec::new();
         for (topic, partition, offset) in places {
-            let outcome = self.shared.outcome(&topic, partition, offset, None).await?;
-            match outcome {
+            let decided = self.shared.outcome(&topic, partition, offset, None).await?;
+            match decided.outcome {
                 Outcome::Accepted { first, count, .. } => {
-                    out.extend(self.shared.read(|i| i.slice(first, count)));
+                    let count = usize::try_from(count).unwrap_or(usize::MAX);
+                    out.extend(self.shared.slice(first, count).await?);
                 }
                 Outcome::Undecodable { reason } => {
                     self.dead_letter(&topic, partition, offset, &reason).await?;
@@ -1066,7 +1422,7 @@ impl Subscription for GroupSubscription {
             Ok(p) => p,
             Err(e) => return Err(unavailable("consumer position", e)),
         };
-        Ok(self.shared.read(|i| {
+        Ok(self.shared.read(|v| {
             position
                 .elements()
                 .iter()
@@ -1075,7 +1431,7 @@ impl Subscription for GroupSubscription {
                         Offset::Offset(o) => o,
                         _ => 0,
                     };
-                    (i.next_offset(e.topic(), e.partition()) - at).max(0) as u64
+                    (v.next_offset(e.topic(), e.partition()) - at).max(0) as u64
                 })
                 .sum()
         }))
