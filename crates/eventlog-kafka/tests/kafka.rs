@@ -225,6 +225,202 @@ where
     panic!("condition not reached in 30 s");
 }
 
+/// An instance keeps its index in a file: closed and reopened, it keeps its
+/// identity (`log_id`) and positions, fetches only the records written
+/// meanwhile (nothing again from offset 0), reads the old events from the
+/// file, answers a durable consumer's old records from it, and still
+/// refuses a stale or repeated append. A file of another topic set starts
+/// afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_index_file_resumes_at_its_stored_offsets_after_a_restart() -> TestResult {
+    let broker = Broker::start()?;
+    let prefix = unique_prefix("resume");
+    let dir = tempfile::tempdir()?;
+    let mut o = options(&broker, &prefix, "resume");
+    o.index_path = Some(dir.path().join("kafka-index.db"));
+    create_topics(&o).await?;
+
+    let log = KafkaEventLog::open(o.clone()).await?;
+    let id = log.log_id().expect("a file-backed index has an identity");
+    let mut streams = Vec::new();
+    let mut first_ids = Vec::new();
+    for n in 0..10 {
+        let stream = format!("referral-{}", Uuid::new_v4());
+        let received = event("ReferralReceived", n);
+        first_ids.push(received.event_id);
+        log.append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![received, event("ReferralTriaged", n)],
+            &meta(),
+        )
+        .await?;
+        streams.push(stream);
+    }
+    let mut before = Vec::new();
+    for s in &streams {
+        before.push(log.read_stream(s, 1).await?);
+    }
+    let mut sub = log.subscribe("views", StartFrom::Beginning).await?;
+    let all_before = sub.next_batch(100).await?;
+    assert_eq!(all_before.len(), 20);
+    let last_position = all_before.last().map(|e| e.position).unwrap();
+    assert_eq!(last_position, 20);
+    drop(sub);
+    log.close().await;
+    drop(log);
+
+    // Meanwhile another instance (its own temporary index) writes three
+    // records.
+    let other = open(&broker, &prefix, "other").await?;
+    assert_ne!(other.log_id(), Some(id.clone()));
+    other
+        .append(
+            &streams[0],
+            ExpectedVersion::Exact(2),
+            vec![event("ReferralCancelled", 99)],
+            &meta(),
+        )
+        .await?;
+    let mut new_streams = Vec::new();
+    for n in 0..2 {
+        let stream = format!("referral-{}", Uuid::new_v4());
+        other
+            .append(
+                &stream,
+                ExpectedVersion::NoStream,
+                vec![event("ReferralReceived", 100 + n)],
+                &meta(),
+            )
+            .await?;
+        new_streams.push(stream);
+    }
+
+    let log = KafkaEventLog::open(o.clone()).await?;
+    assert_eq!(log.log_id(), Some(id.clone()), "same file, same identity");
+    assert_eq!(
+        log.records_fetched(),
+        3,
+        "only the records written while it was away are fetched"
+    );
+    assert_eq!(log.indexed(), 23);
+    for (s, b) in streams.iter().zip(&before) {
+        let now = log.read_stream(s, 1).await?;
+        assert_eq!(
+            &now[..b.len()],
+            &b[..],
+            "old events as before, positions too"
+        );
+    }
+    assert_eq!(log.read_stream(&streams[0], 1).await?.len(), 3);
+    // Positions carry on: a reader that had reached position 20 resumes there.
+    let mut sub = log
+        .subscribe("views", StartFrom::After(last_position))
+        .await?;
+    let after = sub.poll_batch(100).await?;
+    assert_eq!(
+        after.iter().map(|e| e.position).collect::<Vec<_>>(),
+        vec![21, 22, 23]
+    );
+    drop(sub);
+
+    // A writer that read version 2 of a stream now at 3 is refused, as is
+    // a first append to a stream that exists and an event stored before
+    // the restart.
+    let stale = log
+        .append(
+            &streams[0],
+            ExpectedVersion::Exact(2),
+            vec![event("ReferralCancelled", 5)],
+            &meta(),
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(Error::WrongExpectedVersion { actual: 3, .. })),
+        "{stale:?}"
+    );
+    let again = log
+        .append(
+            &streams[1],
+            ExpectedVersion::NoStream,
+            vec![event("ReferralReceived", 6)],
+            &meta(),
+        )
+        .await;
+    assert!(
+        matches!(again, Err(Error::WrongExpectedVersion { actual: 2, .. })),
+        "{again:?}"
+    );
+    let mut repeated = event("ReferralReceived", 7);
+    repeated.event_id = first_ids[3];
+    let dup = log
+        .append(&streams[3], ExpectedVersion::Any, vec![repeated], &meta())
+        .await;
+    assert!(matches!(dup, Err(Error::DuplicateEvent { .. })), "{dup:?}");
+    // A stale record that reaches the partition anyway (its writer's index
+    // was behind) is refused by the resumed index, in partition order.
+    let stale_stream = &streams[0];
+    let key = stale_stream.trim_start_matches("referral-");
+    let body = serde_json::json!({
+        "format": 1,
+        "append_id": Uuid::new_v4(),
+        "stream_id": stale_stream,
+        "expected": { "kind": "exact", "version": 2 },
+        "written_at": chrono::Utc::now(),
+        "metadata": { "correlation_id": Uuid::new_v4() },
+        "events": [{
+            "event_id": Uuid::new_v4(),
+            "event_type": "ReferralCancelled",
+            "schema_version": 1,
+            "occurred_at": chrono::Utc::now(),
+            "payload": {}
+        }]
+    });
+    mskflow_eventlog_kafka::testing::produce_raw(
+        &broker.bootstrap(),
+        &format!("{prefix}.intake.v1"),
+        key,
+        &serde_json::to_vec(&body)?,
+    )
+    .await?;
+    wait_for(|| async { log.records_fetched() == 4 }).await;
+    let fresh = log
+        .append(
+            &streams[0],
+            ExpectedVersion::Exact(3),
+            vec![event("ReferralCancelled", 8)],
+            &meta(),
+        )
+        .await?;
+    assert_eq!(fresh.version, 4, "the stale record added nothing");
+    assert_eq!(fresh.position, 24);
+
+    // A durable consumer that never committed gets every record again:
+    // the decisions of records from before the restart come from the file.
+    let mut group = log.subscribe("resume-check", StartFrom::Checkpoint).await?;
+    let mut seen = HashSet::new();
+    while seen.len() < 24 {
+        for e in group.next_batch(100).await? {
+            seen.insert(e.event_id);
+        }
+    }
+    for b in &before {
+        assert!(b.iter().all(|e| seen.contains(&e.event_id)));
+    }
+    drop(group);
+    log.close().await;
+    drop(log);
+
+    // The same file under another topic set starts afresh.
+    let mut changed = o.clone();
+    changed.topics.prefix = unique_prefix("resume-other");
+    create_topics(&changed).await?;
+    let log = KafkaEventLog::open(changed).await?;
+    assert_ne!(log.log_id(), Some(id));
+    assert_eq!(log.indexed(), 0);
+    Ok(())
+}
+
 /// An instance opened later sees causes before effects even though they are
 /// on different topics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
