@@ -23,6 +23,13 @@ struct OpsLog {
 impl OpsLog {
     async fn open(config: &Config, store: &mskflow_store::StoreArgs) -> anyhow::Result<Self> {
         if store.kafka_brokers.is_some() {
+            // A client of its own: the state directory (and the Kafka index
+            // file in it) belongs to a service instance, which may be
+            // running and holds that file.
+            let store = &mskflow_store::StoreArgs {
+                state_dir: None,
+                ..store.clone()
+            };
             let opened = mskflow_store::open(store, "mskflow-ops")
                 .await
                 .context("opening the Kafka event log")?;

@@ -48,12 +48,17 @@ pub struct StoreArgs {
     #[arg(long, env = "MSKFLOW_KAFKA_OPTIONS", value_delimiter = ',')]
     pub kafka_option: Vec<String>,
     /// Where this instance keeps its read models (one SQLite file per
-    /// projection, with its checkpoint). Default: `<db>.projections/` beside
-    /// the embedded file; on Kafka a temporary directory, rebuilt at each
-    /// start. One directory per instance.
+    /// projection, with its checkpoint) and, on Kafka, its index of the
+    /// topics (`kafka-index.db`: restarts resume at its stored offsets).
+    /// Default: `<db>.projections/` beside the embedded file; on Kafka a
+    /// temporary directory, and a temporary index, rebuilt at each start.
+    /// One directory per instance.
     #[arg(long, env = "MSKFLOW_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 }
+
+/// The Kafka index's file name in the state directory.
+pub const KAFKA_INDEX_FILE: &str = "kafka-index.db";
 
 /// Errors opening the log. They end the process.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +89,14 @@ pub enum Error {
 }
 
 impl StoreArgs {
+    /// Where the Kafka index of this instance is kept: `kafka-index.db` in
+    /// the state directory, or (`None`) a temporary file.
+    pub fn kafka_index_path(&self) -> Option<PathBuf> {
+        self.state_dir
+            .as_ref()
+            .map(|dir| dir.join(KAFKA_INDEX_FILE))
+    }
+
     /// The Kafka adapter settings, when Kafka is configured.
     pub fn kafka(&self, client_id: &str) -> Result<Option<mskflow_eventlog_kafka::Options>, Error> {
         let Some(brokers) = &self.kafka_brokers else {
@@ -95,6 +108,7 @@ impl StoreArgs {
             partitions: self.kafka_partitions,
             replication: self.kafka_replication,
         };
+        options.index_path = self.kafka_index_path();
         options.session_timeout = Duration::from_millis(self.kafka_session_timeout_ms);
         options.append_timeout = Duration::from_millis(self.kafka_append_timeout_ms);
         for kv in self.kafka_option.iter().filter(|s| !s.trim().is_empty()) {
@@ -146,6 +160,8 @@ pub async fn open(args: &StoreArgs, service: &str) -> Result<Store, Error> {
             .map_err(|source| Error::Kafka { brokers, source })?;
         tracing::info!(
             indexed = log.indexed(),
+            fetched = log.records_fetched(),
+            index = %log.index_path().display(),
             prefix = %log.topics().prefix,
             "event log: Kafka"
         );
@@ -309,6 +325,17 @@ mod tests {
         assert_eq!(
             analyst_record(&capacity).unwrap().0,
             capacity.event_id.to_string()
+        );
+    }
+
+    #[test]
+    fn the_kafka_index_lives_in_the_state_dir_or_is_temporary() {
+        let mut a = args(Some("127.0.0.1:1"));
+        assert_eq!(a.kafka("test").unwrap().unwrap().index_path, None);
+        a.state_dir = Some(PathBuf::from("/var/lib/mskflow/intake-0"));
+        assert_eq!(
+            a.kafka("test").unwrap().unwrap().index_path,
+            Some(PathBuf::from("/var/lib/mskflow/intake-0/kafka-index.db"))
         );
     }
 
