@@ -15,8 +15,8 @@
 //! * the stored schema version differs from [`Projection::VERSION`] (the
 //!   code's shape of the state changed);
 //! * the log's identity ([`EventLog::log_id`]) differs from the one the
-//!   checkpoint was read under (the event file was replaced), or the log has
-//!   no stable positions (Kafka's index, folded afresh at each start);
+//!   checkpoint was read under (the event file or the Kafka index file was
+//!   replaced), or the log has no stable positions;
 //! * an operator asked for it ([`remove`], `mskflow replay --rebuild NAME`).
 //!
 //! Durability: the projection file runs `synchronous=NORMAL` in WAL mode.
