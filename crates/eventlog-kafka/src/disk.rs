@@ -99,8 +99,9 @@ const ENVELOPE_COLUMNS: &str = "position, event_id, stream_id, sequence, occurre
 const WRITE_CACHE_KIB: i64 = 8192;
 /// Page cache of each reading connection, in KiB.
 const READ_CACHE_KIB: i64 = 2048;
-/// Idle reading connections kept open.
-const IDLE_READERS: usize = 4;
+/// Idle reading connections kept open (the adapter runs at most 8 reads at
+/// once, and the index's own lookups).
+const IDLE_READERS: usize = 9;
 /// How long opening waits for another holder of the file to let it go (an
 /// instance of this process still shutting down).
 const LOCK_WAIT: Duration = if cfg!(test) {

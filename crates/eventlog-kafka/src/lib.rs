@@ -198,6 +198,9 @@ struct Shared {
     changed: watch::Sender<u64>,
     /// Records the index consumer fetched since this log opened.
     fetched: AtomicU64,
+    /// Bounds the reads of the file running at once (each holds one of its
+    /// reading connections).
+    reads: tokio::sync::Semaphore,
 }
 
 /// Run a blocking index-file call off the async threads.
@@ -227,10 +230,20 @@ impl Shared {
         }
     }
 
+    /// Run a read of the index file on a blocking thread, at most
+    /// [`CONCURRENT_READS`] at once.
+    async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&SqliteStore) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let _permit = self.reads.acquire().await.map_err(|_| Error::Closed)?;
+        let store = self.store.clone();
+        blocking(move || f(&store)).await
+    }
+
     /// Accepted events after the first `from`, at most `max`, from the file.
     async fn slice(&self, from: u64, max: usize) -> Result<Vec<Envelope>, Error> {
-        let store = self.store.clone();
-        blocking(move || store.slice(from, max)).await
+        self.query(move |store| store.slice(from, max)).await
     }
 
     /// Wait until the index has decided the record at this place. Recent
@@ -257,9 +270,9 @@ impl Shared {
                     return Ok(d);
                 }
                 if applied {
-                    let store = self.store.clone();
                     let (t, p, o) = place.clone();
-                    return blocking(move || store.decided(&t, p, o))
+                    return self
+                        .query(move |store| store.decided(&t, p, o))
                         .await?
                         .ok_or_else(|| Error::Unavailable {
                             context: format!("{topic}/{partition}@{offset}"),
@@ -466,6 +479,7 @@ impl KafkaEventLog {
             }),
             changed,
             fetched: AtomicU64::new(0),
+            reads: tokio::sync::Semaphore::new(CONCURRENT_READS),
         });
         let (stop, stop_rx) = watch::channel(false);
         let follower = tokio::spawn(follow(
@@ -557,6 +571,10 @@ impl KafkaEventLog {
 /// The least time an append waits for its own index after the brokers
 /// acknowledged the record.
 const INDEX_GRACE: Duration = Duration::from_secs(1);
+
+/// Most reads of the index file running at once (the file's readers keep
+/// as many connections open, and one more for the index's own lookups).
+const CONCURRENT_READS: usize = 8;
 
 /// Most records the index decides and stores in one transaction.
 const INDEX_BATCH: usize = 2000;
@@ -843,19 +861,19 @@ impl EventLog for KafkaEventLog {
         // round trip. (Being level locally proves nothing: the decision is
         // made in partition order below.)
         let (actual, duplicate) = {
-            let store = shared.store.clone();
             let stream = stream_id.to_owned();
             let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-            blocking(move || {
-                let actual = store.version(&stream)?;
-                for id in ids {
-                    if store.contains_event(&id)? {
-                        return Ok((actual, Some(id)));
+            shared
+                .query(move |store| {
+                    let actual = store.version(&stream)?;
+                    for id in ids {
+                        if store.contains_event(&id)? {
+                            return Ok((actual, Some(id)));
+                        }
                     }
-                }
-                Ok((actual, None))
-            })
-            .await?
+                    Ok((actual, None))
+                })
+                .await?
         };
         let behind = match expected {
             ExpectedVersion::Any => false,
@@ -1023,9 +1041,11 @@ impl EventLog for KafkaEventLog {
         stream_id: &str,
         from_sequence: u64,
     ) -> Result<Vec<Envelope>, Error> {
-        let store = self.inner.shared.store.clone();
         let stream = stream_id.to_owned();
-        blocking(move || store.read_stream(&stream, from_sequence)).await
+        self.inner
+            .shared
+            .query(move |store| store.read_stream(&stream, from_sequence))
+            .await
     }
 
     async fn subscribe(
