@@ -1174,4 +1174,29 @@ mod tests {
         );
         least
     }
+
+    /// Figures, not a check: records decided and stored per second without
+    /// a broker (`cargo test -p mskflow-eventlog-kafka --features testing
+    /// --lib store_throughput -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "measurement; prints figures"]
+    fn store_throughput() {
+        let end = 10_000;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open_at(&dir.path().join("index.db"));
+        let mut index = Index::open(Arc::new(store)).unwrap();
+        let started = Instant::now();
+        feed(&mut index, end, 2000);
+        let disk = started.elapsed().as_secs_f64();
+        let mut memory = Index::open(Arc::new(MemoryStore::default())).unwrap();
+        let started = Instant::now();
+        feed(&mut memory, end, 2000);
+        let mem = started.elapsed().as_secs_f64();
+        let n = 2.0 * end as f64;
+        println!(
+            "{n} records: SQLite {:.0} records/s, in memory {:.0} records/s",
+            n / disk,
+            n / mem
+        );
+    }
 }

@@ -857,3 +857,113 @@ fn offsets_report(o: &Options) -> String {
     }
     out
 }
+
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Figures, not a check: how fast a new instance folds `MSKFLOW_INDEX_RECORDS`
+/// records (default 20,000, two events each) into its index file, how
+/// fast it reopens, and its resident memory. Run with
+/// `cargo test -p mskflow-eventlog-kafka --features testing --test kafka
+/// index_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; prints figures"]
+async fn index_throughput() -> TestResult {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let records: usize = std::env::var("MSKFLOW_INDEX_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let broker = Broker::start()?;
+    let prefix = unique_prefix("throughput");
+    let o = options(&broker, &prefix, "throughput");
+    create_topics(&o).await?;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create()?;
+    let topic = format!("{prefix}.intake.v1");
+    let started = std::time::Instant::now();
+    for chunk in (0..records).collect::<Vec<_>>().chunks(2000) {
+        let bodies: Vec<(String, Vec<u8>)> = chunk
+            .iter()
+            .map(|n| {
+                let id = Uuid::new_v4();
+                let events: Vec<serde_json::Value> = ["ReferralReceived", "ReferralTriaged"]
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "event_id": Uuid::new_v4(),
+                            "event_type": t,
+                            "schema_version": 1,
+                            "occurred_at": chrono::Utc::now(),
+                            "payload": { "n": n, "text": "x".repeat(400) }
+                        })
+                    })
+                    .collect();
+                let body = serde_json::json!({
+                    "format": 1,
+                    "append_id": Uuid::new_v4(),
+                    "stream_id": format!("referral-{id}"),
+                    "expected": { "kind": "no_stream" },
+                    "written_at": chrono::Utc::now(),
+                    "metadata": { "correlation_id": id },
+                    "events": events
+                });
+                (id.to_string(), serde_json::to_vec(&body).unwrap())
+            })
+            .collect();
+        let sends = bodies.iter().map(|(key, body)| {
+            producer.send(
+                FutureRecord::to(&topic).key(key).payload(body),
+                Duration::from_secs(60),
+            )
+        });
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| e)?;
+        }
+    }
+    println!(
+        "produced {records} records in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let dir = tempfile::tempdir()?;
+    let mut o = o;
+    o.index_path = Some(dir.path().join("kafka-index.db"));
+    let rss_before = resident_kib();
+    let started = std::time::Instant::now();
+    let log = KafkaEventLog::open(o.clone()).await?;
+    let fold = started.elapsed().as_secs_f64();
+    let rss_after = resident_kib();
+    assert_eq!(log.indexed(), 2 * records);
+    let size: u64 = std::fs::read_dir(dir.path())?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "fold from offset 0: {records} records in {fold:.2} s = {:.0} records/s ({:.0} events/s); \
+         RSS {} -> {} MiB; index files {} MiB",
+        records as f64 / fold,
+        2.0 * records as f64 / fold,
+        rss_before / 1024,
+        rss_after / 1024,
+        size / (1024 * 1024)
+    );
+    log.close().await;
+    drop(log);
+    let started = std::time::Instant::now();
+    let log = KafkaEventLog::open(o).await?;
+    println!(
+        "reopen at stored offsets: {:.2} s, {} records fetched",
+        started.elapsed().as_secs_f64(),
+        log.records_fetched()
+    );
+    Ok(())
+}
