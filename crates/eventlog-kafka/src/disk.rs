@@ -226,6 +226,48 @@ fn files_of(path: &Path) -> [PathBuf; 3] {
     ["", "-wal", "-shm"].map(|suffix| PathBuf::from(format!("{}{suffix}", path.display())))
 }
 
+/// Names the temporary directories of temporary index files.
+const TEMP_PREFIX: &str = "mskflow-kafka-index-";
+
+/// The name of a temporary index file in its directory.
+const TEMP_FILE: &str = "kafka-index.db";
+
+/// Remove the temporary index directories in `tmp` that a killed process
+/// left (a process killed outright removes nothing): those older than a
+/// minute whose file nobody holds locked.
+fn remove_abandoned(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let dir = entry.path();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(60));
+        let lock_path = dir.join(format!("{TEMP_FILE}.lock"));
+        let Ok(lock_file) = std::fs::OpenOptions::new().write(true).open(&lock_path) else {
+            continue;
+        };
+        if old && lock_file.try_lock().is_ok() {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {
+                    tracing::info!(dir = %dir.display(), "removed an abandoned temporary Kafka index")
+                }
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "could not remove an abandoned temporary Kafka index")
+                }
+            }
+        }
+    }
+}
+
 /// Take the instance's lock on `<path>.lock`, waiting a little for a
 /// holder that is going away.
 fn take_lock(path: &Path) -> Result<File, Error> {
@@ -371,11 +413,12 @@ impl SqliteStore {
         let (path, temp) = match location {
             Location::File(path) => (path, None),
             Location::Temporary => {
+                remove_abandoned(&std::env::temp_dir());
                 let dir = tempfile::Builder::new()
-                    .prefix("mskflow-kafka-index-")
+                    .prefix(TEMP_PREFIX)
                     .tempdir()
                     .map_err(io("making a temporary directory for the Kafka index"))?;
-                (dir.path().join("kafka-index.db"), Some(dir))
+                (dir.path().join(TEMP_FILE), Some(dir))
             }
         };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -1041,6 +1084,37 @@ mod tests {
         drop(held);
         let (_, opened) = open_at(&path);
         assert_eq!(opened, Opened::Resumed);
+    }
+
+    #[test]
+    fn abandoned_temporary_index_files_are_removed_unless_held() {
+        let tmp = tempfile::tempdir().unwrap();
+        let make = |name: &str| {
+            let dir = tmp.path().join(format!("{TEMP_PREFIX}{name}"));
+            std::fs::create_dir(&dir).unwrap();
+            let path = dir.join(TEMP_FILE);
+            std::fs::write(&path, b"").unwrap();
+            let lock = take_lock(&path).unwrap();
+            let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+            File::open(&dir).unwrap().set_modified(an_hour_ago).unwrap();
+            (dir, lock)
+        };
+        let (abandoned, lock) = make("abandoned");
+        drop(lock);
+        let (held, _lock) = make("held");
+        let (young, lock) = make("young");
+        drop(lock);
+        File::open(&young)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now())
+            .unwrap();
+        let other = tmp.path().join("something-else");
+        std::fs::create_dir(&other).unwrap();
+        remove_abandoned(tmp.path());
+        assert!(!abandoned.exists());
+        assert!(held.exists());
+        assert!(young.exists());
+        assert!(other.exists());
     }
 
     #[test]
