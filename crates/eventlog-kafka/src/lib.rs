@@ -504,27 +504,32 @@ impl KafkaEventLog {
         Ok(log)
     }
 
-    /// Wait until the index has applied every record below `ends`.
+    /// Wait until the index has applied every record below `ends`. A first
+    /// start over a long history may take a while: it fails only when the
+    /// index stores nothing for [`CATCH_UP_STALL`].
     async fn catch_up(&self, ends: &Ends) -> Result<(), Error> {
         let mut rx = self.inner.shared.changed.subscribe();
         let reached = |v: &View| {
             ends.iter()
                 .all(|((t, p), end)| v.next_offset(t, *p) >= *end)
         };
-        let wait = async {
-            while !self.inner.shared.read(reached) {
-                if rx.changed().await.is_err() {
-                    return Err(Error::Closed);
+        while !self.inner.shared.read(reached) {
+            match tokio::time::timeout(CATCH_UP_STALL, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Closed),
+                Err(_) => {
+                    return Err(Error::Unavailable {
+                        context: "catching up with the topics".to_owned(),
+                        source: format!(
+                            "the index stored nothing for {} s before reaching the end of the topics",
+                            CATCH_UP_STALL.as_secs()
+                        )
+                        .into(),
+                    });
                 }
             }
-            Ok(())
-        };
-        tokio::time::timeout(Duration::from_secs(300), wait)
-            .await
-            .map_err(|_| Error::Unavailable {
-                context: "catching up with the topics".to_owned(),
-                source: "the index did not reach the end of the topics in 300 s".into(),
-            })?
+        }
+        Ok(())
     }
 
     /// Stop following the topics and wait until the index has stored its
@@ -575,6 +580,10 @@ const INDEX_GRACE: Duration = Duration::from_secs(1);
 /// Most reads of the index file running at once (the file's readers keep
 /// as many connections open, and one more for the index's own lookups).
 const CONCURRENT_READS: usize = 8;
+
+/// How long opening waits for the index to store its next batch while it
+/// catches up with the topics.
+const CATCH_UP_STALL: Duration = Duration::from_secs(300);
 
 /// Most records the index decides and stores in one transaction.
 const INDEX_BATCH: usize = 2000;
