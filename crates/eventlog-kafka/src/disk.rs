@@ -506,6 +506,19 @@ impl SqliteStore {
         result.map_err(sqlite(format!("{context} (Kafka index)")))
     }
 
+    /// A stream's version as stored, for readers (a writer checking
+    /// whether it is already behind).
+    pub fn read_version(&self, stream_id: &str) -> Result<u64, Error> {
+        self.read("reading a stream's version", |conn| {
+            version_of(conn, stream_id)
+        })
+    }
+
+    /// Whether an event id is stored, for readers.
+    pub fn read_contains_event(&self, event_id: &Uuid) -> Result<bool, Error> {
+        self.read("looking up an event id", |conn| contains_of(conn, event_id))
+    }
+
     fn envelopes(
         &self,
         context: &str,
@@ -519,6 +532,18 @@ impl SqliteStore {
         })?;
         rows.into_iter().collect()
     }
+}
+
+fn version_of(conn: &Connection, stream_id: &str) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT version FROM streams WHERE stream_id = ?1")?
+        .query_row([stream_id], |row| row.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.map_or(0, u64_of))
+}
+
+fn contains_of(conn: &Connection, event_id: &Uuid) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")?
+        .exists([&event_id.as_bytes()[..]])
 }
 
 /// Decode one `events` row selected with [`ENVELOPE_COLUMNS`]. The outer
@@ -624,20 +649,17 @@ impl Store for SqliteStore {
         self.read("reading the stored offsets", stored_of)
     }
 
+    /// The index's own lookup while deciding: on the writing connection,
+    /// whose page cache holds what the last batches wrote.
     fn version(&self, stream_id: &str) -> Result<u64, Error> {
-        self.read("reading a stream's version", |conn| {
-            conn.prepare_cached("SELECT version FROM streams WHERE stream_id = ?1")?
-                .query_row([stream_id], |row| row.get::<_, i64>(0))
-                .optional()
-        })
-        .map(|v| v.map_or(0, u64_of))
+        version_of(&lock(&self.writer), stream_id)
+            .map_err(sqlite("reading a stream's version (Kafka index)"))
     }
 
+    /// The index's own lookup while deciding (see [`Store::version`]).
     fn contains_event(&self, event_id: &Uuid) -> Result<bool, Error> {
-        self.read("looking up an event id", |conn| {
-            conn.prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")?
-                .exists([&event_id.as_bytes()[..]])
-        })
+        contains_of(&lock(&self.writer), event_id)
+            .map_err(sqlite("looking up an event id (Kafka index)"))
     }
 
     fn read_stream(&self, stream_id: &str, from: u64) -> Result<Vec<Envelope>, Error> {

@@ -874,9 +874,9 @@ impl EventLog for KafkaEventLog {
             let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
             shared
                 .query(move |store| {
-                    let actual = store.version(&stream)?;
+                    let actual = store.read_version(&stream)?;
                     for id in ids {
-                        if store.contains_event(&id)? {
+                        if store.read_contains_event(&id)? {
                             return Ok((actual, Some(id)));
                         }
                     }
