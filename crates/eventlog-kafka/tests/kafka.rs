@@ -858,39 +858,15 @@ fn offsets_report(o: &Options) -> String {
     out
 }
 
-fn resident_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Figures, not a check: how fast a new instance folds `MSKFLOW_INDEX_RECORDS`
-/// records (default 20,000, two events each) into its index file, how
-/// fast it reopens, and its resident memory. Run with
-/// `cargo test -p mskflow-eventlog-kafka --features testing --test kafka
-/// index_throughput -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement; prints figures"]
-async fn index_throughput() -> TestResult {
+/// Write `records` append records straight to `topic` (two events each, a
+/// new referral stream each), as fast as the broker takes them.
+async fn produce_referrals(broker: &Broker, topic: &str, records: usize) -> TestResult {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let records: usize = std::env::var("MSKFLOW_INDEX_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let broker = Broker::start()?;
-    let prefix = unique_prefix("throughput");
-    let o = options(&broker, &prefix, "throughput");
-    create_topics(&o).await?;
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
         .set("linger.ms", "5")
         .set("message.timeout.ms", "60000")
         .create()?;
-    let topic = format!("{prefix}.intake.v1");
-    let started = std::time::Instant::now();
     for chunk in (0..records).collect::<Vec<_>>().chunks(2000) {
         let bodies: Vec<(String, Vec<u8>)> = chunk
             .iter()
@@ -922,7 +898,7 @@ async fn index_throughput() -> TestResult {
             .collect();
         let sends = bodies.iter().map(|(key, body)| {
             producer.send(
-                FutureRecord::to(&topic).key(key).payload(body),
+                FutureRecord::to(topic).key(key).payload(body),
                 Duration::from_secs(60),
             )
         });
@@ -930,6 +906,37 @@ async fn index_throughput() -> TestResult {
             r.map_err(|(e, _)| e)?;
         }
     }
+    Ok(())
+}
+
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Figures, not a check: how fast a new instance folds `MSKFLOW_INDEX_RECORDS`
+/// records (default 20,000, two events each) into its index file, how
+/// fast it reopens, and its resident memory. Run with
+/// `cargo test -p mskflow-eventlog-kafka --features testing --test kafka
+/// index_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; prints figures"]
+async fn index_throughput() -> TestResult {
+    let records: usize = std::env::var("MSKFLOW_INDEX_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let broker = Broker::start()?;
+    let prefix = unique_prefix("throughput");
+    let o = options(&broker, &prefix, "throughput");
+    create_topics(&o).await?;
+    let topic = format!("{prefix}.intake.v1");
+    let started = std::time::Instant::now();
+    produce_referrals(&broker, &topic, records).await?;
     println!(
         "produced {records} records in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -965,5 +972,147 @@ async fn index_throughput() -> TestResult {
         started.elapsed().as_secs_f64(),
         log.records_fetched()
     );
+    Ok(())
+}
+
+const CRASH_CHILD: &str = "MSKFLOW_TEST_KAFKA_CRASH_CHILD";
+
+/// The instance [`a_killed_instance_resumes_from_its_index_file`] kills:
+/// opens the log on the index file named by the environment (folding what
+/// is there) and appends until it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run (and killed) by a_killed_instance_resumes_from_its_index_file"]
+async fn crash_child_appends_until_killed() -> TestResult {
+    let Ok(spec) = std::env::var(CRASH_CHILD) else {
+        return Ok(());
+    };
+    let mut parts = spec.splitn(3, '|');
+    let (Some(bootstrap), Some(prefix), Some(path)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err("bad crash child spec".into());
+    };
+    let mut o = Options::new(bootstrap, "crash-child");
+    o.topics = TopicSettings {
+        prefix: prefix.to_owned(),
+        partitions: 3,
+        replication: 1,
+    };
+    o.index_path = Some(path.into());
+    let log = KafkaEventLog::open(o).await?;
+    for n in 0.. {
+        log.append(
+            &format!("referral-{}", Uuid::new_v4()),
+            ExpectedVersion::NoStream,
+            vec![event("ReferralReceived", n)],
+            &meta(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// `kill -9` of an instance storing index batches, twice (as soon as it has
+/// stored a first batch of the backlog, then while it appends): reopened on
+/// the same file, it keeps its identity, fetches only what it had not
+/// stored, and holds exactly the events a fresh instance folds from offset
+/// 0, at positions without gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_instance_resumes_from_its_index_file() -> TestResult {
+    let broker = Broker::start()?;
+    let prefix = unique_prefix("crash");
+    let o = options(&broker, &prefix, "crash");
+    create_topics(&o).await?;
+    // A backlog of several index batches.
+    produce_referrals(&broker, &format!("{prefix}.intake.v1"), 6000).await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("kafka-index.db");
+    let stored_id = || -> Result<Option<String>, rusqlite::Error> {
+        use rusqlite::OptionalExtension as _;
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        conn.query_row(
+            "SELECT value FROM index_meta WHERE key = 'log_id'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+    };
+    let stored_records = || -> Result<i64, rusqlite::Error> {
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        conn.query_row(
+            "SELECT COALESCE(SUM(next_offset), 0) FROM offsets",
+            [],
+            |r| r.get(0),
+        )
+    };
+    let exe = std::env::current_exe()?;
+    let mut first_id = None;
+    for wait in [Duration::ZERO, Duration::from_millis(2500)] {
+        let mut child = std::process::Command::new(&exe)
+            .args([
+                "crash_child_appends_until_killed",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(
+                CRASH_CHILD,
+                format!("{}|{prefix}|{}", broker.bootstrap(), path.display()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        // Until it has stored a first batch of the backlog, then `wait`.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while stored_records().unwrap_or(0) == 0 {
+            assert!(std::time::Instant::now() < deadline, "nothing stored");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(wait).await;
+        assert!(child.try_wait()?.is_none(), "the instance exited early");
+        child.kill()?;
+        child.wait()?;
+        let id = stored_id()?;
+        assert!(id.is_some());
+        if first_id.is_none() {
+            first_id = id;
+        } else {
+            assert_eq!(id, first_id, "a resumed file keeps its identity");
+        }
+    }
+
+    let mut o = o;
+    o.index_path = Some(path.clone());
+    let reopened = KafkaEventLog::open(o).await?;
+    assert_eq!(reopened.log_id(), first_id);
+    let fresh = open(&broker, &prefix, "fresh").await?;
+    assert_eq!(reopened.indexed(), fresh.indexed());
+    assert!(
+        reopened.records_fetched() < fresh.records_fetched(),
+        "resumed at its stored offsets: fetched {} of {}",
+        reopened.records_fetched(),
+        fresh.records_fetched()
+    );
+    let all = |log: KafkaEventLog| async move {
+        let mut sub = log.subscribe("check", StartFrom::Beginning).await?;
+        let mut out = HashMap::new();
+        loop {
+            let batch = sub.poll_batch(1000).await?;
+            if batch.is_empty() {
+                return Ok::<_, Error>(out);
+            }
+            for e in batch {
+                out.insert(e.event_id, (e.stream_id, e.sequence));
+            }
+        }
+    };
+    let resumed = all(reopened.clone()).await?;
+    assert_eq!(resumed.len(), reopened.indexed(), "positions without gaps");
+    assert_eq!(resumed, all(fresh.clone()).await?);
     Ok(())
 }
