@@ -810,4 +810,99 @@ mod tests {
         assert_eq!(flushed.decided.len(), 2);
         assert_eq!(store.stored().unwrap().offsets.len(), 2);
     }
+
+    /// A store whose next commit fails (a full disk, say).
+    #[derive(Debug, Default)]
+    struct Failing {
+        inner: MemoryStore,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Store for Failing {
+        fn stored(&self) -> Result<Stored, Error> {
+            self.inner.stored()
+        }
+        fn version(&self, stream_id: &str) -> Result<u64, Error> {
+            self.inner.version(stream_id)
+        }
+        fn contains_event(&self, event_id: &Uuid) -> Result<bool, Error> {
+            self.inner.contains_event(event_id)
+        }
+        fn read_stream(&self, stream_id: &str, from: u64) -> Result<Vec<Envelope>, Error> {
+            self.inner.read_stream(stream_id, from)
+        }
+        fn slice(&self, from: u64, max: usize) -> Result<Vec<Envelope>, Error> {
+            self.inner.slice(from, max)
+        }
+        fn decided(
+            &self,
+            topic: &str,
+            partition: i32,
+            offset: i64,
+        ) -> Result<Option<Decided>, Error> {
+            self.inner.decided(topic, partition, offset)
+        }
+        fn commit(&self, batch: &Batch) -> Result<(), Error> {
+            if self.fail.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::Unavailable {
+                    context: "test".to_owned(),
+                    source: "disk full".into(),
+                });
+            }
+            self.inner.commit(batch)
+        }
+    }
+
+    #[test]
+    fn after_a_failed_flush_a_reopened_index_decides_the_batch_again_alike() {
+        let a = Uuid::new_v4();
+        let b = Uuid::new_v4();
+        let records = vec![
+            incoming("t", 0, 0, record("s", WireExpected::NoStream, &[a])),
+            incoming("t", 0, 1, record("s", WireExpected::Exact(1), &[b])),
+            incoming(
+                "t",
+                0,
+                2,
+                record("s", WireExpected::Exact(1), &[Uuid::new_v4()]),
+            ),
+            incoming("t", 0, 3, record("u", WireExpected::Any, &[a])),
+        ];
+        let store = Arc::new(Failing::default());
+        let mut index = Index::open(store.clone()).unwrap();
+        index.offer(records[0].clone()).unwrap();
+        index.flush().unwrap();
+        for r in &records[1..] {
+            index.offer(r.clone()).unwrap();
+        }
+        store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(index.flush().is_err());
+        drop(index);
+        // Nothing of the failed batch is stored; the reopened index resumes
+        // before it and, fed the same records again, decides them alike.
+        assert_eq!(
+            store.stored().unwrap().offsets.get(&("t".to_owned(), 0)),
+            Some(&1)
+        );
+        let mut index = Index::open(store.clone()).unwrap();
+        for r in &records {
+            index.offer(r.clone()).unwrap();
+        }
+        index.flush().unwrap();
+        let mut reference = new_index();
+        for r in &records {
+            offer(&mut reference, r.clone());
+        }
+        for o in 0..4 {
+            assert_eq!(
+                store.decided("t", 0, o).unwrap(),
+                reference.store().decided("t", 0, o).unwrap()
+            );
+        }
+        assert_eq!(
+            store.slice(0, 10).unwrap(),
+            reference.store().slice(0, 10).unwrap()
+        );
+        assert_eq!(store.version("s").unwrap(), 2);
+    }
 }
