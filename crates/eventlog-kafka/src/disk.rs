@@ -10,9 +10,14 @@
 //! them, so after a crash the stored offsets and the data always agree: the
 //! index resumes at the stored offsets and fetches the rest again.
 //!
-//! `synchronous=NORMAL` in WAL mode: a power cut may lose the last
-//! transactions, never half of one, and the offsets go back with them; the
-//! brokers hold the records, which are fetched and decided again alike.
+//! `synchronous=FULL` in WAL mode: each batch is on disk before readers and
+//! writers are told of it. The decisions themselves would survive losing
+//! the last batches (the offsets go back with them and the brokers hold the
+//! records, which are decided again alike), but their *positions* would
+//! not: a re-fetch interleaves the partitions afresh, so a lost batch could
+//! come back at other positions under the same `log_id`, and a projection
+//! that had read past it would resume at the wrong event. One fsync per
+//! batch (a few ms) keeps a position, once seen, naming its event for good.
 //!
 //! The file is started afresh (the reason is logged) when its schema
 //! version, topic prefix or topic set (names and partition counts) differs
@@ -308,7 +313,8 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // FULL: a position handed out is never handed out again (module docs).
+    conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "cache_size", -WRITE_CACHE_KIB)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(32);
