@@ -297,7 +297,13 @@ async fn on_projection<P: mskflow_projection::Projection>(
     let (rebuilt, _following, catch_up) = Projector::open(log, &fresh, make())
         .await
         .with_context(|| format!("rebuilding {}", P::NAME))?;
-    let size = std::fs::metadata(rebuilt.path()).map_or(0, |m| m.len());
+    // The file and its write-ahead log (a fresh build sits mostly in the
+    // log until SQLite checkpoints it).
+    let size: u64 = ["", "-wal"]
+        .iter()
+        .filter_map(|s| std::fs::metadata(format!("{}{s}", rebuilt.path().display())).ok())
+        .map(|m| m.len())
+        .sum();
     let built = format!(
         "{} events read, {} folded, in {:.2} s ({:.0} events/s), {:.1} MiB",
         catch_up.events,

@@ -439,7 +439,7 @@ async fn newer_schema_is_refused() -> TestResult {
             opened,
             Err(mskflow_eventlog_sqlite::Error::UnsupportedSchema {
                 found: 99,
-                supported: 1,
+                supported: 2,
                 ..
             })
         ),
@@ -464,7 +464,60 @@ async fn file_is_in_wal_mode_with_a_schema_version() -> TestResult {
     let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
     assert_eq!(mode, "wal");
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
+    log.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_log_keeps_one_identity_for_its_lifetime() -> TestResult {
+    use mskflow_eventlog::EventLog as _;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("events.db");
+    let first = SqliteEventLog::open(options(&path))?;
+    let id = first.log_id();
+    assert!(id.is_some());
+    first.close().await;
+    drop(first);
+    let again = SqliteEventLog::open(options(&path))?;
+    assert_eq!(again.log_id(), id, "reopening keeps the identity");
+    again.close().await;
+    drop(again);
+
+    // A new file under the same name is another log.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let other = SqliteEventLog::open(options(&path))?;
+    assert!(other.log_id().is_some());
+    assert_ne!(other.log_id(), id);
+    other.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_version_1_file_is_migrated_and_keeps_its_events() -> TestResult {
+    use mskflow_eventlog::EventLog as _;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("events.db");
+    let log = SqliteEventLog::open(options(&path))?;
+    log.append(
+        "s",
+        ExpectedVersion::NoStream,
+        vec![event(1)],
+        &Metadata::default(),
+    )
+    .await?;
+    log.close().await;
+    drop(log);
+    // As a build before the identity was kept left it.
+    {
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.execute_batch("DROP TABLE log_identity; PRAGMA user_version = 1;")?;
+    }
+    let log = SqliteEventLog::open(options(&path))?;
+    assert!(log.log_id().is_some());
+    assert_eq!(log.read_stream("s", 1).await?.len(), 1);
     log.close().await;
     Ok(())
 }
