@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use mskflow_projection::testing::{Rng, log_events};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use mskflow_assessment::projection::Dump;
 use mskflow_assessment::{
     Assessment, AssessmentRecord, Policy, Status, SystemClock, WorklistEntry,
 };
-use mskflow_eventlog::{EventLog, StartFrom};
+use mskflow_eventlog::EventLog;
 use mskflow_eventlog_sqlite::SqliteEventLog;
 use mskflow_events::assessment::{
     DischargeReason, DistressScreen, OnwardDestination, Outcome, Party, Slot,
@@ -53,23 +53,6 @@ async fn open_at(store: &SqliteEventLog, dir: &Path) -> Result<Arc<Assessment>, 
         )
         .await?,
     ))
-}
-
-/// A small deterministic generator (xorshift64*), so a failing caseload can
-/// be replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % n.max(1) as u64).unwrap_or(0)
-    }
 }
 
 /// A caseload in progress: the referrals triaged and the slots published.
@@ -217,20 +200,6 @@ async fn answers(assessment: &Assessment) -> Result<Answers, BoxError> {
         free: assessment.free_slots().await?,
         dump: assessment.dump().await?,
     })
-}
-
-/// Events in the log and their types.
-async fn log_events(store: &SqliteEventLog) -> Result<(u64, BTreeSet<String>), BoxError> {
-    let mut sub = store.subscribe("test-count", StartFrom::Beginning).await?;
-    let (mut count, mut types) = (0, BTreeSet::new());
-    loop {
-        let batch = sub.poll_batch(1024).await?;
-        if batch.is_empty() {
-            return Ok((count, types));
-        }
-        count += batch.len() as u64;
-        types.extend(batch.into_iter().map(|e| e.event_type));
-    }
 }
 
 #[tokio::test]

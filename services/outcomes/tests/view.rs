@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use mskflow_projection::testing::{Rng, log_events};
 use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use common::{TestClock, TestResult, append_pathway_event, as_log, at, open_store};
-use mskflow_eventlog::{EventLog, StartFrom};
 use mskflow_eventlog_sqlite::SqliteEventLog;
 use mskflow_events::outcomes::{Measure, Timepoint};
 use mskflow_outcomes::consumer;
@@ -54,23 +53,6 @@ async fn open_at(
         )
         .await?,
     ))
-}
-
-/// A small deterministic generator (xorshift64*), so a failing caseload can
-/// be replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % n.max(1) as u64).unwrap_or(0)
-    }
 }
 
 /// A caseload in progress: the referrals and the test's clock.
@@ -183,20 +165,6 @@ async fn answers(outcomes: &Outcomes, now: DateTime<Utc>) -> Result<Answers, Box
         due_ever: outcomes.list_due(at(2100, 1, 1), 100_000).await?,
         dump: outcomes.view_dump().await?,
     })
-}
-
-/// Events in the log and their types.
-async fn log_events(store: &SqliteEventLog) -> Result<(u64, BTreeSet<String>), BoxError> {
-    let mut sub = store.subscribe("test-count", StartFrom::Beginning).await?;
-    let (mut count, mut types) = (0, BTreeSet::new());
-    loop {
-        let batch = sub.poll_batch(1024).await?;
-        if batch.is_empty() {
-            return Ok((count, types));
-        }
-        count += batch.len() as u64;
-        types.extend(batch.into_iter().map(|e| e.event_type));
-    }
 }
 
 #[tokio::test]
