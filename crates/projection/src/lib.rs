@@ -24,6 +24,7 @@
 //! the checkpoint goes back with them: the events are replayed from the log,
 //! which is the record.
 
+pub mod columns;
 mod pool;
 #[cfg(feature = "testing")]
 pub mod testing;

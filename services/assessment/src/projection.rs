@@ -18,10 +18,13 @@
 //! so replaying the log from empty gives the same tables. Decisions never
 //! read this: they fold the aggregate's stream.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use mskflow_eventlog::{Envelope, decode};
 use mskflow_events::assessment::{AssessmentEvent, DischargeReason, Slot, SlotEvent};
 use mskflow_events::types::{FcpPriority, Pathway};
+use mskflow_projection::columns::{
+    json_column, sequence, skip_json, sortable, stored_state, uuid_column,
+};
 use mskflow_projection::rusqlite::{self, Connection, OptionalExtension, Transaction, params};
 use mskflow_projection::{ApplyError, Projection};
 use uuid::Uuid;
@@ -118,51 +121,6 @@ fn id_after(stream_id: &str, prefix: &str) -> Option<Uuid> {
     stream_id
         .strip_prefix(prefix)
         .and_then(|rest| Uuid::parse_str(rest).ok())
-}
-
-/// The stored form of a time: fixed-width UTC with nanoseconds, so text
-/// order is time order.
-fn sortable(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Nanos, true)
-}
-
-fn skip_json(e: &serde_json::Error) -> ApplyError {
-    ApplyError::Skip(mskflow_eventlog::json_error_reason(e))
-}
-
-fn json_column<T: serde::de::DeserializeOwned>(index: usize, text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-fn uuid_column(index: usize, bytes: &[u8]) -> rusqlite::Result<Uuid> {
-    Uuid::from_slice(bytes).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Blob, Box::new(e))
-    })
-}
-
-fn sequence(sequence: u64) -> i64 {
-    i64::try_from(sequence).unwrap_or(i64::MAX)
-}
-
-/// The stored version and state of `key` in `table`, unless `sequence` is
-/// applied already.
-fn stored_state(
-    tx: &Transaction<'_>,
-    select: &str,
-    key: &[u8],
-    sequence: u64,
-) -> Result<Option<Option<String>>, ApplyError> {
-    let stored: Option<(i64, String)> = tx
-        .prepare_cached(select)?
-        .query_row([key], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()?;
-    Ok(match stored {
-        Some((version, _)) if u64::try_from(version).unwrap_or(0) >= sequence => None,
-        Some((_, state)) => Some(Some(state)),
-        None => Some(None),
-    })
 }
 
 impl AssessmentView {

@@ -13,12 +13,15 @@
 //! The view is for those lists only: decisions read the referral's stream
 //! ([`crate::Outcomes`] does).
 
+use mskflow_projection::columns::{
+    json_column, sequence, skip_json, sortable, stored_state, uuid_column,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use mskflow_eventlog::{Envelope, decode};
 use mskflow_events::outcomes::{OutcomeChangeRecorded, OutcomeEvent};
-use mskflow_projection::rusqlite::{self, Connection, OptionalExtension, Transaction, params};
+use mskflow_projection::rusqlite::{self, Connection, Transaction, params};
 use mskflow_projection::{ApplyError, Projection};
 use uuid::Uuid;
 
@@ -74,28 +77,6 @@ fn referral_of(stream_id: &str) -> Option<Uuid> {
         .and_then(|rest| Uuid::parse_str(rest).ok())
 }
 
-/// The stored form of a time: fixed-width UTC with nanoseconds, so text
-/// order is time order.
-fn sortable(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Nanos, true)
-}
-
-fn skip_json(e: &serde_json::Error) -> ApplyError {
-    ApplyError::Skip(mskflow_eventlog::json_error_reason(e))
-}
-
-fn json_column<T: serde::de::DeserializeOwned>(index: usize, text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-fn uuid_column(index: usize, bytes: &[u8]) -> rusqlite::Result<Uuid> {
-    Uuid::from_slice(bytes).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Blob, Box::new(e))
-    })
-}
-
 impl Projection for OutcomesView {
     const NAME: &'static str = "outcomes-view";
     const VERSION: u32 = 1;
@@ -129,17 +110,18 @@ impl Projection for OutcomesView {
             return Ok(());
         };
         let key = referral_id.as_bytes().as_slice();
-        let stored: Option<(i64, String)> = tx
-            .prepare_cached("SELECT version, state FROM referrals WHERE referral_id = ?1")?
-            .query_row([key], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()?;
+        let Some(stored) = stored_state(
+            tx,
+            "SELECT version, state FROM referrals WHERE referral_id = ?1",
+            key,
+            envelope.sequence,
+        )?
+        else {
+            return Ok(());
+        };
         let state = match stored {
-            Some((version, _)) if u64::try_from(version).unwrap_or(0) >= envelope.sequence => {
-                // Applied already (at-least-once delivery).
-                return Ok(());
-            }
-            Some((_, state)) => OutcomeState::from(
-                serde_json::from_str::<Stored>(&state).map_err(|e| skip_json(&e))?,
+            Some(text) => OutcomeState::from(
+                serde_json::from_str::<Stored>(&text).map_err(|e| skip_json(&e))?,
             ),
             None => OutcomeState::default(),
         };
@@ -153,7 +135,7 @@ impl Projection for OutcomesView {
         )?
         .execute(params![
             key,
-            i64::try_from(envelope.sequence).unwrap_or(i64::MAX),
+            sequence(envelope.sequence),
             json
         ])?;
         for entry in state.entries.values() {

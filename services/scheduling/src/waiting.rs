@@ -12,10 +12,12 @@
 //! The projection is for the list only: decisions on an episode read its
 //! stream ([`crate::Scheduling`] does).
 
-use chrono::SecondsFormat;
 use mskflow_eventlog::{Envelope, decode};
 use mskflow_events::scheduling::{PatientWaitlisted, Programme, SchedulingEvent};
-use mskflow_projection::rusqlite::{self, Connection, OptionalExtension, Transaction, params};
+use mskflow_projection::columns::{
+    json_column, sequence, skip_json, sortable, stored_state, uuid_column,
+};
+use mskflow_projection::rusqlite::{self, Connection, Transaction, params};
 use mskflow_projection::{ApplyError, Projection};
 use uuid::Uuid;
 
@@ -38,25 +40,9 @@ fn episode_id(stream_id: &str) -> Option<Uuid> {
         .and_then(|rest| Uuid::parse_str(rest).ok())
 }
 
-/// The stored form of a time: fixed-width UTC with nanoseconds, so text
-/// order is time order.
-fn sortable(at: chrono::DateTime<chrono::Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Nanos, true)
-}
-
 /// Clinical priority as its rank (urgent first), the order of the enum.
 fn priority_rank(w: &PatientWaitlisted) -> i64 {
     w.priority as i64
-}
-
-fn json_column<T: serde::de::DeserializeOwned>(index: usize, text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-fn skip_json(e: &serde_json::Error) -> ApplyError {
-    ApplyError::Skip(mskflow_eventlog::json_error_reason(e))
 }
 
 impl Projection for WaitingList {
@@ -91,18 +77,17 @@ impl Projection for WaitingList {
             return Ok(());
         };
         let key = referral_id.as_bytes().as_slice();
-        let stored: Option<(i64, String)> = tx
-            .prepare_cached("SELECT version, state FROM episodes WHERE referral_id = ?1")?
-            .query_row([key], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()?;
+        let Some(stored) = stored_state(
+            tx,
+            "SELECT version, state FROM episodes WHERE referral_id = ?1",
+            key,
+            envelope.sequence,
+        )?
+        else {
+            return Ok(());
+        };
         let state = match stored {
-            Some((version, _)) if u64::try_from(version).unwrap_or(0) >= envelope.sequence => {
-                // Applied already (at-least-once delivery).
-                return Ok(());
-            }
-            Some((_, state)) => {
-                serde_json::from_str::<EpisodeState>(&state).map_err(|e| skip_json(&e))?
-            }
+            Some(text) => serde_json::from_str::<EpisodeState>(&text).map_err(|e| skip_json(&e))?,
             None => EpisodeState::default(),
         };
         let event = decode::<SchedulingEvent>(envelope).map_err(|e| skip_json(&e))?;
@@ -115,7 +100,7 @@ impl Projection for WaitingList {
         )?
         .execute(params![
             key,
-            i64::try_from(envelope.sequence).unwrap_or(i64::MAX),
+            sequence(envelope.sequence),
             json
         ])?;
         match (&state.waitlisted, state.status) {
@@ -189,12 +174,6 @@ pub struct Dump {
     pub episodes: Vec<(Uuid, i64, String)>,
     /// `(referral id, priority rank, need recorded at, programme, entry JSON)`.
     pub waiting: Vec<(Uuid, i64, String, String, String)>,
-}
-
-fn uuid_column(index: usize, bytes: &[u8]) -> rusqlite::Result<Uuid> {
-    Uuid::from_slice(bytes).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Blob, Box::new(e))
-    })
 }
 
 pub(crate) fn dump(conn: &Connection) -> rusqlite::Result<Dump> {
