@@ -72,6 +72,10 @@ impl Projection for AnalyticsFacts {
         EVENT_TYPES.contains(&envelope.event_type.as_str())
     }
 
+    fn event_types(&self) -> Option<Vec<&'static str>> {
+        Some(EVENT_TYPES.to_vec())
+    }
+
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
         let Some(referral_id) = referral_of(envelope) else {
             return Err(ApplyError::Skip("no readable referral id".to_owned()));

@@ -165,6 +165,24 @@ impl std::fmt::Debug for Inner {
 }
 
 impl SqliteEventLog {
+    /// The position a new subscription of `consumer` starts after.
+    async fn start_cursor(
+        &self,
+        consumer: &str,
+        start: StartFrom,
+    ) -> Result<u64, mskflow_eventlog::Error> {
+        Ok(match start {
+            StartFrom::Beginning => 0,
+            StartFrom::After(position) => position,
+            StartFrom::Checkpoint => {
+                let name = consumer.to_owned();
+                self.inner
+                    .read(move |conn| subscription::stored_checkpoint(conn, &name))
+                    .await?
+            }
+        })
+    }
+
     /// Open (creating and migrating if needed) the store at `options.path`
     /// and start its writer thread.
     pub fn open(options: Options) -> Result<Self, Error> {
@@ -417,21 +435,35 @@ impl EventLog for SqliteEventLog {
         consumer: &str,
         start: StartFrom,
     ) -> Result<Box<dyn Subscription>, mskflow_eventlog::Error> {
-        let cursor = match start {
-            StartFrom::Beginning => 0,
-            StartFrom::After(position) => position,
-            StartFrom::Checkpoint => {
-                let name = consumer.to_owned();
-                self.inner
-                    .read(move |conn| subscription::stored_checkpoint(conn, &name))
-                    .await?
-            }
-        };
+        let cursor = self.start_cursor(consumer, start).await?;
         tracing::debug!(consumer, cursor, "opened subscription");
         Ok(Box::new(SqliteSubscription::new(
             Arc::clone(&self.inner),
             consumer.to_owned(),
             cursor,
+            None,
+        )))
+    }
+
+    async fn subscribe_types(
+        &self,
+        consumer: &str,
+        start: StartFrom,
+        types: &[&str],
+    ) -> Result<Box<dyn Subscription>, mskflow_eventlog::Error> {
+        let cursor = self.start_cursor(consumer, start).await?;
+        tracing::debug!(
+            consumer,
+            cursor,
+            types = types.len(),
+            "opened filtering subscription"
+        );
+        let types: Arc<[String]> = types.iter().map(|t| (*t).to_owned()).collect();
+        Ok(Box::new(SqliteSubscription::new(
+            Arc::clone(&self.inner),
+            consumer.to_owned(),
+            cursor,
+            Some(types),
         )))
     }
 

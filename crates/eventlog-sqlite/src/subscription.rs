@@ -39,6 +39,8 @@ pub(crate) struct SqliteSubscription {
     cursor: u64,
     committed: u64,
     head: watch::Receiver<u64>,
+    /// The event types returned (`None`: every event).
+    types: Option<Arc<[String]>>,
 }
 
 impl std::fmt::Debug for SqliteSubscription {
@@ -47,12 +49,18 @@ impl std::fmt::Debug for SqliteSubscription {
             .field("consumer", &self.consumer)
             .field("cursor", &self.cursor)
             .field("committed", &self.committed)
+            .field("types", &self.types)
             .finish_non_exhaustive()
     }
 }
 
 impl SqliteSubscription {
-    pub(crate) fn new(inner: Arc<Inner>, consumer: String, cursor: u64) -> Self {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        consumer: String,
+        cursor: u64,
+        types: Option<Arc<[String]>>,
+    ) -> Self {
         let head = inner.head.clone();
         Self {
             inner,
@@ -60,6 +68,7 @@ impl SqliteSubscription {
             cursor,
             committed: cursor,
             head,
+            types,
         }
     }
 
@@ -69,6 +78,14 @@ impl SqliteSubscription {
     async fn fetch(&mut self, max: usize) -> Result<Vec<Envelope>, Error> {
         let after = i64::try_from(self.cursor).unwrap_or(i64::MAX);
         let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
+        if let Some(types) = self.types.clone() {
+            let (batch, scanned) = self
+                .inner
+                .read(move |conn| fetch_types(conn, after, limit, &types))
+                .await?;
+            self.cursor = self.cursor.max(scanned);
+            return Ok(batch);
+        }
         let batch = self
             .inner
             .read(move |conn| {
@@ -96,8 +113,11 @@ impl Subscription for SqliteSubscription {
             // Mark the current head as seen before reading, so a commit that
             // lands after the read below still wakes the wait.
             self.head.borrow_and_update();
+            let before = self.cursor;
             let batch = self.fetch(max).await?;
-            if !batch.is_empty() {
+            // A filtering subscription that read past events it leaves out
+            // returns (empty) so the consumer can move its checkpoint.
+            if !batch.is_empty() || self.cursor > before {
                 return Ok(batch);
             }
             tokio::select! {
@@ -129,4 +149,38 @@ impl Subscription for SqliteSubscription {
         let head = self.inner.read(head_position).await?;
         Ok(head.saturating_sub(self.cursor))
     }
+
+    fn scanned(&self) -> Option<u64> {
+        self.types.as_ref().map(|_| self.cursor)
+    }
+}
+
+/// Up to `limit` events of `types` after position `after`, and the position
+/// read up to: the head as of the read when fewer than `limit` were found
+/// (every event up to it was looked at), else the last one returned. Rows of
+/// other types are passed over without decoding their payloads.
+fn fetch_types(
+    conn: &Connection,
+    after: i64,
+    limit: i64,
+    types: &[String],
+) -> Result<(Vec<Envelope>, u64), Error> {
+    // Every position up to the head is committed: there is one writer, and
+    // its commits are in position order.
+    let head = head_position(conn)?;
+    let marks = vec!["?"; types.len()].join(", ");
+    let sql = format!(
+        "SELECT {ENVELOPE_COLUMNS} FROM events \
+         WHERE position > ?1 AND position <= ?2 AND event_type IN ({marks}) \
+         ORDER BY position LIMIT {limit}"
+    );
+    let head_param = i64::try_from(head).unwrap_or(i64::MAX);
+    let mut params: Vec<&dyn rusqlite::ToSql> = vec![&after, &head_param];
+    params.extend(types.iter().map(|t| t as &dyn rusqlite::ToSql));
+    let batch = query_envelopes(conn, &sql, params.as_slice())?;
+    let scanned = match batch.last() {
+        Some(last) if batch.len() as i64 >= limit => last.position,
+        _ => head,
+    };
+    Ok((batch, scanned))
 }

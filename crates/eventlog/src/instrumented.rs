@@ -95,6 +95,19 @@ impl EventLog for Instrumented {
         }))
     }
 
+    async fn subscribe_types(
+        &self,
+        consumer: &str,
+        start: StartFrom,
+        types: &[&str],
+    ) -> Result<Box<dyn Subscription>, Error> {
+        let inner = self.inner.subscribe_types(consumer, start, types).await?;
+        Ok(Box::new(InstrumentedSubscription {
+            inner,
+            consumer: consumer.to_owned(),
+        }))
+    }
+
     async fn ping(&self) -> Result<(), Error> {
         self.inner.ping().await
     }
@@ -139,6 +152,10 @@ impl Subscription for InstrumentedSubscription {
 
     async fn lag(&self) -> Result<u64, Error> {
         self.inner.lag().await
+    }
+
+    fn scanned(&self) -> Option<u64> {
+        self.inner.scanned()
     }
 }
 

@@ -181,6 +181,22 @@ pub trait EventLog: Send + Sync + fmt::Debug {
         start: StartFrom,
     ) -> Result<Box<dyn Subscription>, Error>;
 
+    /// Open a subscription for a named consumer that wants only events of
+    /// these types. An adapter that can filter where the events are stored
+    /// does, so events of other types are neither read nor decoded; others
+    /// return every event (the default), so a consumer still checks each
+    /// event's type. A filtering subscription reports how far it has read
+    /// past what it left out ([`Subscription::scanned`]).
+    async fn subscribe_types(
+        &self,
+        consumer: &str,
+        start: StartFrom,
+        types: &[&str],
+    ) -> Result<Box<dyn Subscription>, Error> {
+        let _ = types;
+        self.subscribe(consumer, start).await
+    }
+
     /// Cheap liveness check of the underlying store.
     async fn ping(&self) -> Result<(), Error>;
 
@@ -200,8 +216,10 @@ pub trait EventLog: Send + Sync + fmt::Debug {
 /// uncommitted events again, so handlers must be idempotent by `event_id`.
 #[async_trait]
 pub trait Subscription: Send + Sync + fmt::Debug {
-    /// Wait for and return the next batch of at most `max` events (never an
-    /// empty batch).
+    /// Wait for and return the next batch of at most `max` events. Never an
+    /// empty batch, except from a filtering subscription
+    /// ([`EventLog::subscribe_types`]) that has read past events it left
+    /// out: its [`Subscription::scanned`] then moved.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error>;
 
     /// Return the next batch if one is available now, otherwise an empty vec.
@@ -212,6 +230,14 @@ pub trait Subscription: Send + Sync + fmt::Debug {
 
     /// Consumer lag: events stored but not yet returned, if known.
     async fn lag(&self) -> Result<u64, Error>;
+
+    /// The log position this subscription has read up to, counting the
+    /// events a filtering subscription left out: at least the position of
+    /// the last event it returned. `None` when it returns every event (the
+    /// last event returned is then how far it has read).
+    fn scanned(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Serialise a domain event into a [`NewEvent`].

@@ -163,6 +163,14 @@ pub trait Projection: Send + 'static {
     /// envelope's stream id and type. Others only move the checkpoint.
     fn wants(&self, envelope: &Envelope) -> bool;
 
+    /// The event types `wants` can accept, when it accepts only some: the
+    /// log then leaves the others out where it stores them
+    /// ([`EventLog::subscribe_types`]), so a rebuild reads and decodes only
+    /// these. `None` (the default): every event is read.
+    fn event_types(&self) -> Option<Vec<&'static str>> {
+        None
+    }
+
     /// Fold one event into the tables, inside the batch's transaction.
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError>;
 
@@ -258,8 +266,11 @@ pub enum Opened {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CatchUp {
     pub opened: Opened,
-    /// Events read from the log (wanted or not).
+    /// Events of the log the catch-up went past: those it read, and those
+    /// of other types the log left out ([`Projection::event_types`]).
     pub events: u64,
+    /// Events the log returned (wanted or not).
+    pub read: u64,
     /// Events the projection folded.
     pub applied: u64,
     pub elapsed: Duration,
@@ -480,14 +491,17 @@ impl<P: Projection> Projector<P> {
                 batch: options.batch.max(1),
             }),
         };
-        let mut sub = log
-            .subscribe(P::NAME, StartFrom::After(checkpoint))
-            .await
-            .map_err(|source| Error::Log {
-                name: P::NAME,
-                source,
-            })?;
-        let mut events = 0_u64;
+        let types = lock(&projector.inner.writer).projection.event_types();
+        let start = StartFrom::After(checkpoint);
+        let subscribed = match &types {
+            Some(types) => log.subscribe_types(P::NAME, start, types).await,
+            None => log.subscribe(P::NAME, start).await,
+        };
+        let mut sub = subscribed.map_err(|source| Error::Log {
+            name: P::NAME,
+            source,
+        })?;
+        let mut read = 0_u64;
         let mut applied = 0_u64;
         loop {
             let batch = sub
@@ -497,22 +511,26 @@ impl<P: Projection> Projector<P> {
                     name: P::NAME,
                     source,
                 })?;
-            if batch.is_empty() {
+            let Some(to) = read_to(&batch, sub.as_ref()).filter(|to| *to > projector.applied())
+            else {
                 break;
-            }
-            events += batch.len() as u64;
-            applied += projector.apply_batch(batch).await?;
+            };
+            read += batch.len() as u64;
+            applied += projector.apply_batch(batch, to).await?;
         }
+        let events = projector.applied().saturating_sub(checkpoint);
         projector.inner.ready.store(true, Ordering::Release);
         let catch_up = CatchUp {
             opened,
             events,
+            read,
             applied,
             elapsed: started.elapsed(),
         };
         tracing::info!(
             projection = P::NAME,
             events,
+            read,
             applied,
             ms = catch_up.elapsed.as_millis() as u64,
             position = projector.applied(),
@@ -521,12 +539,10 @@ impl<P: Projection> Projector<P> {
         Ok((projector, Following { sub }, catch_up))
     }
 
-    /// Apply one batch and its checkpoint in one transaction; returns how
-    /// many events the projection folded.
-    async fn apply_batch(&self, batch: Vec<Envelope>) -> Result<u64, Error> {
-        let Some(last) = batch.last().map(|e| e.position) else {
-            return Ok(0);
-        };
+    /// Apply one batch and checkpoint `last` (its last event's position, or
+    /// further when the log read past events left out) in one transaction;
+    /// returns how many events the projection folded.
+    async fn apply_batch(&self, batch: Vec<Envelope>, last: u64) -> Result<u64, Error> {
         let inner = Arc::clone(&self.inner);
         let folded = blocking(P::NAME, move || {
             let mut guard = lock(&inner.writer);
@@ -586,7 +602,10 @@ impl<P: Projection> Projector<P> {
                     },
                 },
             };
-            match self.apply_batch(batch.clone()).await {
+            let Some(last) = read_to(&batch, sub.as_ref()) else {
+                continue;
+            };
+            match self.apply_batch(batch.clone(), last).await {
                 Ok(_) => {
                     backoff = Duration::from_millis(100);
                     self.inner.ready.store(true, Ordering::Release);
@@ -737,6 +756,17 @@ fn dump_tables(conn: &Connection) -> rusqlite::Result<Dump> {
         out.push((name, lines));
     }
     Ok(out)
+}
+
+/// How far a batch takes the projection: its last event, or further when
+/// the subscription read past events it left out. `None` for an empty batch
+/// that moved nothing.
+fn read_to(batch: &[Envelope], sub: &dyn Subscription) -> Option<u64> {
+    let last = batch.last().map(|e| e.position);
+    match (last, sub.scanned()) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// The subscription a [`Projector`] follows after its catch-up.

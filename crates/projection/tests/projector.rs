@@ -330,3 +330,105 @@ async fn removing_the_file_rebuilds_the_same_state() -> TestResult {
     assert_eq!(incremental.len(), 7);
     Ok(())
 }
+
+/// Totals that name the one event type they fold, so the store leaves the
+/// others out.
+#[derive(Debug, Default)]
+struct CountedOnly;
+
+impl Projection for CountedOnly {
+    const NAME: &'static str = "counted-only";
+    const VERSION: u32 = 1;
+    const SCHEMA: &'static str = TOTALS_SCHEMA;
+
+    fn wants(&self, envelope: &Envelope) -> bool {
+        envelope.event_type == "Counted"
+    }
+
+    fn event_types(&self) -> Option<Vec<&'static str>> {
+        Some(vec!["Counted"])
+    }
+
+    fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
+        fold(tx, envelope)
+    }
+}
+
+async fn append_other(log: &SqliteEventLog, stream: &str, count: usize) -> TestResult {
+    for _ in 0..count {
+        let mut e = event(0);
+        e.event_type = "Ignored".to_owned();
+        log.append(stream, ExpectedVersion::Any, vec![e], &Metadata::default())
+            .await?;
+    }
+    Ok(())
+}
+
+/// A projection naming its event types reads only those, yet its checkpoint
+/// and `wait_for` move past the events left out: a restart does not read
+/// them again, and a caller waiting for the position of an event the
+/// projection does not fold is answered at once.
+#[tokio::test]
+async fn events_left_out_by_type_still_move_the_checkpoint() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut options = Options::in_dir(dir.path().join("projections"));
+    options.batch = 4;
+    let log = open_log(dir.path())?;
+    append(&log, "counter-a", &[1, 2]).await?;
+    append_other(&log, "other-x", 9).await?;
+    append(&log, "counter-a", &[3]).await?;
+    append_other(&log, "other-x", 5).await?;
+    let head = 2 + 9 + 1 + 5;
+
+    let (projector, following, catch_up) =
+        Projector::open(&as_log(&log), &options, CountedOnly).await?;
+    assert_eq!(catch_up.applied, 3, "{catch_up:?}");
+    assert_eq!(
+        catch_up.read, 3,
+        "only the wanted events are read: {catch_up:?}"
+    );
+    assert_eq!(catch_up.events, head, "{catch_up:?}");
+    assert_eq!(
+        projector.applied(),
+        head,
+        "the checkpoint passed the tail left out"
+    );
+    assert_eq!(
+        dump(&projector).await?,
+        vec![("counter-a".to_owned(), 3, 6)]
+    );
+
+    // Following: an event left out moves the position too.
+    let _task = projector.spawn(following);
+    append_other(&log, "other-x", 1).await?;
+    assert!(
+        projector.wait_for(head + 1, Duration::from_secs(5)).await,
+        "waiting for an event left out ends once the log is read past it"
+    );
+    append(&log, "counter-b", &[10]).await?;
+    assert!(projector.wait_for(head + 2, Duration::from_secs(5)).await);
+    assert_eq!(
+        dump(&projector).await?,
+        vec![
+            ("counter-a".to_owned(), 3, 6),
+            ("counter-b".to_owned(), 1, 10)
+        ]
+    );
+    drop(_task);
+    drop(projector);
+
+    // A restart resumes after the stored checkpoint: nothing is read again.
+    append_other(&log, "other-x", 3).await?;
+    let (again, _following, catch_up) =
+        Projector::open(&as_log(&log), &options, CountedOnly).await?;
+    assert_eq!(
+        catch_up.opened,
+        Opened::Resumed {
+            checkpoint: head + 2
+        }
+    );
+    assert_eq!(catch_up.applied, 0, "{catch_up:?}");
+    assert_eq!((catch_up.read, catch_up.events), (0, 3), "{catch_up:?}");
+    assert_eq!(again.applied(), head + 5);
+    Ok(())
+}

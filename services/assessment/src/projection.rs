@@ -263,6 +263,10 @@ impl Projection for AssessmentView {
             || (stream.starts_with(SLOT_PREFIX) && SlotEvent::TYPES.contains(&event_type))
     }
 
+    fn event_types(&self) -> Option<Vec<&'static str>> {
+        Some([AssessmentEvent::TYPES, SlotEvent::TYPES].concat())
+    }
+
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
         if let Some(referral_id) = id_after(&envelope.stream_id, EPISODE_PREFIX) {
             Self::apply_episode(tx, envelope, referral_id)

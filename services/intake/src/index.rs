@@ -21,6 +21,9 @@ use uuid::Uuid;
 #[derive(Debug, Default)]
 pub struct RequestIndex;
 
+/// The events the index folds.
+const EVENT_TYPES: &[&str] = &["ReferralReceived", "ReferralCancelled"];
+
 impl Projection for RequestIndex {
     const NAME: &'static str = "intake-index";
     const VERSION: u32 = 1;
@@ -32,7 +35,11 @@ impl Projection for RequestIndex {
     ";
 
     fn wants(&self, envelope: &Envelope) -> bool {
-        envelope.event_type == "ReferralReceived" || envelope.event_type == "ReferralCancelled"
+        EVENT_TYPES.contains(&envelope.event_type.as_str())
+    }
+
+    fn event_types(&self) -> Option<Vec<&'static str>> {
+        Some(EVENT_TYPES.to_vec())
     }
 
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {

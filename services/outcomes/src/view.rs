@@ -105,6 +105,10 @@ impl Projection for OutcomesView {
             && OutcomeEvent::TYPES.contains(&envelope.event_type.as_str())
     }
 
+    fn event_types(&self) -> Option<Vec<&'static str>> {
+        Some(OutcomeEvent::TYPES.to_vec())
+    }
+
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
         let Some(referral_id) = referral_of(&envelope.stream_id) else {
             return Ok(());

@@ -72,6 +72,10 @@ impl Projection for WaitingList {
             && SchedulingEvent::TYPES.contains(&envelope.event_type.as_str())
     }
 
+    fn event_types(&self) -> Option<Vec<&'static str>> {
+        Some(SchedulingEvent::TYPES.to_vec())
+    }
+
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
         let Some(referral_id) = episode_id(&envelope.stream_id) else {
             return Ok(());
