@@ -883,11 +883,13 @@ fn check_k8s(
         .and_then(|p| p.parse().ok());
 
     let mut topics_job = false;
-    // Pod labels and container ports (by number and name) of each Deployment.
+    // Pod labels and container ports (by number and name) of each workload
+    // (Deployment or StatefulSet).
+    let workload = |kind: &str| kind == "Deployment" || kind == "StatefulSet";
     let mut pods: Vec<(String, Labels, Ports)> = Vec::new();
     for o in objects
         .iter()
-        .filter(|o| o.kind == "Deployment" || o.kind == "Job")
+        .filter(|o| workload(&o.kind) || o.kind == "Job")
     {
         let template = &o.value["spec"]["template"];
         let pod = &template["spec"];
@@ -896,6 +898,13 @@ fn check_k8s(
             .into_iter()
             .flatten()
             .filter_map(|v| Some((str_of(&v["name"])?, v)))
+            .collect();
+        // A StatefulSet's claim templates: one persistent volume per instance.
+        let claims: BTreeSet<String> = o.value["spec"]["volumeClaimTemplates"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| str_of(&v["metadata"]["name"]))
             .collect();
         let mut pod_ports = BTreeMap::new();
         let Some(containers) = pod["containers"].as_sequence() else {
@@ -966,11 +975,17 @@ fn check_k8s(
                 }
             }
             let mut mount_paths = Vec::new();
+            let mut persistent_paths = Vec::new();
             for m in c["volumeMounts"].as_sequence().into_iter().flatten() {
                 let (Some(vname), Some(path)) = (str_of(&m["name"]), str_of(&m["mountPath"]))
                 else {
                     continue;
                 };
+                if claims.contains(&vname) {
+                    persistent_paths.push(path.clone());
+                    mount_paths.push(path);
+                    continue;
+                }
                 match volumes.get(&vname) {
                     None => problems.push(format!("{place}: mounts unknown volume {vname}")),
                     Some(v) => {
@@ -1017,14 +1032,19 @@ fn check_k8s(
                 env,
                 ports,
                 probes,
-                needs_liveness: o.kind == "Deployment",
+                needs_liveness: workload(&o.kind),
                 mount_paths,
             };
+            // Every long-running instance keeps its read models and its
+            // index of the topics on a persistent volume of its own.
+            if workload(&o.kind) {
+                check_state_dir(&place, &container.env, &persistent_paths, problems);
+            }
             let listening = container.check(image, binaries, problems);
             container.check_urls(&reachable, problems);
             container.check_files(problems);
-            if o.kind == "Deployment" && listening.is_some_and(|l| l.by_role.is_empty()) {
-                problems.push(format!("{place}: a Deployment whose binary serves nothing"));
+            if workload(&o.kind) && listening.is_some_and(|l| l.by_role.is_empty()) {
+                problems.push(format!("{place}: a {} whose binary serves nothing", o.kind));
             }
             if o.kind == "Job" && container.argv == ["mskflow", "topics", "create"] {
                 topics_job = true;
@@ -1057,14 +1077,20 @@ fn check_k8s(
         let selector = labels(&o.value["spec"]["selector"]["matchLabels"]);
         if selector.is_empty() || selector.iter().any(|(k, v)| pod_labels.get(k) != Some(v)) {
             problems.push(format!(
-                "{}: Deployment {}: selector {selector:?} does not match the pod labels {pod_labels:?}",
-                o.file, o.name
+                "{}: {} {}: selector {selector:?} does not match the pod labels {pod_labels:?}",
+                o.file, o.kind, o.name
             ));
         }
         let replicas = o.value["spec"]["replicas"].as_u64().unwrap_or(1);
         if partitions.is_some_and(|p| replicas > p) {
             problems.push(format!(
-                "{}: Deployment {}: {replicas} replicas but {partitions:?} partitions: the extra instances would idle",
+                "{}: {} {}: {replicas} replicas but {partitions:?} partitions: the extra instances would idle",
+                o.file, o.kind, o.name
+            ));
+        }
+        if o.kind == "StatefulSet" && str_of(&o.value["spec"]["serviceName"]).is_none() {
+            problems.push(format!(
+                "{}: StatefulSet {}: no serviceName",
                 o.file, o.name
             ));
         }
@@ -1074,7 +1100,7 @@ fn check_k8s(
         problems.push("deploy/k8s: no Job runs `mskflow topics create`".to_owned());
     }
 
-    // Every Service selects one Deployment and targets its ports.
+    // Every Service selects one workload and targets its ports.
     for s in of_kind("Service") {
         let selector = labels(&s.value["spec"]["selector"]);
         let matching: Vec<_> = pods
@@ -1085,7 +1111,7 @@ fn check_k8s(
             .collect();
         let [(_, _, ports)] = matching.as_slice() else {
             problems.push(format!(
-                "{}: Service {}: selector {selector:?} matches {} Deployments, expected 1",
+                "{}: Service {}: selector {selector:?} matches {} workloads, expected 1",
                 s.file,
                 s.name,
                 matching.len()
@@ -1105,6 +1131,31 @@ fn check_k8s(
                 problems.push(format!(
                     "{}: Service {}: targetPort {target:?} is no container port ({ports:?})",
                     s.file, s.name
+                ));
+            }
+        }
+    }
+}
+
+/// `MSKFLOW_STATE_DIR` of a Kubernetes workload's container must be set and
+/// lie on one of `persistent` (mount paths of its volume claim templates):
+/// on an `emptyDir`, or unset, every restart rebuilds the read models and
+/// reads every topic from offset 0; on a volume the instances share, the
+/// second instance is refused the file.
+fn check_state_dir(
+    place: &str,
+    env: &BTreeMap<String, Option<String>>,
+    persistent: &[String],
+    problems: &mut Vec<String>,
+) {
+    match env.get("MSKFLOW_STATE_DIR").cloned().flatten() {
+        None => problems.push(format!(
+            "{place}: no MSKFLOW_STATE_DIR: every restart would rebuild its read models from offset 0"
+        )),
+        Some(dir) => {
+            if !persistent.iter().any(|p| Path::new(&dir).starts_with(p)) {
+                problems.push(format!(
+                    "{place}: MSKFLOW_STATE_DIR {dir} is on no volume claim template (a persistent volume per instance)"
                 ));
             }
         }
@@ -1233,7 +1284,7 @@ fn mistakes_in_the_manifests_are_reported() -> TestResult {
                 "MSKFLOW_GATEWAY_AUTH_ISSUER",
                 "MSKFLOW_GATEWAY_ISSUER",
             ),
-            "deploy/k8s/gateway.yaml: Deployment mskflow-gateway, container gateway: MSKFLOW_GATEWAY_ISSUER",
+            "deploy/k8s/gateway.yaml: StatefulSet mskflow-gateway, container gateway: MSKFLOW_GATEWAY_ISSUER",
         ),
         (
             "a container port that differs from the listening address",
@@ -1243,13 +1294,13 @@ fn mistakes_in_the_manifests_are_reported() -> TestResult {
                 "containerPort: 50051",
                 "containerPort: 50061",
             ),
-            "deploy/k8s/intake.yaml: Deployment mskflow-intake, container intake: declares ports",
+            "deploy/k8s/intake.yaml: StatefulSet mskflow-intake, container intake: declares ports",
         ),
         (
             "a probe on the wrong path",
             compose.clone(),
             edit("outcomes.yaml", "path: /health/ready", "path: /ready"),
-            "deploy/k8s/outcomes.yaml: Deployment mskflow-outcomes, container outcomes: readiness probe",
+            "deploy/k8s/outcomes.yaml: StatefulSet mskflow-outcomes, container outcomes: readiness probe",
         ),
         (
             "a Service aimed at a port nothing declares",
@@ -1261,7 +1312,27 @@ fn mistakes_in_the_manifests_are_reported() -> TestResult {
             "a Deployment without limits",
             compose.clone(),
             edit("assessment.yaml", "limits:", "limitz:"),
-            "deploy/k8s/assessment.yaml: Deployment mskflow-assessment, container assessment: no resources.limits",
+            "deploy/k8s/assessment.yaml: StatefulSet mskflow-assessment, container assessment: no resources.limits",
+        ),
+        (
+            "read models on a volume that does not outlive the pod",
+            compose.clone(),
+            edit(
+                "scheduling.yaml",
+                "value: /var/lib/mskflow/state",
+                "value: /tmp/state",
+            ),
+            "deploy/k8s/scheduling.yaml: StatefulSet mskflow-scheduling, container scheduling: MSKFLOW_STATE_DIR /tmp/state is on no volume claim template",
+        ),
+        (
+            "an instance without a state directory",
+            compose.clone(),
+            edit(
+                "outcomes.yaml",
+                "name: MSKFLOW_STATE_DIR",
+                "name: MSKFLOW_STATE",
+            ),
+            "deploy/k8s/outcomes.yaml: StatefulSet mskflow-outcomes, container outcomes: no MSKFLOW_STATE_DIR",
         ),
         (
             "a JWKS file the Secret does not hold",
