@@ -71,6 +71,18 @@ pub struct Views {
 }
 
 impl Views {
+    /// Every event type [`Views::apply`] folds; it ignores the others.
+    pub fn event_types() -> Vec<&'static str> {
+        [
+            SubscriptionEvent::TYPES,
+            AssessmentEvent::TYPES,
+            DeliveryEvent::TYPES,
+            SchedulingEvent::TYPES,
+            IntakeEvent::TYPES,
+        ]
+        .concat()
+    }
+
     /// Apply one event. Returns whether it changed anything. Events of other
     /// services are ignored; events already applied are skipped.
     pub fn apply(&mut self, envelope: &Envelope) -> Result<bool, Error> {

@@ -255,3 +255,35 @@ fn subscriptions_replay_idempotently_and_match_only_their_organisation()
     assert!(!off.matches(&referral), "an off subscription hears nothing");
     Ok(())
 }
+
+/// The types the log may leave out of the views' subscription are exactly
+/// those `apply` ignores: an event of any other type changes nothing, even
+/// with a payload that would not decode, and every type `apply` folds is
+/// named.
+#[test]
+fn the_event_types_named_are_the_ones_applied() -> Result<(), Box<dyn std::error::Error>> {
+    let named = Views::event_types();
+    let mut views = Views::default();
+    for e in &log()? {
+        assert!(named.contains(&e.event_type.as_str()), "{}", e.event_type);
+        views.apply(e)?;
+    }
+    let before = views.clone();
+    let others = [
+        mskflow_events::outcomes::OutcomeEvent::TYPES,
+        mskflow_events::audit::AuditEvent::TYPES,
+        mskflow_events::operations::OperationsEvent::TYPES,
+        mskflow_events::subscription::SubscriptionStatusEvent::TYPES,
+    ]
+    .concat();
+    for (n, event_type) in others.iter().enumerate() {
+        assert!(!named.contains(event_type), "{event_type}");
+        let mut e = log()?.remove(0);
+        e.event_type = (*event_type).to_owned();
+        e.payload = serde_json::json!({ "not": "this type's payload" });
+        e.position = 1_000 + n as u64;
+        assert!(!views.apply(&e)?, "{event_type} changed the views");
+    }
+    assert_eq!(views, before);
+    Ok(())
+}
