@@ -289,14 +289,82 @@ pub fn json_error_reason(e: &serde_json::Error) -> String {
 }
 
 /// Decode an envelope's payload back into an adjacently tagged enum `T`.
+///
+/// The payload is read where it is, not copied: `T` sees the map
+/// `{"type": <event_type>, "data": <payload>}` without it being built (a
+/// `ReferralReceived` carries the whole FHIR message, and each of its
+/// consumers decodes it).
 pub fn decode<T: serde::de::DeserializeOwned>(envelope: &Envelope) -> Result<T, serde_json::Error> {
-    let mut map = serde_json::Map::with_capacity(2);
-    map.insert(
-        "type".to_owned(),
-        serde_json::Value::String(envelope.event_type.clone()),
-    );
-    map.insert("data".to_owned(), envelope.payload.clone());
-    serde_json::from_value(serde_json::Value::Object(map))
+    T::deserialize(Tagged {
+        event_type: &envelope.event_type,
+        payload: &envelope.payload,
+    })
+}
+
+/// An event type and its payload, deserialised as the adjacently tagged map
+/// `{"type": .., "data": ..}`.
+struct Tagged<'a> {
+    event_type: &'a str,
+    payload: &'a serde_json::Value,
+}
+
+impl<'de, 'a: 'de> serde::Deserializer<'de> for Tagged<'a> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_map(TaggedMap {
+            tagged: self,
+            next: 0,
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+/// The two entries of [`Tagged`], in order.
+struct TaggedMap<'a> {
+    tagged: Tagged<'a>,
+    next: u8,
+}
+
+impl<'de, 'a: 'de> serde::de::MapAccess<'de> for TaggedMap<'a> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        use serde::de::IntoDeserializer as _;
+        let key = match self.next {
+            0 => "type",
+            1 => "data",
+            _ => return Ok(None),
+        };
+        seed.deserialize(key.into_deserializer()).map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        use serde::de::IntoDeserializer as _;
+        self.next += 1;
+        match self.next {
+            1 => seed.deserialize(self.tagged.event_type.into_deserializer()),
+            _ => seed.deserialize(self.tagged.payload),
+        }
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(2_usize.saturating_sub(usize::from(self.next)))
+    }
 }
 
 #[cfg(test)]
@@ -330,6 +398,59 @@ mod tests {
             payload: ev.payload,
         };
         assert_eq!(decode::<Sample>(&env)?, Sample::Happened { n: 7 });
+
+        // Decoded in place, it fails where the map built in full fails.
+        let built = |env: &Envelope| {
+            serde_json::from_value::<Sample>(serde_json::json!({
+                "type": env.event_type, "data": env.payload
+            }))
+        };
+        let mut other = env.clone();
+        other.event_type = "Unheard".into();
+        assert!(decode::<Sample>(&other).is_err() && built(&other).is_err());
+        let mut wrong = env.clone();
+        wrong.payload = serde_json::json!({"n": "seven"});
+        assert!(decode::<Sample>(&wrong).is_err() && built(&wrong).is_err());
+        wrong.payload = serde_json::Value::Null;
+        assert!(decode::<Sample>(&wrong).is_err() && built(&wrong).is_err());
+        Ok(())
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    enum Shapes {
+        Unit,
+        Tuple(u8, String),
+        Nested { inner: Vec<Option<Sample>> },
+    }
+
+    #[test]
+    fn decode_in_place_equals_decode_of_the_built_map() -> Result<(), serde_json::Error> {
+        for shape in [
+            Shapes::Unit,
+            Shapes::Tuple(3, "x".into()),
+            Shapes::Nested {
+                inner: vec![None, Some(Sample::Happened { n: 1 })],
+            },
+        ] {
+            let ev = new_event(&shape, 1, Utc::now())?;
+            let env = Envelope {
+                event_id: ev.event_id,
+                stream_id: "s".into(),
+                sequence: 1,
+                position: 1,
+                occurred_at: ev.occurred_at,
+                recorded_at: ev.occurred_at,
+                causation_id: None,
+                correlation_id: Uuid::nil(),
+                traceparent: None,
+                tracestate: None,
+                event_type: ev.event_type,
+                schema_version: 1,
+                payload: ev.payload,
+            };
+            assert_eq!(decode::<Shapes>(&env)?, shape);
+        }
         Ok(())
     }
 }
