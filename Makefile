@@ -29,10 +29,13 @@ fuzz:
 broker:
 	scripts/kafka-broker.sh install
 
-## The headless browser the dashboard test drives (chromium-headless-shell
-## from Debian; MSKFLOW_BROWSER overrides).
+## The headless browser the dashboard and self-referral tests drive
+## (chromium-headless-shell from Debian; MSKFLOW_BROWSER overrides), and
+## axe-core (npm, into ~/.cache/mskflow/axe-core; MSKFLOW_AXE overrides),
+## the accessibility checker the self-referral test runs in each page.
 browser:
 	scripts/headless-browser.sh install
+	scripts/axe-core.sh install
 
 ## Dependency policy (deny.toml): licences, bans, sources; advisories when
 ## the RustSec database is reachable.

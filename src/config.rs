@@ -66,6 +66,60 @@ pub struct Gateway {
     pub auth: Auth,
     /// HTTPS on the gateway's listener; plain HTTP when unset.
     pub tls: Tls,
+    /// Patient self-referral: the area served and its GP practices.
+    #[serde(default)]
+    pub self_referral: SelfReferral,
+}
+
+/// `[gateway.self_referral]`: who may refer themselves (the web form at
+/// `/self-referral`, the call handlers' form at `/self-referral/telephone`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfReferral {
+    /// The area's name, shown to people ("registered with a GP practice in
+    /// {area}").
+    pub area: String,
+    /// The area's GP practices: ODS code to the name people know it by.
+    pub practices: std::collections::BTreeMap<String, String>,
+    /// Youngest age served.
+    pub min_age: u32,
+    /// Requests per client (IP address) per minute.
+    pub requests_per_minute: u32,
+}
+
+impl Default for SelfReferral {
+    fn default() -> Self {
+        let defaults = mskflow_gateway::selfref::Options::default();
+        Self {
+            area: defaults.area.name.clone(),
+            practices: defaults
+                .area
+                .practices
+                .iter()
+                .map(|p| (p.ods.as_str().to_owned(), p.name.clone()))
+                .collect(),
+            min_age: defaults.area.min_age,
+            requests_per_minute: defaults.requests_per_minute,
+        }
+    }
+}
+
+impl SelfReferral {
+    /// The gateway's options; a practice code that is not an ODS code is
+    /// refused.
+    pub fn options(
+        &self,
+    ) -> Result<mskflow_gateway::selfref::Options, mskflow_selfreferral::Error> {
+        let practices: Vec<(String, String)> = self
+            .practices
+            .iter()
+            .map(|(c, n)| (c.clone(), n.clone()))
+            .collect();
+        Ok(mskflow_gateway::selfref::Options {
+            area: mskflow_selfreferral::Area::new(&self.area, &practices, self.min_age)?,
+            requests_per_minute: self.requests_per_minute,
+        })
+    }
 }
 
 /// `[gateway.tls]`: HTTPS (and optionally mutual TLS) on the gateway's
@@ -243,6 +297,7 @@ impl Default for Config {
                 max_view_lag: 10_000,
                 auth: Auth::default(),
                 tls: Tls::default(),
+                self_referral: SelfReferral::default(),
             },
             intake: Intake {
                 grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),

@@ -141,6 +141,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             analytics_imd: Some(analyst_stream.context.imd.clone()),
             analyst_stream: Some(analyst_stream),
             projections: Some(projections.clone()),
+            self_referral: config.gateway.self_referral.options()?,
         },
         log.clone(),
     )

@@ -185,7 +185,7 @@ async fn export_is_pseudonymised_valid_and_stable() -> TestResult {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect::<BTreeSet<_>>();
     assert!(views.contains("waits-by-imd_decile.parquet"), "{views:?}");
-    assert_eq!(views.len(), 2 * 4 * 5, "{views:?}");
+    assert_eq!(views.len(), 2 * 4 * 6, "{views:?}");
 
     // Without a secret the export refuses to run.
     let refused = export_command(&app)

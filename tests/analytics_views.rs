@@ -767,7 +767,7 @@ async fn views_count_waits_outcomes_dnas_and_conversions() -> TestResult {
         std::fs::read_to_string(views_dir.join("conversion-by-imd_decile.csv"))?,
         expected
     );
-    assert_eq!(std::fs::read_dir(&views_dir)?.count(), 4 * 5);
+    assert_eq!(std::fs::read_dir(&views_dir)?.count(), 4 * 6);
     let waits = std::fs::read_to_string(views_dir.join("waits.csv"))?;
     assert!(
         waits.contains("referral-to-first-contact,4,8.0,12\n"),

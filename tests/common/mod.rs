@@ -3,6 +3,7 @@
 
 #![allow(dead_code, reason = "each test binary uses a subset")]
 
+pub mod browser;
 pub mod fhir_validator;
 pub mod kafka;
 pub mod receiver;

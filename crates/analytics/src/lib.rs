@@ -273,6 +273,10 @@ pub struct PatientAttributes {
     pub ethnicity_code: Option<String>,
     pub imd_decile: Option<u8>,
     pub practice_ods: Option<String>,
+    /// How the referral came in (`received_via`: `process-message`,
+    /// `service-request-create`, `self-referral`, `telephone`).
+    #[serde(default)]
+    pub route: Option<String>,
 }
 
 impl PatientAttributes {
@@ -293,6 +297,7 @@ impl PatientAttributes {
             ethnicity_code: patient.ethnicity.as_ref().map(|c| c.code.clone()),
             imd_decile: patient.postcode.as_deref().and_then(|p| ctx.imd.decile(p)),
             practice_ods: practice.map(|o| o.as_str().to_owned()),
+            route: Some(received.referral.received_via.code().to_owned()),
         }
     }
 }
@@ -372,8 +377,14 @@ pub struct AnalystEvent {
     /// deprived).
     #[schemars(range(min = 1, max = 10))]
     pub imd_decile: Option<u8>,
-    /// ODS code of the referring organisation.
+    /// ODS code of the referring organisation (for a self-referral, the
+    /// patient's GP practice).
     pub practice_ods: Option<String>,
+    /// How the referral came in: `process-message`, `service-request-create`
+    /// (clinical systems), `self-referral` (the patient's web form) or
+    /// `telephone` (a call handler).
+    #[serde(default)]
+    pub route: Option<String>,
     /// The event's analytical fields only (an allow-list per event type).
     pub data: Value,
 }
@@ -641,6 +652,7 @@ pub fn to_analyst_event(
         ethnicity_code: attrs.ethnicity_code,
         imd_decile: attrs.imd_decile,
         practice_ods: attrs.practice_ods,
+        route: attrs.route,
         data: reduce(payload, keep),
     })
 }
@@ -659,6 +671,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "ethnicity_code",
     "imd_decile",
     "practice_ods",
+    "route",
     "data",
 ];
 
@@ -694,6 +707,7 @@ impl AnalystEvent {
             opt(&self.ethnicity_code),
             self.imd_decile.map(|d| d.to_string()).unwrap_or_default(),
             opt(&self.practice_ods),
+            opt(&self.route),
             self.data.to_string(),
         ];
         let mut out = String::new();

@@ -26,6 +26,7 @@
 //! | `ethnicity_code`    | `BYTE_ARRAY` `STRING`                     | yes   |
 //! | `imd_decile`        | `INT32` (1 = most deprived)               | yes   |
 //! | `practice_ods`      | `BYTE_ARRAY` `STRING`                     | yes   |
+//! | `route`             | `BYTE_ARRAY` `STRING`                     | yes   |
 //! | `data`              | `BYTE_ARRAY` `JSON` (the analytical fields) | no  |
 //!
 //! The meaning of each column is that of the field of the same name in
@@ -79,6 +80,7 @@ pub const EVENT_SCHEMA: &str = "message analyst_event {
   optional binary ethnicity_code (STRING);
   optional int32 imd_decile;
   optional binary practice_ods (STRING);
+  optional binary route (STRING);
   required binary data (JSON);
 }";
 
@@ -139,6 +141,7 @@ struct EventColumns {
     ethnicity_code: Optional<ByteArray>,
     imd_decile: Optional<i32>,
     practice_ods: Optional<ByteArray>,
+    route: Optional<ByteArray>,
     data: Vec<ByteArray>,
 }
 
@@ -167,6 +170,7 @@ impl EventColumns {
             .push(opt_text(e.ethnicity_code.as_ref()));
         self.imd_decile.push(e.imd_decile.map(i32::from));
         self.practice_ods.push(opt_text(e.practice_ods.as_ref()));
+        self.route.push(opt_text(e.route.as_ref()));
         self.data.push(text(&e.data.to_string()));
         self.rows += 1;
     }
@@ -186,6 +190,7 @@ impl EventColumns {
         optional::<ByteArrayType>(&mut group, &self.ethnicity_code)?;
         optional::<Int32Type>(&mut group, &self.imd_decile)?;
         optional::<ByteArrayType>(&mut group, &self.practice_ods)?;
+        optional::<ByteArrayType>(&mut group, &self.route)?;
         column::<ByteArrayType>(&mut group, &self.data, None)?;
         group.close()?;
         Ok(())
@@ -206,6 +211,7 @@ impl EventColumns {
         self.ethnicity_code.clear();
         self.imd_decile.clear();
         self.practice_ods.clear();
+        self.route.clear();
         self.data.clear();
     }
 }

@@ -45,6 +45,10 @@ fn event(i: usize) -> AnalystEvent {
         ethnicity_code: some(6, ["A", "B", "Z", "S"][i % 4].to_owned()),
         imd_decile: (!i.is_multiple_of(11)).then_some((i % 10) as u8 + 1),
         practice_ods: some(9, format!("Y{:05}", i % 97)),
+        route: some(
+            3,
+            ["process-message", "self-referral", "telephone"][i % 3].to_owned(),
+        ),
         data: json!({
             "priority": (["routine", "urgent"][i % 2]),
             "rule_id": format!("R-{i}"),
@@ -79,6 +83,7 @@ fn expected_row(e: &AnalystEvent) -> Row {
         e.imd_decile
             .map_or(Field::Null, |d| Field::Int(i32::from(d))),
         opt_text(e.practice_ods.as_ref()),
+        opt_text(e.route.as_ref()),
         text(&e.data.to_string()),
     ];
     crate::CSV_COLUMNS

@@ -606,6 +606,7 @@ mod tests {
                 ethnicity_code: None,
                 imd_decile: Some(3),
                 practice_ods: None,
+                route: Some("self-referral".to_owned()),
                 data: serde_json::json!({"priority": "routine"}),
             })
             .collect()

@@ -59,7 +59,8 @@ fn load(conn: &Connection, referral_id: Uuid) -> Result<Option<ReferralFacts>, A
 
 impl Projection for AnalyticsFacts {
     const NAME: &'static str = "analytics-facts";
-    const VERSION: u32 = 1;
+    /// 2: the facts carry the referral's route (`received_via`).
+    const VERSION: u32 = 2;
     const SCHEMA: &'static str = "
         CREATE TABLE facts (
             referral_id BLOB PRIMARY KEY,

@@ -46,7 +46,8 @@
 //! # Splits
 //!
 //! Every view can be split by [`Split`]: none, IMD decile, ethnic category,
-//! sex or age band (at referral). A referral whose attribute is not recorded
+//! sex, age band (at referral) or route (how the referral came in: clinical
+//! systems, self-referral, telephone). A referral whose attribute is not recorded
 //! falls in the group `unknown`.
 //!
 //! # Small numbers
@@ -89,6 +90,9 @@ pub enum Split {
     Sex,
     /// Age band at referral.
     AgeBand,
+    /// How the referral came in (`received_via`): clinical systems,
+    /// `self-referral` or `telephone`.
+    Route,
 }
 
 impl Split {
@@ -98,6 +102,7 @@ impl Split {
         Split::Ethnicity,
         Split::Sex,
         Split::AgeBand,
+        Split::Route,
     ];
 
     /// The query-string code (`imd_decile`), which is also the name of the
@@ -109,6 +114,7 @@ impl Split {
             Split::Ethnicity => "ethnicity",
             Split::Sex => "sex",
             Split::AgeBand => "age_band",
+            Split::Route => "route",
         }
     }
 
@@ -128,6 +134,7 @@ impl Split {
             Split::Ethnicity => attrs.ethnicity_code.clone(),
             Split::Sex => attrs.sex.clone(),
             Split::AgeBand => attrs.age_band.clone(),
+            Split::Route => attrs.route.clone(),
         };
         Some(
             value

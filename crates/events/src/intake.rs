@@ -118,6 +118,38 @@ pub struct ReferralDetails {
     pub fhir_json: String,
 }
 
+/// Namespace of referral ids (UUIDv5). Never change it: referral ids of
+/// recorded referrals are derived from it.
+pub const REFERRAL_ID_NAMESPACE: Uuid = Uuid::from_u128(0x8a1f_3c52_6d0e_4b7a_9e21_5f6c_0d3b_7e94);
+
+/// The referral id a submission maps to.
+///
+/// With a `ServiceRequest.identifier`, the id is derived from the sender's ODS
+/// code (or `unknown`), the identifier system and value, so the same referral
+/// sent twice maps to the same id. Without one, it is derived from the request
+/// id, so a retried request maps to the same id.
+pub fn referral_id(request_id: Uuid, details: &ReferralDetails) -> Uuid {
+    match &details.service_request_identifier {
+        Some(identifier) => referral_id_of(details.sender.ods_code.as_ref(), identifier),
+        None => Uuid::new_v5(
+            &REFERRAL_ID_NAMESPACE,
+            format!("request\u{1f}{request_id}").as_bytes(),
+        ),
+    }
+}
+
+/// The referral id of a referral sent by `sender` with this
+/// `ServiceRequest.identifier` (see [`referral_id`]).
+pub fn referral_id_of(sender: Option<&OdsCode>, identifier: &Identifier) -> Uuid {
+    let name = format!(
+        "service-request\u{1f}{}\u{1f}{}\u{1f}{}",
+        sender.map_or("unknown", |c| c.as_str()),
+        identifier.system.as_deref().unwrap_or(""),
+        identifier.value
+    );
+    Uuid::new_v5(&REFERRAL_ID_NAMESPACE, name.as_bytes())
+}
+
 /// A referral was received and recorded, exactly as sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ReferralReceived {

@@ -14,6 +14,7 @@ pub mod intake;
 pub mod operations;
 pub mod outcomes;
 pub mod scheduling;
+pub mod selfreferral;
 pub mod subscription;
 pub mod types;
 
@@ -42,6 +43,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
     all.extend(operations::schemas());
     all.extend(audit::schemas());
     all.extend(subscription::schemas());
+    all.extend(selfreferral::schemas());
     all
 }
 

@@ -186,6 +186,7 @@ macro_rules! code_enum {
         }
     };
 }
+pub(crate) use code_enum;
 
 code_enum!(
     /// Red-flag findings a referrer can record (code system
@@ -298,6 +299,10 @@ code_enum!(
     ReceivedVia, "received via" {
         ProcessMessage = "process-message",
         ServiceRequestCreate = "service-request-create",
+        /// The patient's own web form (`/self-referral`).
+        SelfReferral = "self-referral",
+        /// The same questions asked by a call handler (`/self-referral/telephone`).
+        Telephone = "telephone",
     }
 );
 

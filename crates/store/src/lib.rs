@@ -303,6 +303,7 @@ mod tests {
             ethnicity_code: None,
             imd_decile: None,
             practice_ods: None,
+            route: None,
             data: serde_json::json!({}),
         }
     }

@@ -16,6 +16,7 @@ pub mod notify;
 pub mod projection;
 pub mod render;
 pub mod search;
+pub mod selfref;
 pub mod sent;
 pub mod state;
 pub mod subscription;
@@ -71,6 +72,9 @@ pub struct Options {
     /// facts, the notification worker's subscriptions and counters); a
     /// temporary directory, rebuilt at each start, when `None`.
     pub projections: Option<mskflow_projection::Options>,
+    /// Patient self-referral (web form, telephone): the area served, the
+    /// rate limit.
+    pub self_referral: selfref::Options,
 }
 
 /// Where the analysts' stream goes and how it is pseudonymised.
@@ -97,6 +101,7 @@ impl Default for Options {
             analyst_stream: None,
             analytics_imd: None,
             projections: None,
+            self_referral: selfref::Options::default(),
         }
     }
 }
@@ -273,14 +278,19 @@ impl Service {
             self.options.projections.clone(),
         ));
         let analytics_data = web::Data::from(analytics_store.clone());
+        let selfref_data = web::Data::new(selfref::SelfReferral::new(
+            self.options.self_referral.clone(),
+        ));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(authenticator.clone())
                 .app_data(recorder.clone())
                 .app_data(analytics_data.clone())
+                .app_data(selfref_data.clone())
                 .wrap(middleware::from_fn(http::observe))
                 .configure(analytics::configure)
+                .configure(selfref::configure)
                 .configure(http::configure)
         })
         .workers(self.options.workers.max(1))

@@ -58,6 +58,13 @@ struct Args {
     /// ODS codes of provider organisations (may read every referral).
     #[arg(long, env = "MSKFLOW_GATEWAY_AUTH_PROVIDER_ODS", value_delimiter = ',')]
     auth_provider_ods: Vec<String>,
+    /// Self-referral: the area's name, shown to people.
+    #[arg(long, env = "MSKFLOW_SELF_REFERRAL_AREA")]
+    self_referral_area: Option<String>,
+    /// Self-referral: the area's GP practices, `ODS=Name` (comma-separated
+    /// in the environment variable).
+    #[arg(long, env = "MSKFLOW_SELF_REFERRAL_PRACTICES", value_delimiter = ',')]
+    self_referral_practice: Vec<String>,
     /// PEM certificate chain for HTTPS; the listener serves HTTPS only when
     /// set (with --tls-key-file).
     #[arg(long, env = "MSKFLOW_GATEWAY_TLS_CERT_FILE")]
@@ -146,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
             analyst_stream,
             analytics_imd,
             projections: Some(store.projections.clone()),
+            self_referral: self_referral(&args.self_referral_area, &args.self_referral_practice)?,
             ..Default::default()
         },
         store.log.clone(),
@@ -193,4 +201,37 @@ fn analyst_stream(
         }),
         Some(imd),
     ))
+}
+
+/// The self-referral options: the defaults, with the area and practices
+/// given on the command line.
+fn self_referral(
+    area: &Option<String>,
+    practices: &[String],
+) -> anyhow::Result<mskflow_gateway::selfref::Options> {
+    let mut options = mskflow_gateway::selfref::Options::default();
+    if practices.is_empty() && area.is_none() {
+        return Ok(options);
+    }
+    let pairs = practices
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(c, n)| (c.trim().to_owned(), n.trim().to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("--self-referral-practice {p}: expected ODS=Name"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let name = area.clone().unwrap_or_else(|| options.area.name.clone());
+    let pairs = if pairs.is_empty() {
+        options
+            .area
+            .practices
+            .iter()
+            .map(|p| (p.ods.as_str().to_owned(), p.name.clone()))
+            .collect()
+    } else {
+        pairs
+    };
+    options.area = mskflow_selfreferral::Area::new(&name, &pairs, options.area.min_age)?;
+    Ok(options)
 }

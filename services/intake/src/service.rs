@@ -15,36 +15,11 @@ use crate::domain::{self, Command, DomainError, ReferralState};
 use crate::index::{self, Overlay, RequestIndex};
 use crate::rules::RuleSet;
 
-/// Namespace of referral ids (UUIDv5). Never change it: referral ids of
-/// recorded referrals are derived from it.
-pub const REFERRAL_ID_NAMESPACE: Uuid = Uuid::from_u128(0x8a1f_3c52_6d0e_4b7a_9e21_5f6c_0d3b_7e94);
+pub use mskflow_events::intake::{REFERRAL_ID_NAMESPACE, referral_id};
 
 /// The stream of one referral.
 pub fn stream_id(referral_id: Uuid) -> String {
     format!("referral-{referral_id}")
-}
-
-/// The referral id a submission maps to.
-///
-/// With a `ServiceRequest.identifier`, the id is derived from the sender's ODS
-/// code (or `unknown`), the identifier system and value, so the same referral
-/// sent twice maps to the same id. Without one, it is derived from the request
-/// id, so a retried request maps to the same id.
-pub fn referral_id(request_id: Uuid, details: &ReferralDetails) -> Uuid {
-    let name = match &details.service_request_identifier {
-        Some(identifier) => format!(
-            "service-request\u{1f}{}\u{1f}{}\u{1f}{}",
-            details
-                .sender
-                .ods_code
-                .as_ref()
-                .map_or("unknown", |c| c.as_str()),
-            identifier.system.as_deref().unwrap_or(""),
-            identifier.value
-        ),
-        None => format!("request\u{1f}{request_id}"),
-    };
-    Uuid::new_v5(&REFERRAL_ID_NAMESPACE, name.as_bytes())
 }
 
 /// A source of the current time.
