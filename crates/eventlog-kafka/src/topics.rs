@@ -113,7 +113,7 @@ impl TopicSettings {
             "scheduling"
         } else if stream_id.starts_with("outcomes-") {
             "outcomes"
-        } else if ["delivery-", "notify-", "audit-"]
+        } else if ["delivery-", "notify-", "audit-", "selfref-"]
             .iter()
             .any(|p| stream_id.starts_with(p))
         {
@@ -204,6 +204,10 @@ mod tests {
             "mskflow.outcomes.v1"
         );
         assert_eq!(t.topic_for_stream("audit-2026-11-23"), "mskflow.gateway.v1");
+        assert_eq!(
+            t.topic_for_stream(&format!("selfref-{id}")),
+            "mskflow.gateway.v1"
+        );
         assert_eq!(
             t.topic_for_stream("deadletter-scheduling"),
             "mskflow.deadletter.scheduling.v1"
