@@ -377,12 +377,9 @@ mod tests {
         Happened { n: u32 },
     }
 
-    #[test]
-    fn new_event_and_decode_round_trip() -> Result<(), serde_json::Error> {
-        let ev = new_event(&Sample::Happened { n: 7 }, 1, Utc::now())?;
-        assert_eq!(ev.event_type, "Happened");
-        assert_eq!(ev.payload, serde_json::json!({"n": 7}));
-        let env = Envelope {
+    /// `ev` as the store hands it back.
+    fn stored(ev: NewEvent) -> Envelope {
+        Envelope {
             event_id: ev.event_id,
             stream_id: "s".into(),
             sequence: 1,
@@ -396,7 +393,15 @@ mod tests {
             event_type: ev.event_type,
             schema_version: 1,
             payload: ev.payload,
-        };
+        }
+    }
+
+    #[test]
+    fn new_event_and_decode_round_trip() -> Result<(), serde_json::Error> {
+        let ev = new_event(&Sample::Happened { n: 7 }, 1, Utc::now())?;
+        assert_eq!(ev.event_type, "Happened");
+        assert_eq!(ev.payload, serde_json::json!({"n": 7}));
+        let env = stored(ev);
         assert_eq!(decode::<Sample>(&env)?, Sample::Happened { n: 7 });
 
         // Decoded in place, it fails where the map built in full fails.
@@ -434,21 +439,7 @@ mod tests {
             },
         ] {
             let ev = new_event(&shape, 1, Utc::now())?;
-            let env = Envelope {
-                event_id: ev.event_id,
-                stream_id: "s".into(),
-                sequence: 1,
-                position: 1,
-                occurred_at: ev.occurred_at,
-                recorded_at: ev.occurred_at,
-                causation_id: None,
-                correlation_id: Uuid::nil(),
-                traceparent: None,
-                tracestate: None,
-                event_type: ev.event_type,
-                schema_version: 1,
-                payload: ev.payload,
-            };
+            let env = stored(ev);
             assert_eq!(decode::<Shapes>(&env)?, shape);
         }
         Ok(())
