@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::area::Practice;
-use crate::form::{AboutYou, Problem};
+use crate::form::{AboutYou, Problem, Submission};
 use crate::questions::{self, DURATIONS, WORK};
 use crate::reference::Reference;
 
@@ -50,6 +50,21 @@ pub struct Referral<'a> {
     /// Absent when the form stopped at the red-flag questions.
     pub problem: Option<&'a Problem>,
     pub start_back: Option<StartBackAnswers>,
+}
+
+impl Submission {
+    /// The referral a completed form makes, by `route`.
+    pub fn referral<'a>(&'a self, route: ReceivedVia, reference: &'a Reference) -> Referral<'a> {
+        Referral {
+            route,
+            reference,
+            practice: &self.practice,
+            about: &self.about,
+            red_flags: &[],
+            problem: Some(&self.problem),
+            start_back: self.questionnaires.start_back_answers(),
+        }
+    }
 }
 
 /// The referral to submit to intake, sent at `at`.

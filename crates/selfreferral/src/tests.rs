@@ -285,18 +285,7 @@ fn the_referral_is_a_self_referral_with_the_same_id_intake_derives() -> TestResu
         .with_ymd_and_hms(2026, 12, 2, 9, 0, 0)
         .single()
         .ok_or("time")?;
-    let d = referral_details(
-        &Referral {
-            route: ReceivedVia::SelfReferral,
-            reference: &reference,
-            practice: &s.practice,
-            about: &s.about,
-            red_flags: &[],
-            problem: Some(&s.problem),
-            start_back: s.questionnaires.start_back_answers(),
-        },
-        at,
-    );
+    let d = referral_details(&s.referral(ReceivedVia::SelfReferral, &reference), at);
     assert_eq!(d.received_via, ReceivedVia::SelfReferral);
     assert_eq!(
         intake_referral_id(Uuid::new_v4(), &d),

@@ -74,15 +74,7 @@ pub(crate) async fn record(
             problem: None,
             start_back: None,
         },
-        Ending::Complete(s) => Referral {
-            route: route.via,
-            reference: &reference,
-            practice: &s.practice,
-            about: &s.about,
-            red_flags: &[],
-            problem: Some(&s.problem),
-            start_back: s.questionnaires.start_back_answers(),
-        },
+        Ending::Complete(s) => s.referral(route.via, &reference),
     };
     let details = referral_details(&referral, now);
     let correlation_id = Uuid::new_v5(&key, b"correlation");
