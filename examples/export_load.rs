@@ -90,7 +90,7 @@ fn journey(n: u64, nhs: &NhsNumber) -> anyhow::Result<Vec<(String, Vec<NewEvent>
             },
             service_request_identifier: None,
             patient: PatientDetails {
-                nhs_number: nhs.clone(),
+                nhs_number: Some(nhs.clone()),
                 family: Some("Example".to_owned()),
                 given: vec!["Pat".to_owned()],
                 birth_date: NaiveDate::from_ymd_opt(

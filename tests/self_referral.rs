@@ -434,8 +434,8 @@ async fn self_referral_by_web_form_and_telephone() -> TestResult {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
+    // The caller does not know their NHS number: it is optional.
     all.retain(|(k, _)| k != "nhs_number");
-    all.push(("nhs_number".to_owned(), "943 476 5919".to_owned()));
     all.extend(
         [
             ("body_area", "knee"),
@@ -470,7 +470,30 @@ async fn self_referral_by_web_form_and_telephone() -> TestResult {
         .ok_or("no telephone referral")?;
     assert_eq!(by_phone.taken_by.as_deref(), Some(TEST_CLIENT));
     assert_eq!(by_phone.start_back, None);
-    assert!(intake(&events).iter().any(|e| matches!(e, IntakeEvent::ReferralReceived(r) if r.referral.received_via.code() == "telephone")));
+    let phoned = intake(&events)
+        .into_iter()
+        .find_map(|e| match e {
+            IntakeEvent::ReferralReceived(r) if r.referral.received_via.code() == "telephone" => {
+                Some(r)
+            }
+            _ => None,
+        })
+        .ok_or("the telephone referral did not reach intake")?;
+    assert_eq!(phoned.referral.patient.nhs_number, None);
+    let events = events_when(&app, "the telephone referral's triage", |events| {
+        intake(events).iter().any(
+            |e| matches!(e, IntakeEvent::ReferralTriaged(t) if t.referral_id == phoned.referral_id),
+        )
+    })
+    .await?;
+    let triaged = intake(&events)
+        .into_iter()
+        .find_map(|e| match e {
+            IntakeEvent::ReferralTriaged(t) if t.referral_id == phoned.referral_id => Some(t),
+            _ => None,
+        })
+        .ok_or("not triaged")?;
+    assert_eq!(triaged.pathway.code(), "knee");
 
     // 7. Analysts see the route: waits split by it.
     let (status, waits) = get_json(&format!("{root}/analytics/waits?split=route")).await?;

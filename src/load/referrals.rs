@@ -517,7 +517,7 @@ mod tests {
             let parsed = mskflow_fhir::parse_process_message(&r.body)
                 .map_err(|e| format!("referral {i}: {}", e.operation_outcome()))
                 .unwrap();
-            nhs_numbers.insert(parsed.referral.patient.nhs_number.as_str().to_owned());
+            nhs_numbers.insert(parsed.referral.patient.nhs_number.map(String::from));
             assert_eq!(r.red_flag.is_some(), !parsed.referral.red_flags.is_empty());
             assert_eq!(r.start_back.is_some(), parsed.referral.start_back.is_some());
             if let (Some(risk), Some(answers)) = (r.start_back, parsed.referral.start_back) {

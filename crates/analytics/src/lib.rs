@@ -291,7 +291,10 @@ impl PatientAttributes {
             .and_then(|r| r.ods_code.as_ref())
             .or(received.referral.sender.ods_code.as_ref());
         Self {
-            patient_pseudonym: Some(ctx.pseudonymiser.pseudonym(&patient.nhs_number)),
+            patient_pseudonym: patient
+                .nhs_number
+                .as_ref()
+                .map(|n| ctx.pseudonymiser.pseudonym(n)),
             age_band: patient.birth_date.and_then(|b| age_band(b, on)),
             sex: patient.sex.map(|s| s.code().to_owned()),
             ethnicity_code: patient.ethnicity.as_ref().map(|c| c.code.clone()),
@@ -365,7 +368,8 @@ pub struct AnalystEvent {
     /// Absent for capacity events not tied to a referral.
     pub referral_key: Option<Uuid>,
     /// Keyed pseudonym of the patient (hex HMAC-SHA256 of the NHS number):
-    /// the same patient has the same pseudonym across referrals.
+    /// the same patient has the same pseudonym across referrals. Absent for
+    /// a self-referral that gave no NHS number.
     pub patient_pseudonym: Option<String>,
     /// Age band at referral: `0-15`, `16-24`, `25-34`, ... `85+`.
     pub age_band: Option<String>,

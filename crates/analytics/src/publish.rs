@@ -496,7 +496,7 @@ mod tests {
                 },
                 service_request_identifier: None,
                 patient: PatientDetails {
-                    nhs_number: NhsNumber::parse(NHS).unwrap(),
+                    nhs_number: Some(NhsNumber::parse(NHS).unwrap()),
                     family: Some(FAMILY.to_owned()),
                     given: vec!["Zebedeegiven".to_owned()],
                     birth_date: NaiveDate::from_ymd_opt(1961, 7, 23),

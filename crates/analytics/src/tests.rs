@@ -98,7 +98,7 @@ fn received() -> i::ReferralReceived {
                 value: "SENTINEL-sr-id".to_owned(),
             }),
             patient: PatientDetails {
-                nhs_number: NhsNumber::parse(NHS).unwrap(),
+                nhs_number: Some(NhsNumber::parse(NHS).unwrap()),
                 family: Some(FAMILY.to_owned()),
                 given: vec![GIVEN.to_owned()],
                 birth_date: Some(NaiveDate::parse_from_str(BIRTH_DATE, "%Y-%m-%d").unwrap()),

@@ -1110,7 +1110,7 @@ mod tests {
                 },
                 service_request_identifier: None,
                 patient: PatientDetails {
-                    nhs_number: NhsNumber::parse("9434765919").unwrap(),
+                    nhs_number: Some(NhsNumber::parse("9434765919").unwrap()),
                     family: Some("Family".to_owned()),
                     given: vec![],
                     birth_date: NaiveDate::from_ymd_opt(p.born.0, p.born.1, p.born.2),

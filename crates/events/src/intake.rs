@@ -43,7 +43,10 @@ pub struct Sender {
 /// inside the operational services.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PatientDetails {
-    pub nhs_number: NhsNumber,
+    /// Absent only when the patient referred themselves without giving it
+    /// (self-referral); a referral from a clinical system always has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nhs_number: Option<NhsNumber>,
     pub family: Option<String>,
     pub given: Vec<String>,
     pub birth_date: Option<NaiveDate>,

@@ -306,6 +306,14 @@ code_enum!(
     }
 );
 
+impl ReceivedVia {
+    /// Whether the patient referred themselves (web form or telephone): the
+    /// only routes on which the NHS number may be missing.
+    pub fn from_the_patient(self) -> bool {
+        matches!(self, ReceivedVia::SelfReferral | ReceivedVia::Telephone)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -492,7 +492,7 @@ fn patient(node: &Node<'_>, patient: &Patient, issues: &mut Issues) -> Option<Pa
             _ => None,
         });
     Some(PatientDetails {
-        nhs_number: nhs_number?,
+        nhs_number: Some(nhs_number?),
         family: name.and_then(|n| n.family.clone()),
         given: name
             .map(|n| n.given.iter().flatten().cloned().collect())

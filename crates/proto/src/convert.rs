@@ -83,7 +83,7 @@ impl From<ReferralDetails> for pb::Referral {
                 value: i.value,
             }),
             patient: Some(pb::Patient {
-                nhs_number: d.patient.nhs_number.into(),
+                nhs_number: d.patient.nhs_number.map(String::from).unwrap_or_default(),
                 family: d.patient.family,
                 given: d.patient.given,
                 birth_date: d
@@ -137,9 +137,21 @@ impl TryFrom<pb::Referral> for ReferralDetails {
             None => None,
         };
         let patient = r.patient.unwrap_or_default();
-        let nhs_number = NhsNumber::parse(&patient.nhs_number)
-            .map_err(|e| bad("Patient.identifier", e.to_string()))
-            .ok();
+        // Empty: the patient gave none, which only a self-referral may do.
+        let nhs_number = match patient.nhs_number.as_str() {
+            "" if received_via.is_some_and(ReceivedVia::from_the_patient) => Some(None),
+            "" => {
+                bad(
+                    "Patient.identifier",
+                    "an NHS number is required (only a self-referral may leave it out)".to_owned(),
+                );
+                None
+            }
+            n => NhsNumber::parse(n)
+                .map_err(|e| bad("Patient.identifier", e.to_string()))
+                .ok()
+                .map(Some),
+        };
         let birth_date = match patient.birth_date.as_deref() {
             Some(b) => NaiveDate::parse_from_str(b, "%Y-%m-%d")
                 .map_err(|e| bad("Patient.birthDate", format!("not a full date: {e}")))

@@ -97,7 +97,8 @@ impl Answers {
 pub struct AboutYou {
     pub given: String,
     pub family: String,
-    pub nhs_number: NhsNumber,
+    /// Optional (validated by modulus 11 when given).
+    pub nhs_number: Option<NhsNumber>,
     pub birth_date: NaiveDate,
     pub sex: Sex,
     pub postcode: String,
@@ -445,14 +446,10 @@ fn about_you(answers: &Answers, birth_date: NaiveDate) -> Result<AboutYou, Vec<F
     };
     let given = name("given", "first name", &mut errors);
     let family = name("family", "last name", &mut errors);
+    // Optional: when left out, the service finds it (a trace) before
+    // anything that needs it, such as a referral on to a hospital.
     let nhs_number = match answers.get("nhs_number").map(NhsNumber::parse) {
-        None => {
-            errors.push(error(
-                "nhs_number",
-                "Enter your NHS number. If you do not know it, call the service and we will find it for you",
-            ));
-            None
-        }
+        None => Some(None),
         Some(Err(_)) => {
             errors.push(error(
                 "nhs_number",
@@ -460,7 +457,7 @@ fn about_you(answers: &Answers, birth_date: NaiveDate) -> Result<AboutYou, Vec<F
             ));
             None
         }
-        Some(Ok(n)) => Some(n),
+        Some(Ok(n)) => Some(Some(n)),
     };
     let sex = choice(answers, "sex", SEX, "Select an answer", &mut errors);
     let postcode = answers.get("postcode").and_then(postcode);

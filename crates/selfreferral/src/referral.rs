@@ -177,10 +177,9 @@ fn service_request(
     if let Some(email) = &about.email {
         telecom.push(json!({"system": "email", "value": email}));
     }
-    let patient = json!({
+    let mut patient = json!({
         "resourceType": "Patient",
         "id": "patient",
-        "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": about.nhs_number.as_str()}],
         "name": [{"family": about.family, "given": [about.given]}],
         "gender": about.sex.code(),
         "birthDate": about.birth_date.to_string(),
@@ -191,6 +190,9 @@ fn service_request(
             "display": practice.name,
         }],
     });
+    if let Some(n) = &about.nhs_number {
+        patient["identifier"] = json!([{"system": NHS_NUMBER_SYSTEM, "value": n.as_str()}]);
+    }
     let mut sr = json!({
         "resourceType": "ServiceRequest",
         "contained": [patient],

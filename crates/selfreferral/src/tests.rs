@@ -105,6 +105,31 @@ fn nhs_numbers_are_checked_by_modulus_11() -> TestResult {
 }
 
 #[test]
+fn the_nhs_number_may_be_left_out() -> TestResult {
+    let mut blank = complete();
+    blank.0.remove("nhs_number");
+    let spaces = with(complete(), "nhs_number", "   ");
+    for answers in [blank, spaces] {
+        let Outcome::Complete(s) = decide(&area()?, &answers, Step::Questionnaires, today()) else {
+            return Err("not complete without an NHS number".into());
+        };
+        assert_eq!(s.about.nhs_number, None);
+        let reference = Reference::of_key(Uuid::from_u128(8));
+        let at = Utc
+            .with_ymd_and_hms(2026, 12, 2, 9, 0, 0)
+            .single()
+            .ok_or("time")?;
+        let d = referral_details(&s.referral(ReceivedVia::SelfReferral, &reference), at);
+        assert_eq!(d.patient.nhs_number, None);
+        let sr: serde_json::Value = serde_json::from_str(&d.fhir_json)?;
+        // No empty identifier array: FHIR arrays are absent or non-empty.
+        assert!(sr["contained"][0].get("identifier").is_none());
+        assert_eq!(sr["contained"][0]["birthDate"], "1980-03-27");
+    }
+    Ok(())
+}
+
+#[test]
 fn eligibility_needs_age_16_and_a_practice_in_the_area() -> TestResult {
     let a = area()?;
     let sixteenth = NaiveDate::from_ymd_opt(2010, 12, 2).ok_or("date")?;
@@ -291,7 +316,7 @@ fn the_referral_is_a_self_referral_with_the_same_id_intake_derives() -> TestResu
         intake_referral_id(Uuid::new_v4(), &d),
         referral_id(&reference)
     );
-    assert_eq!(d.patient.nhs_number, NhsNumber::parse("9434765919")?);
+    assert_eq!(d.patient.nhs_number, Some(NhsNumber::parse("9434765919")?));
     assert_eq!(d.reason[0].code, "279039007");
     assert_eq!(
         d.requester
@@ -303,6 +328,7 @@ fn the_referral_is_a_self_referral_with_the_same_id_intake_derives() -> TestResu
     let sr: serde_json::Value = serde_json::from_str(&d.fhir_json)?;
     assert_eq!(sr["resourceType"], "ServiceRequest");
     assert_eq!(sr["contained"][0]["birthDate"], "1980-03-27");
+    assert_eq!(sr["contained"][0]["identifier"][0]["value"], "9434765919");
     assert_eq!(sr["identifier"][0]["value"], reference.as_str());
     let flagged = referral_details(
         &Referral {

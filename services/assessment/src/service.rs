@@ -696,7 +696,7 @@ impl Assessment {
             if let IntakeEvent::ReferralReceived(r) =
                 decode::<IntakeEvent>(envelope).map_err(|e| Error::decode(envelope, &e))?
             {
-                return Ok(Some(r.referral.patient.nhs_number));
+                return Ok(r.referral.patient.nhs_number);
             }
         }
         Ok(None)

@@ -112,7 +112,7 @@ pub fn task(view: &ReferralView) -> Value {
         "intent": "order",
         "priority": view.details.requested_priority.code(),
         "focus": {"reference": format!("ServiceRequest/{id}")},
-        "for": {"identifier": {"system": NHS_NUMBER_SYSTEM, "value": view.details.patient.nhs_number.as_str()}},
+        "for": patient_reference(view),
         "authoredOn": instant(&view.created),
         "lastModified": instant(&view.task_last_updated()),
     });
@@ -239,15 +239,16 @@ pub fn service_request(view: &ReferralView) -> Value {
 /// Patient view's, `meta.versionId` and `meta.lastUpdated` say which referral
 /// carried it and when (other `meta` elements, such as profiles, are kept).
 pub fn patient(id: uuid::Uuid, version: usize, view: &ReferralView) -> Value {
-    let nhs_number = view.details.patient.nhs_number.as_str();
+    let nhs_number = view.details.patient.nhs_number.as_ref().map(|n| n.as_str());
     let mut patient = serde_json::from_str::<Value>(&view.details.fhir_json)
         .ok()
         .and_then(|sent| patient_as_sent(&sent, nhs_number))
-        .unwrap_or_else(|| {
-            json!({
+        .unwrap_or_else(|| match nhs_number {
+            Some(n) => json!({
                 "resourceType": "Patient",
-                "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": nhs_number}],
-            })
+                "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": n}],
+            }),
+            None => json!({"resourceType": "Patient"}),
         });
     patient["id"] = json!(id.to_string());
     if !patient["meta"].is_object() {
@@ -258,10 +259,24 @@ pub fn patient(id: uuid::Uuid, version: usize, view: &ReferralView) -> Value {
     patient
 }
 
+/// How a resource about the referral points at its patient: by NHS number,
+/// or, for a self-referral that gave none, by the `Patient` view of that
+/// referral (its id is the referral's).
+fn patient_reference(view: &ReferralView) -> Value {
+    match &view.details.patient.nhs_number {
+        Some(n) => json!({"identifier": {"system": NHS_NUMBER_SYSTEM, "value": n.as_str()}}),
+        None => json!({"reference": format!("Patient/{}", view.referral_id)}),
+    }
+}
+
 /// The Patient in a referral as sent (a Bundle's entries, a ServiceRequest's
-/// contained resources) whose NHS number is `nhs_number`.
-fn patient_as_sent(sent: &Value, nhs_number: &str) -> Option<Value> {
+/// contained resources) whose NHS number is `nhs_number`; with none, the
+/// first Patient (a self-referral carries only the person referring).
+fn patient_as_sent(sent: &Value, nhs_number: Option<&str>) -> Option<Value> {
     let is_the_patient = |r: &Value| {
+        let Some(nhs_number) = nhs_number else {
+            return r.get("resourceType").and_then(Value::as_str) == Some("Patient");
+        };
         r.get("resourceType").and_then(Value::as_str) == Some("Patient")
             && r.get("identifier")
                 .and_then(Value::as_array)
@@ -336,7 +351,7 @@ pub fn appointment(view: &ReferralView, a: &AppointmentView) -> Value {
         }
     };
     let mut participants = vec![json!({
-        "actor": {"identifier": {"system": NHS_NUMBER_SYSTEM, "value": view.details.patient.nhs_number.as_str()}},
+        "actor": patient_reference(view),
         "status": "accepted"
     })];
     if let Some(p) = practitioner {
@@ -381,7 +396,7 @@ pub fn encounter(view: &ReferralView) -> Option<Value> {
         "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": class.0, "display": class.1},
         "serviceType": {"text": "First Contact Practitioner assessment"},
-        "subject": {"identifier": {"system": NHS_NUMBER_SYSTEM, "value": view.details.patient.nhs_number.as_str()}},
+        "subject": patient_reference(view),
         "basedOn": [{"reference": format!("ServiceRequest/{}", view.referral_id)}],
         "appointment": [{"reference": format!("Appointment/{}", assessed.appointment_id)}],
         "participant": [{"individual": {"display": format!("FCP {}", assessed.clinician_id)}}],

@@ -130,7 +130,7 @@ fn details(rng: &mut Rng, i: u64) -> Result<ReferralDetails, Box<dyn std::error:
         },
         service_request_identifier: None,
         patient: PatientDetails {
-            nhs_number: NhsNumber::parse(&nhs(i % 97))?,
+            nhs_number: Some(NhsNumber::parse(&nhs(i % 97))?),
             family: None,
             given: vec![],
             birth_date: None,

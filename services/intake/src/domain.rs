@@ -298,7 +298,7 @@ mod tests {
             },
             service_request_identifier: None,
             patient: PatientDetails {
-                nhs_number: NhsNumber::parse("9434765919")?,
+                nhs_number: Some(NhsNumber::parse("9434765919")?),
                 family: None,
                 given: vec![],
                 birth_date: NaiveDate::from_ymd_opt(1981, 5, 2),

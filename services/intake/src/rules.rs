@@ -915,7 +915,7 @@ body_site_codes = ["24136001"]
             },
             service_request_identifier: None,
             patient: PatientDetails {
-                nhs_number: NhsNumber::parse("9434765919")?,
+                nhs_number: Some(NhsNumber::parse("9434765919")?),
                 family: None,
                 given: vec![],
                 birth_date: NaiveDate::from_ymd_opt(1961, 6, 1),

@@ -164,6 +164,51 @@ async fn an_invalid_nhs_number_is_invalid_argument_on_patient_identifier() -> Te
 }
 
 #[tokio::test]
+async fn only_a_self_referral_may_come_without_an_nhs_number() -> TestResult {
+    let app = spawn_app().await?;
+    let mut client = app.client().await?;
+    let mut clinical: pb::Referral = referral("G-NONE")?.into();
+    if let Some(p) = clinical.patient.as_mut() {
+        p.nhs_number.clear();
+    }
+    let status = match client
+        .submit_referral(submit_request(Uuid::new_v4(), clinical))
+        .await
+    {
+        Ok(r) => return Err(format!("accepted: {r:?}").into()),
+        Err(s) => s,
+    };
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let violations = mskflow_proto::convert::violations(&status);
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.field == "Patient.identifier" && v.description.contains("required")),
+        "{violations:?}"
+    );
+
+    let mut details = referral("SELF-NONE")?;
+    details.received_via = mskflow_events::types::ReceivedVia::SelfReferral;
+    details.patient.nhs_number = None;
+    let response = client
+        .submit_referral(submit_request(Uuid::new_v4(), details.into()))
+        .await?
+        .into_inner();
+    let state = response.state.ok_or("no state")?;
+    assert_eq!(state.status, "triaged", "{state:?}");
+    let referral_id: Uuid = response.referral_id.parse()?;
+    let events = mskflow_eventlog::EventLog::read_stream(
+        &app.store,
+        &mskflow_intake::service::stream_id(referral_id),
+        1,
+    )
+    .await?;
+    // Stored without the field, not with a made-up or empty number.
+    assert!(!events[0].payload.to_string().contains("nhs_number"));
+    app.stop().await
+}
+
+#[tokio::test]
 async fn a_request_id_that_is_not_a_uuid_is_invalid_argument() -> TestResult {
     let app = spawn_app().await?;
     let mut client = app.client().await?;

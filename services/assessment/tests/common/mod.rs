@@ -87,7 +87,7 @@ pub async fn triage(
         },
         service_request_identifier: None,
         patient: PatientDetails {
-            nhs_number: NhsNumber::parse("9434765919")?,
+            nhs_number: Some(NhsNumber::parse("9434765919")?),
             family: None,
             given: vec![],
             birth_date: None,

@@ -40,7 +40,7 @@ fn details(n: u64) -> Result<ReferralDetails, Box<dyn std::error::Error>> {
         },
         service_request_identifier: None,
         patient: PatientDetails {
-            nhs_number: NhsNumber::parse(numbers[(n % 4) as usize])?,
+            nhs_number: Some(NhsNumber::parse(numbers[(n % 4) as usize])?),
             family: None,
             given: vec![],
             birth_date: None,

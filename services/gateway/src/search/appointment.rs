@@ -70,12 +70,10 @@ impl AppointmentSearch {
             && (self.statuses.is_empty() || self.statuses.iter().any(|s| s == a.status.code()))
             && self.dates.iter().all(|d| d.matches(a.start))
             && (self.patients.is_empty()
-                || self.patients.iter().any(|raw| {
-                    token_matches(
-                        raw,
-                        Some(NHS_NUMBER_SYSTEM),
-                        view.details.patient.nhs_number.as_str(),
-                    )
+                || view.details.patient.nhs_number.as_ref().is_some_and(|n| {
+                    self.patients
+                        .iter()
+                        .any(|raw| token_matches(raw, Some(NHS_NUMBER_SYSTEM), n.as_str()))
                 }))
             && (self.based_on.is_empty() || self.based_on.contains(&Some(view.referral_id)))
     }

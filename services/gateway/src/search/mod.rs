@@ -240,13 +240,12 @@ impl Search {
                     ids.iter()
                         .any(|raw| token_matches(raw, i.system.as_deref(), &i.value))
                 }),
-            Filter::PatientIdentifier(ids) => ids.iter().any(|raw| {
-                token_matches(
-                    raw,
-                    Some(NHS_NUMBER_SYSTEM),
-                    view.details.patient.nhs_number.as_str(),
-                )
-            }),
+            Filter::PatientIdentifier(ids) => {
+                view.details.patient.nhs_number.as_ref().is_some_and(|n| {
+                    ids.iter()
+                        .any(|raw| token_matches(raw, Some(NHS_NUMBER_SYSTEM), n.as_str()))
+                })
+            }
             Filter::LastUpdated(d) => d.matches(self.last_updated(view)),
             Filter::Authored(d) => d.matches(self.authored(view)),
         }

@@ -86,14 +86,16 @@ impl PatientSearch {
         let Some(first) = patient.first() else {
             return false;
         };
-        let nhs_number = first.details.patient.nhs_number.as_str();
+        let nhs_number = first.details.patient.nhs_number.as_ref();
         self.ids
             .iter()
             .all(|alternatives| alternatives.contains(&Some(first.referral_id)))
             && self.identifiers.iter().all(|alternatives| {
-                alternatives
-                    .iter()
-                    .any(|raw| token_matches(raw, Some(NHS_NUMBER_SYSTEM), nhs_number))
+                nhs_number.is_some_and(|n| {
+                    alternatives
+                        .iter()
+                        .any(|raw| token_matches(raw, Some(NHS_NUMBER_SYSTEM), n.as_str()))
+                })
             })
     }
 }

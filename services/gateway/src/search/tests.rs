@@ -112,7 +112,7 @@ fn caseload(n: u64) -> Result<Views, Box<dyn std::error::Error>> {
             },
             service_request_identifier: None,
             patient: PatientDetails {
-                nhs_number: NhsNumber::parse(&nhs(i % (n / 3).max(1)))?,
+                nhs_number: Some(NhsNumber::parse(&nhs(i % (n / 3).max(1)))?),
                 family: None,
                 given: vec![],
                 birth_date: None,

@@ -18,7 +18,7 @@ use mskflow_eventlog::Envelope;
 use mskflow_events::IntakeEvent;
 use mskflow_events::assessment::{AssessmentEvent, Slot};
 use mskflow_events::delivery::DeliveryEvent;
-use mskflow_events::intake::ReferralDetails;
+use mskflow_events::intake::{PatientDetails, ReferralDetails};
 use mskflow_events::scheduling::{Programme, SchedulingEvent};
 use mskflow_events::subscription::SubscriptionEvent;
 use serde::Serialize;
@@ -57,8 +57,8 @@ pub struct Views {
     /// Onward referral id -> referral id.
     onward: BTreeMap<Uuid, Uuid>,
     capacity: Capacity,
-    /// NHS number -> the referrals that carried that patient, in the order
-    /// received (the `Patient` views and patient searches). Derived from
+    /// [`patient_key`] -> the referrals that carried that patient, in the
+    /// order received (the `Patient` views and patient searches). Derived from
     /// `referrals`, so not serialised.
     #[serde(skip)]
     patients: BTreeMap<String, Vec<Uuid>>,
@@ -68,6 +68,17 @@ pub struct Views {
     /// Derived, so not serialised.
     #[serde(skip)]
     index: SearchIndex,
+}
+
+/// Where a referral's patient is filed: their NHS number, or, for a
+/// self-referral that gave none, a key of that referral alone (`~` and the
+/// referral id, never ten digits), so that patient is their own `Patient`
+/// until identified.
+pub fn patient_key(referral_id: Uuid, patient: &PatientDetails) -> String {
+    match &patient.nhs_number {
+        Some(n) => n.as_str().to_owned(),
+        None => format!("~{referral_id}"),
+    }
 }
 
 impl Views {
@@ -164,7 +175,7 @@ impl Views {
             IntakeEvent::ReferralReceived(e) => {
                 let carried = self
                     .patients
-                    .entry(e.referral.patient.nhs_number.as_str().to_owned())
+                    .entry(patient_key(referral_id, &e.referral.patient))
                     .or_default();
                 if !carried.contains(&referral_id) {
                     carried.push(referral_id);
@@ -655,10 +666,18 @@ impl Views {
     }
 
     /// The referrals that carried the patient with this NHS number, in the
-    /// order received (empty when none did).
+    /// order received (empty when none did, or when `nhs_number` is not
+    /// ten digits: patients without one are reachable only by id).
     pub fn referrals_of_patient(&self, nhs_number: &str) -> Vec<&ReferralView> {
+        if nhs_number.len() != 10 || !nhs_number.bytes().all(|b| b.is_ascii_digit()) {
+            return Vec::new();
+        }
+        self.referrals_filed_under(nhs_number)
+    }
+
+    fn referrals_filed_under(&self, key: &str) -> Vec<&ReferralView> {
         self.patients
-            .get(nhs_number)
+            .get(key)
             .map(|ids| ids.iter().filter_map(|id| self.referrals.get(id)).collect())
             .unwrap_or_default()
     }
@@ -668,11 +687,12 @@ impl Views {
     /// the order received. `None` when `id` is not such a first referral.
     pub fn patient(&self, id: &Uuid) -> Option<Vec<&ReferralView>> {
         let first = self.referrals.get(id)?;
-        let all = self.referrals_of_patient(first.details.patient.nhs_number.as_str());
+        let all =
+            self.referrals_filed_under(&patient_key(first.referral_id, &first.details.patient));
         (all.first().map(|r| r.referral_id) == Some(*id)).then_some(all)
     }
 
-    /// Every `Patient` view (see [`Views::patient`]), by NHS number.
+    /// Every `Patient` view (see [`Views::patient`]), by [`patient_key`].
     pub fn patients(&self) -> impl Iterator<Item = Vec<&ReferralView>> {
         self.patients
             .values()

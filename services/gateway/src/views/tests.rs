@@ -15,7 +15,7 @@ fn details() -> Result<ReferralDetails, mskflow_events::types::Error> {
         },
         service_request_identifier: None,
         patient: PatientDetails {
-            nhs_number: NhsNumber::parse("9434765919")?,
+            nhs_number: Some(NhsNumber::parse("9434765919")?),
             family: None,
             given: vec![],
             birth_date: None,
@@ -285,5 +285,54 @@ fn the_event_types_named_are_the_ones_applied() -> Result<(), Box<dyn std::error
         assert!(!views.apply(&e)?, "{event_type} changed the views");
     }
     assert_eq!(views, before);
+    Ok(())
+}
+
+#[test]
+fn a_patient_without_an_nhs_number_is_their_own_patient_reachable_by_id_only()
+-> Result<(), Box<dyn std::error::Error>> {
+    let mut views = Views::default();
+    let unidentified = |n: u128| -> Result<Envelope, Box<dyn std::error::Error>> {
+        let id = Uuid::from_u128(n);
+        let mut referral = details()?;
+        referral.received_via = ReceivedVia::SelfReferral;
+        referral.patient.nhs_number = None;
+        Ok(envelope(
+            &IntakeEvent::ReferralReceived(ReferralReceived {
+                referral_id: id,
+                request_id: id,
+                referral,
+            }),
+            id,
+            1,
+            n as u64,
+        )?)
+    };
+    for e in log()? {
+        views.apply(&e)?;
+    }
+    views.apply(&unidentified(100)?)?;
+    views.apply(&unidentified(101)?)?;
+    let (a, b) = (Uuid::from_u128(100), Uuid::from_u128(101));
+    // Two people who gave no NHS number are not merged into one patient.
+    let pa = views.patient(&a).ok_or("no Patient for the first")?;
+    let pb = views.patient(&b).ok_or("no Patient for the second")?;
+    assert_eq!(
+        (pa.len(), pa[0].referral_id, pb.len(), pb[0].referral_id),
+        (1, a, 1, b)
+    );
+    // Their filing key is not an identifier a search can name.
+    assert!(views.referrals_of_patient(&format!("~{a}")).is_empty());
+    assert!(views.referrals_of_patient("").is_empty());
+    // The five identified referrals share one patient.
+    assert_eq!(views.referrals_of_patient("9434765919").len(), 5);
+    assert_eq!(views.patients().count(), 3);
+    let task = crate::render::task(views.referral(&a).ok_or("missing")?);
+    assert_eq!(
+        task["for"],
+        serde_json::json!({"reference": format!("Patient/{a}")})
+    );
+    let task = crate::render::task(views.referral(&Uuid::from_u128(1)).ok_or("missing")?);
+    assert_eq!(task["for"]["identifier"]["value"], "9434765919");
     Ok(())
 }

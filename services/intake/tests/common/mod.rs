@@ -36,7 +36,7 @@ pub fn referral(value: &str) -> Result<ReferralDetails, mskflow_events::types::E
             value: value.to_owned(),
         }),
         patient: PatientDetails {
-            nhs_number: NhsNumber::parse("9434765919")?,
+            nhs_number: Some(NhsNumber::parse("9434765919")?),
             family: Some("Smith".to_owned()),
             given: vec!["Jo".to_owned()],
             birth_date: NaiveDate::from_ymd_opt(1970, 3, 14),
