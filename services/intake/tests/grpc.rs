@@ -139,13 +139,16 @@ async fn an_under_16_referral_is_ok_with_status_rejected() -> TestResult {
     app.stop().await
 }
 
-#[tokio::test]
-async fn an_invalid_nhs_number_is_invalid_argument_on_patient_identifier() -> TestResult {
-    let app = spawn_app().await?;
-    let mut client = app.client().await?;
-    let mut referral: pb::Referral = referral("G-BAD")?.into();
+/// Submit a clinical referral carrying `nhs_number` as sent; it must be
+/// refused as INVALID_ARGUMENT. Returns the field violations.
+async fn refused_with_nhs_number(
+    client: &mut IntakeServiceClient<Channel>,
+    key: &str,
+    nhs_number: &str,
+) -> Result<Vec<mskflow_proto::convert::FieldViolation>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut referral: pb::Referral = referral(key)?.into();
     if let Some(p) = referral.patient.as_mut() {
-        p.nhs_number = "9434765918".to_owned();
+        p.nhs_number = nhs_number.to_owned();
     }
     let status = match client
         .submit_referral(submit_request(Uuid::new_v4(), referral))
@@ -155,7 +158,14 @@ async fn an_invalid_nhs_number_is_invalid_argument_on_patient_identifier() -> Te
         Err(s) => s,
     };
     assert_eq!(status.code(), Code::InvalidArgument);
-    let violations = mskflow_proto::convert::violations(&status);
+    Ok(mskflow_proto::convert::violations(&status))
+}
+
+#[tokio::test]
+async fn an_invalid_nhs_number_is_invalid_argument_on_patient_identifier() -> TestResult {
+    let app = spawn_app().await?;
+    let mut client = app.client().await?;
+    let violations = refused_with_nhs_number(&mut client, "G-BAD", "9434765918").await?;
     assert!(
         violations.iter().any(|v| v.field == "Patient.identifier"),
         "{violations:?}"
@@ -167,19 +177,7 @@ async fn an_invalid_nhs_number_is_invalid_argument_on_patient_identifier() -> Te
 async fn only_a_self_referral_may_come_without_an_nhs_number() -> TestResult {
     let app = spawn_app().await?;
     let mut client = app.client().await?;
-    let mut clinical: pb::Referral = referral("G-NONE")?.into();
-    if let Some(p) = clinical.patient.as_mut() {
-        p.nhs_number.clear();
-    }
-    let status = match client
-        .submit_referral(submit_request(Uuid::new_v4(), clinical))
-        .await
-    {
-        Ok(r) => return Err(format!("accepted: {r:?}").into()),
-        Err(s) => s,
-    };
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let violations = mskflow_proto::convert::violations(&status);
+    let violations = refused_with_nhs_number(&mut client, "G-NONE", "").await?;
     assert!(
         violations
             .iter()
