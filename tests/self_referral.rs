@@ -70,6 +70,16 @@ fn intake(events: &[Envelope]) -> Vec<IntakeEvent> {
         .collect()
 }
 
+fn triage_of(
+    events: &[Envelope],
+    referral_id: uuid::Uuid,
+) -> Option<mskflow_events::intake::ReferralTriaged> {
+    intake(events).into_iter().find_map(|e| match e {
+        IntakeEvent::ReferralTriaged(t) if t.referral_id == referral_id => Some(t),
+        _ => None,
+    })
+}
+
 fn selfref(events: &[Envelope]) -> Vec<SelfReferralEvent> {
     events
         .iter()
@@ -261,13 +271,7 @@ async fn self_referral_by_web_form_and_telephone() -> TestResult {
     assert_eq!(received.len(), 1, "one referral for two submits");
     let referral = &received[0];
     assert_eq!(referral.referral.received_via.code(), "self-referral");
-    let triaged = intake(&events)
-        .into_iter()
-        .find_map(|e| match e {
-            IntakeEvent::ReferralTriaged(t) if t.referral_id == referral.referral_id => Some(t),
-            _ => None,
-        })
-        .ok_or("not triaged")?;
+    let triaged = triage_of(&events, referral.referral_id).ok_or("not triaged")?;
     assert_eq!(triaged.pathway.code(), "back-and-radicular-pain");
     let sb = triaged.start_back.ok_or("STarT Back not scored")?;
     assert_eq!((sb.total, sb.risk.code()), (2, "low"));
@@ -481,18 +485,10 @@ async fn self_referral_by_web_form_and_telephone() -> TestResult {
         .ok_or("the telephone referral did not reach intake")?;
     assert_eq!(phoned.referral.patient.nhs_number, None);
     let events = events_when(&app, "the telephone referral's triage", |events| {
-        intake(events).iter().any(
-            |e| matches!(e, IntakeEvent::ReferralTriaged(t) if t.referral_id == phoned.referral_id),
-        )
+        triage_of(events, phoned.referral_id).is_some()
     })
     .await?;
-    let triaged = intake(&events)
-        .into_iter()
-        .find_map(|e| match e {
-            IntakeEvent::ReferralTriaged(t) if t.referral_id == phoned.referral_id => Some(t),
-            _ => None,
-        })
-        .ok_or("not triaged")?;
+    let triaged = triage_of(&events, phoned.referral_id).ok_or("not triaged")?;
     assert_eq!(triaged.pathway.code(), "knee");
 
     // 7. Analysts see the route: waits split by it.

@@ -446,8 +446,8 @@ fn about_you(answers: &Answers, birth_date: NaiveDate) -> Result<AboutYou, Vec<F
     };
     let given = name("given", "first name", &mut errors);
     let family = name("family", "last name", &mut errors);
-    // Optional: when left out, the service finds it (a trace) before
-    // anything that needs it, such as a referral on to a hospital.
+    // Optional: a referral without it goes ahead; only an onward referral
+    // to a hospital waits until it is known.
     let nhs_number = match answers.get("nhs_number").map(NhsNumber::parse) {
         None => Some(None),
         Some(Err(_)) => {

@@ -64,6 +64,13 @@ fn complete() -> Answers {
     Answers(a.into_iter().collect())
 }
 
+/// When the tests' forms are sent.
+fn submitted_at() -> Result<chrono::DateTime<Utc>, &'static str> {
+    Utc.with_ymd_and_hms(2026, 12, 2, 9, 0, 0)
+        .single()
+        .ok_or("time")
+}
+
 fn with(mut a: Answers, field: &str, value: &str) -> Answers {
     a.0.insert(field.to_owned(), value.to_owned());
     a
@@ -115,10 +122,7 @@ fn the_nhs_number_may_be_left_out() -> TestResult {
         };
         assert_eq!(s.about.nhs_number, None);
         let reference = Reference::of_key(Uuid::from_u128(8));
-        let at = Utc
-            .with_ymd_and_hms(2026, 12, 2, 9, 0, 0)
-            .single()
-            .ok_or("time")?;
+        let at = submitted_at()?;
         let d = referral_details(&s.referral(ReceivedVia::SelfReferral, &reference), at);
         assert_eq!(d.patient.nhs_number, None);
         let sr: serde_json::Value = serde_json::from_str(&d.fhir_json)?;
@@ -306,10 +310,7 @@ fn the_referral_is_a_self_referral_with_the_same_id_intake_derives() -> TestResu
         return Err("not complete".into());
     };
     let reference = Reference::of_key(Uuid::from_u128(7));
-    let at = Utc
-        .with_ymd_and_hms(2026, 12, 2, 9, 0, 0)
-        .single()
-        .ok_or("time")?;
+    let at = submitted_at()?;
     let d = referral_details(&s.referral(ReceivedVia::SelfReferral, &reference), at);
     assert_eq!(d.received_via, ReceivedVia::SelfReferral);
     assert_eq!(

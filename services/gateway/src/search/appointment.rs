@@ -1,9 +1,7 @@
 //! `Appointment` search parameters.
 
-use mskflow_events::NHS_NUMBER_SYSTEM;
-
 use crate::search::params::{
-    DEFAULT_COUNT, DateFilter, Invalid, parse_count, parse_offset, reference_id, token_matches,
+    DEFAULT_COUNT, DateFilter, Invalid, names_the_patient, parse_count, parse_offset, reference_id,
 };
 use crate::views::ReferralView;
 
@@ -70,11 +68,7 @@ impl AppointmentSearch {
             && (self.statuses.is_empty() || self.statuses.iter().any(|s| s == a.status.code()))
             && self.dates.iter().all(|d| d.matches(a.start))
             && (self.patients.is_empty()
-                || view.details.patient.nhs_number.as_ref().is_some_and(|n| {
-                    self.patients
-                        .iter()
-                        .any(|raw| token_matches(raw, Some(NHS_NUMBER_SYSTEM), n.as_str()))
-                }))
+                || names_the_patient(&self.patients, &view.details.patient))
             && (self.based_on.is_empty() || self.based_on.contains(&Some(view.referral_id)))
     }
 }

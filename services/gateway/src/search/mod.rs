@@ -25,7 +25,10 @@ pub use params::{DEFAULT_COUNT, Invalid, MAX_COUNT, with_offset};
 pub use patient::{PATIENT_PARAMETERS, PatientSearch};
 pub use slot::SlotSearch;
 
-use params::{DateFilter, Prefix, parse_count, parse_offset, reference_id, token, token_matches};
+use params::{
+    DateFilter, Prefix, names_the_patient, parse_count, parse_offset, reference_id, token,
+    token_matches,
+};
 
 /// A range of an ordered (time, id) index.
 #[derive(Debug, Clone, Copy)]
@@ -240,12 +243,7 @@ impl Search {
                     ids.iter()
                         .any(|raw| token_matches(raw, i.system.as_deref(), &i.value))
                 }),
-            Filter::PatientIdentifier(ids) => {
-                view.details.patient.nhs_number.as_ref().is_some_and(|n| {
-                    ids.iter()
-                        .any(|raw| token_matches(raw, Some(NHS_NUMBER_SYSTEM), n.as_str()))
-                })
-            }
+            Filter::PatientIdentifier(ids) => names_the_patient(ids, &view.details.patient),
             Filter::LastUpdated(d) => d.matches(self.last_updated(view)),
             Filter::Authored(d) => d.matches(self.authored(view)),
         }

@@ -91,6 +91,18 @@ pub(crate) fn token_matches(raw: &str, system: Option<&str>, value: &str) -> boo
     want_value == value && want_system.is_none_or(|s| s.is_empty() || Some(s) == system)
 }
 
+/// Whether any of the `raws` tokens names this patient's NHS number (never
+/// for a patient who gave none).
+pub(crate) fn names_the_patient(
+    raws: &[String],
+    patient: &mskflow_events::intake::PatientDetails,
+) -> bool {
+    patient.nhs_number.as_ref().is_some_and(|n| {
+        raws.iter()
+            .any(|raw| token_matches(raw, Some(mskflow_events::NHS_NUMBER_SYSTEM), n.as_str()))
+    })
+}
+
 /// The referral id in `ServiceRequest/{id}`, a URL ending that way, or a bare id.
 pub(crate) fn reference_id(value: &str) -> Option<uuid::Uuid> {
     if value.contains('/') && !value.contains("ServiceRequest/") && !value.contains("Task/") {

@@ -3,7 +3,7 @@
 use mskflow_events::NHS_NUMBER_SYSTEM;
 
 use crate::search::params::{
-    DEFAULT_COUNT, Invalid, parse_count, parse_offset, token, token_matches,
+    DEFAULT_COUNT, Invalid, names_the_patient, parse_count, parse_offset, token,
 };
 use crate::views::{ReferralView, Views};
 
@@ -86,16 +86,12 @@ impl PatientSearch {
         let Some(first) = patient.first() else {
             return false;
         };
-        let nhs_number = first.details.patient.nhs_number.as_ref();
         self.ids
             .iter()
             .all(|alternatives| alternatives.contains(&Some(first.referral_id)))
-            && self.identifiers.iter().all(|alternatives| {
-                nhs_number.is_some_and(|n| {
-                    alternatives
-                        .iter()
-                        .any(|raw| token_matches(raw, Some(NHS_NUMBER_SYSTEM), n.as_str()))
-                })
-            })
+            && self
+                .identifiers
+                .iter()
+                .all(|alternatives| names_the_patient(alternatives, &first.details.patient))
     }
 }

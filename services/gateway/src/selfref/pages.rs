@@ -133,7 +133,7 @@ fn fields(
                     "nhs_number",
                     "NHS number (optional)",
                     Some(
-                        "This is a 10 digit number, like 943 476 5919. You can find it on the NHS App, or on any letter from the NHS. If you do not know it, leave this blank and we will find it.",
+                        "This is a 10 digit number, like 943 476 5919. You can find it on the NHS App, or on any letter from the NHS. If you do not know it, leave this blank.",
                     ),
                     r#" inputmode="numeric" spellcheck="false""#,
                     "input-10",
