@@ -283,26 +283,53 @@ impl PatientAttributes {
     /// The attributes of a received referral; the age band is taken on the
     /// day the referral was received.
     pub fn of_referral(received: &ReferralReceived, on: NaiveDate, ctx: &Context) -> Self {
-        let patient = &received.referral.patient;
-        let practice = received
-            .referral
-            .requester
-            .as_ref()
-            .and_then(|r| r.ods_code.as_ref())
-            .or(received.referral.sender.ods_code.as_ref());
+        let details = &received.referral;
+        let patient = &details.patient;
+        let practice = details.requester.as_ref().and_then(|r| r.ods_code.as_ref());
         Self {
             patient_pseudonym: patient
                 .nhs_number
                 .as_ref()
                 .map(|n| ctx.pseudonymiser.pseudonym(n)),
-            age_band: patient.birth_date.and_then(|b| age_band(b, on)),
-            sex: patient.sex.map(|s| s.code().to_owned()),
-            ethnicity_code: patient.ethnicity.as_ref().map(|c| c.code.clone()),
-            imd_decile: patient.postcode.as_deref().and_then(|p| ctx.imd.decile(p)),
-            practice_ods: practice.map(|o| o.as_str().to_owned()),
-            route: Some(received.referral.received_via.code().to_owned()),
+            ..Self::unpseudonymised(
+                Demographics {
+                    birth_date: patient.birth_date,
+                    sex: patient.sex,
+                    ethnicity_code: patient.ethnicity.as_ref().map(|c| c.code.as_str()),
+                    postcode: patient.postcode.as_deref(),
+                    practice: practice.or(details.sender.ods_code.as_ref()),
+                    route: details.received_via,
+                },
+                on,
+                ctx,
+            )
         }
     }
+
+    /// The attributes without a pseudonym (the aggregate views').
+    pub(crate) fn unpseudonymised(d: Demographics<'_>, on: NaiveDate, ctx: &Context) -> Self {
+        Self {
+            patient_pseudonym: None,
+            age_band: d.birth_date.and_then(|b| age_band(b, on)),
+            sex: d.sex.map(|s| s.code().to_owned()),
+            ethnicity_code: d.ethnicity_code.map(str::to_owned),
+            imd_decile: d.postcode.and_then(|p| ctx.imd.decile(p)),
+            practice_ods: d.practice.map(|o| o.as_str().to_owned()),
+            route: Some(d.route.code().to_owned()),
+        }
+    }
+}
+
+/// What the patient attributes are made of, borrowed from a received
+/// referral.
+pub(crate) struct Demographics<'a> {
+    pub(crate) birth_date: Option<NaiveDate>,
+    pub(crate) sex: Option<mskflow_events::types::Sex>,
+    pub(crate) ethnicity_code: Option<&'a str>,
+    pub(crate) postcode: Option<&'a str>,
+    /// The requester's practice, else the sender's.
+    pub(crate) practice: Option<&'a mskflow_events::OdsCode>,
+    pub(crate) route: mskflow_events::types::ReceivedVia,
 }
 
 /// Referral id -> the patient attributes of that referral, built from

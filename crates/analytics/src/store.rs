@@ -14,14 +14,15 @@
 
 use std::collections::HashMap;
 
-use mskflow_eventlog::Envelope;
+use mskflow_eventlog::{Envelope, StoredEvent};
 use mskflow_projection::rusqlite::{self, Connection, OptionalExtension, Transaction, params};
 use mskflow_projection::{ApplyError, Projection};
 use uuid::Uuid;
 
 use crate::Context;
 use crate::views::{
-    EVENT_TYPES, ReferralFacts, Split, Table, TableBuilder, View, ViewOptions, referral_of,
+    EVENT_TYPES, Folded, ReferralFacts, Split, Table, TableBuilder, View, ViewOptions, received,
+    referral_of,
 };
 
 /// The projection (see the module documentation).
@@ -38,6 +39,25 @@ impl AnalyticsFacts {
             ctx,
             batch: HashMap::new(),
         }
+    }
+
+    /// The facts of `referral_id`: as this batch left them, else as stored.
+    fn facts(&mut self, conn: &Connection, referral_id: Uuid) -> Result<ReferralFacts, ApplyError> {
+        match self.batch.remove(&referral_id) {
+            Some(facts) => Ok(facts),
+            None => Ok(load(conn, referral_id)?.unwrap_or_default()),
+        }
+    }
+
+    fn fold(&mut self, tx: &Transaction<'_>, event: &impl Folded) -> Result<(), ApplyError> {
+        let Some(referral_id) = referral_of(event) else {
+            return Err(ApplyError::Skip("no readable referral id".to_owned()));
+        };
+        let mut facts = self.facts(tx, referral_id)?;
+        // An event the views cannot read changes nothing (as in memory).
+        let _ = facts.fold(event, &self.ctx);
+        self.batch.insert(referral_id, facts);
+        Ok(())
     }
 }
 
@@ -78,17 +98,23 @@ impl Projection for AnalyticsFacts {
     }
 
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
-        let Some(referral_id) = referral_of(envelope) else {
-            return Err(ApplyError::Skip("no readable referral id".to_owned()));
-        };
-        let mut facts = match self.batch.remove(&referral_id) {
-            Some(facts) => facts,
-            None => load(tx, referral_id)?.unwrap_or_default(),
-        };
-        // An event the views cannot read changes nothing (as in memory).
-        let _ = facts.fold(envelope, &self.ctx);
-        self.batch.insert(referral_id, facts);
-        Ok(())
+        self.fold(tx, envelope)
+    }
+
+    /// Reads the fields the facts need straight from the stored text; a
+    /// received referral's payload is read once.
+    fn apply_stored(
+        &mut self,
+        tx: &Transaction<'_>,
+        event: &mut StoredEvent,
+    ) -> Result<(), ApplyError> {
+        if let Some(r) = received(&*event) {
+            let mut facts = self.facts(tx, r.referral_id)?;
+            facts.fold_received(&r, event.envelope().occurred_at, &self.ctx);
+            self.batch.insert(r.referral_id, facts);
+            return Ok(());
+        }
+        self.fold(tx, &*event)
     }
 
     fn flush(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()> {

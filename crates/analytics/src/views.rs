@@ -62,14 +62,14 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use mskflow_eventlog::Envelope;
+use mskflow_eventlog::{Envelope, StoredEvent};
+use mskflow_events::types::{NhsNumber, OdsCode, ReceivedVia, Sex};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use mskflow_events::intake::ReferralReceived;
-
-use crate::{Context, Error, PatientAttributes};
+use crate::{Context, Demographics, Error, PatientAttributes};
 
 /// The group of a referral whose attribute is not recorded.
 pub const UNKNOWN: &str = "unknown";
@@ -276,30 +276,101 @@ pub const EVENT_TYPES: &[&str] = &[
     "OutcomeChangeRecorded",
 ];
 
+/// An event the views fold: an envelope, or an event as a read model is
+/// handed it, its payload possibly still the stored text.
+pub trait Folded {
+    /// The envelope (its payload possibly not parsed: read it with
+    /// [`Folded::payload`]).
+    fn header(&self) -> &Envelope;
+    /// The payload read into `T`, `None` when it cannot be.
+    fn payload<T: DeserializeOwned>(&self) -> Option<T>;
+}
+
+impl Folded for Envelope {
+    fn header(&self) -> &Envelope {
+        self
+    }
+
+    fn payload<T: DeserializeOwned>(&self) -> Option<T> {
+        T::deserialize(&self.payload).ok()
+    }
+}
+
+impl Folded for StoredEvent {
+    fn header(&self) -> &Envelope {
+        self.envelope()
+    }
+
+    fn payload<T: DeserializeOwned>(&self) -> Option<T> {
+        self.read().ok()
+    }
+}
+
 /// The referral an event the views fold is about (every such payload names
 /// it as `referral_id`).
-pub fn referral_of(envelope: &Envelope) -> Option<Uuid> {
-    if !EVENT_TYPES.contains(&envelope.event_type.as_str()) {
+pub fn referral_of(event: &impl Folded) -> Option<Uuid> {
+    if !EVENT_TYPES.contains(&event.header().event_type.as_str()) {
         return None;
     }
-    read::<ReferralRef>(envelope).map(|r| r.referral_id)
+    read::<ReferralRef>(event).map(|r| r.referral_id)
+}
+
+/// The fields of a `ReferralReceived` payload the views read; the rest (the
+/// FHIR message among it) is passed over, not kept.
+#[derive(Deserialize)]
+pub(crate) struct Received {
+    pub(crate) referral_id: Uuid,
+    received_via: ReceivedVia,
+    sender: OdsOf,
+    patient: PatientOf,
+    requester: Option<OdsOf>,
+}
+
+#[derive(Deserialize)]
+struct OdsOf {
+    ods_code: Option<OdsCode>,
+}
+
+#[derive(Deserialize)]
+struct PatientOf {
+    /// Unused, but read (and so checked) as the whole event would be: an
+    /// invalid NHS number makes the event unreadable. A self-referral may
+    /// have none.
+    #[serde(rename = "nhs_number", default)]
+    _nhs_number: Option<NhsNumber>,
+    birth_date: Option<NaiveDate>,
+    sex: Option<Sex>,
+    postcode: Option<String>,
+    ethnicity: Option<CodeOf>,
+}
+
+#[derive(Deserialize)]
+struct CodeOf {
+    code: String,
+}
+
+/// A `ReferralReceived` event's fields the views read, `None` for another
+/// event or a payload they cannot read.
+pub(crate) fn received(event: &impl Folded) -> Option<Received> {
+    if event.header().event_type != "ReferralReceived" {
+        return None;
+    }
+    read(event)
 }
 
 impl ReferralFacts {
     /// Fold one event of this referral in (see [`referral_of`]). Returns
     /// `None` for events the views do not use and payloads they cannot read.
-    pub fn fold(&mut self, envelope: &Envelope, ctx: &Context) -> Option<()> {
+    pub fn fold(&mut self, event: &impl Folded, ctx: &Context) -> Option<()> {
+        let envelope = event.header();
         let at = envelope.occurred_at;
         match envelope.event_type.as_str() {
             "ReferralReceived" => {
-                let r: ReferralReceived = read(envelope)?;
-                let mut attributes = PatientAttributes::of_referral(&r, at.date_naive(), ctx);
-                attributes.patient_pseudonym = None;
-                self.attributes = attributes;
-                self.received_at = earliest(self.received_at, at);
+                let r: Received = read(event)?;
+                self.fold_received(&r, at, ctx);
             }
             "ReferralTriaged" | "AssessmentRequested" => {
-                let e: WithPathway = read(envelope)?;
+                let e: WithPathway = read(event)?;
                 if envelope.event_type == "ReferralTriaged" {
                     self.triaged_at = earliest(self.triaged_at, at);
                 }
@@ -308,11 +379,11 @@ impl ReferralFacts {
                 }
             }
             "ReferralRedirected" | "ReferralRejected" => {
-                read::<ReferralRef>(envelope)?;
+                read::<ReferralRef>(event)?;
                 self.triaged_at = earliest(self.triaged_at, at);
             }
             "AssessmentBooked" | "AssessmentRescheduled" => {
-                let e: Booked = read(envelope)?;
+                let e: Booked = read(event)?;
                 // A reschedule moves the appointment: not a new booking.
                 if envelope.event_type == "AssessmentBooked" {
                     self.fcp.booked += 1;
@@ -320,15 +391,15 @@ impl ReferralFacts {
                 self.fcp_slots.insert(e.slot.slot_id, e.slot.start);
             }
             "AssessmentCancelled" => {
-                read::<ReferralRef>(envelope)?;
+                read::<ReferralRef>(event)?;
                 self.fcp.cancelled += 1;
             }
             "AppointmentMissed" => {
-                read::<ReferralRef>(envelope)?;
+                read::<ReferralRef>(event)?;
                 self.fcp.dna += 1;
             }
             "AssessmentCompleted" => {
-                let e: Completed = read(envelope)?;
+                let e: Completed = read(event)?;
                 self.fcp.attended += 1;
                 let seen = self
                     .fcp_slots
@@ -345,27 +416,27 @@ impl ReferralFacts {
                 }
             }
             "OnwardReferralRequested" => {
-                let e: Onward = read(envelope)?;
+                let e: Onward = read(event)?;
                 if e.destination == "orthopaedics" {
                     self.referred_to_orthopaedics = true;
                 }
             }
             "PatientWaitlisted" => {
-                let e: Waitlisted = read(envelope)?;
+                let e: Waitlisted = read(event)?;
                 self.programme = Some(e.programme);
                 if self.pathway.is_none() {
                     self.pathway = e.pathway;
                 }
             }
             "PlaceBooked" => {
-                let e: PlaceBooked = read(envelope)?;
+                let e: PlaceBooked = read(event)?;
                 self.rehab.booked += e.sessions.len() as u64;
                 for s in e.sessions {
                     self.sessions.insert(s.session_no, s.starts_at.date());
                 }
             }
             "SessionAttended" => {
-                let e: Session = read(envelope)?;
+                let e: Session = read(event)?;
                 self.rehab.attended += 1;
                 let date = self
                     .sessions
@@ -375,15 +446,15 @@ impl ReferralFacts {
                 self.first_treatment = earliest(self.first_treatment, date);
             }
             "SessionMissed" => {
-                read::<ReferralRef>(envelope)?;
+                read::<ReferralRef>(event)?;
                 self.rehab.dna += 1;
             }
             "SessionCancelled" => {
-                read::<ReferralRef>(envelope)?;
+                read::<ReferralRef>(event)?;
                 self.rehab.cancelled += 1;
             }
             "OutcomeChangeRecorded" => {
-                let e: Change = read(envelope)?;
+                let e: Change = read(event)?;
                 if e.measure != MSK_HQ {
                     return None;
                 }
@@ -400,6 +471,25 @@ impl ReferralFacts {
             _ => return None,
         }
         Some(())
+    }
+
+    /// Fold a received referral in (as [`ReferralFacts::fold`] does its
+    /// `ReferralReceived` event, received at `at`).
+    pub(crate) fn fold_received(&mut self, r: &Received, at: DateTime<Utc>, ctx: &Context) {
+        let practice = r.requester.as_ref().and_then(|q| q.ods_code.as_ref());
+        self.attributes = PatientAttributes::unpseudonymised(
+            Demographics {
+                birth_date: r.patient.birth_date,
+                sex: r.patient.sex,
+                ethnicity_code: r.patient.ethnicity.as_ref().map(|c| c.code.as_str()),
+                postcode: r.patient.postcode.as_deref(),
+                practice: practice.or(r.sender.ods_code.as_ref()),
+                route: r.received_via,
+            },
+            at.date_naive(),
+            ctx,
+        );
+        self.received_at = earliest(self.received_at, at);
     }
 
     /// Days from referral to a milestone date.
@@ -490,8 +580,8 @@ struct Change {
     reached_minimal_important_change: bool,
 }
 
-fn read<'a, T: Deserialize<'a>>(envelope: &'a Envelope) -> Option<T> {
-    T::deserialize(&envelope.payload).ok()
+fn read<T: DeserializeOwned>(event: &impl Folded) -> Option<T> {
+    event.payload()
 }
 
 fn earliest<T: Ord + Copy>(current: Option<T>, candidate: T) -> Option<T> {

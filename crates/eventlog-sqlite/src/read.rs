@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use mskflow_eventlog::{Envelope, Error};
+use mskflow_eventlog::{Envelope, Error, StoredEvent};
 use rusqlite::{Connection, Row};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -39,19 +39,50 @@ pub(crate) fn unavailable(
 /// The outer `Result` is a SQLite failure; the inner one a row that could be
 /// read but not decoded (a corrupt or foreign row).
 pub(crate) fn decode_row(row: &Row<'_>) -> rusqlite::Result<Result<Envelope, Error>> {
+    let envelope = match decode_header(row)? {
+        Ok(envelope) => envelope,
+        Err(e) => return Ok(Err(e)),
+    };
+    let payload = row.get_ref(12)?.as_str()?;
+    // The error text of serde_json names a line and column, never the
+    // payload itself.
+    Ok(match serde_json::from_str(payload) {
+        Ok(payload) => Ok(Envelope {
+            payload,
+            ..envelope
+        }),
+        Err(e) => Err(Error::Corrupt {
+            position: envelope.position,
+            reason: format!("payload is not JSON: {e}"),
+        }),
+    })
+}
+
+/// Decode one `events` row selected with [`ENVELOPE_COLUMNS`], leaving its
+/// payload the stored text (a read model reads what it needs from it).
+pub(crate) fn decode_row_unparsed(row: &Row<'_>) -> rusqlite::Result<Result<StoredEvent, Error>> {
+    let envelope = match decode_header(row)? {
+        Ok(envelope) => envelope,
+        Err(e) => return Ok(Err(e)),
+    };
+    let payload: String = row.get(12)?;
+    Ok(Ok(StoredEvent::unparsed(envelope, payload)))
+}
+
+/// Every column of a row but the payload (left `Null`).
+fn decode_header(row: &Row<'_>) -> rusqlite::Result<Result<Envelope, Error>> {
     let position: i64 = row.get(0)?;
-    let event_id: String = row.get(1)?;
+    let event_id = row.get_ref(1)?.as_str()?;
     let stream_id: String = row.get(2)?;
     let sequence: i64 = row.get(3)?;
-    let occurred_at: String = row.get(4)?;
-    let recorded_at: String = row.get(5)?;
-    let causation_id: Option<String> = row.get(6)?;
-    let correlation_id: String = row.get(7)?;
+    let occurred_at = row.get_ref(4)?.as_str()?;
+    let recorded_at = row.get_ref(5)?.as_str()?;
+    let causation_id = row.get_ref(6)?.as_str_or_null()?;
+    let correlation_id = row.get_ref(7)?.as_str()?;
     let traceparent: Option<String> = row.get(8)?;
     let tracestate: Option<String> = row.get(9)?;
     let event_type: String = row.get(10)?;
     let schema_version: i64 = row.get(11)?;
-    let payload: String = row.get(12)?;
 
     let Ok(position_u) = u64::try_from(position) else {
         return Ok(Err(Error::Corrupt {
@@ -65,27 +96,23 @@ pub(crate) fn decode_row(row: &Row<'_>) -> rusqlite::Result<Result<Envelope, Err
     };
     let decoded = (|| {
         Ok(Envelope {
-            event_id: parse_uuid("event_id", &event_id)?,
+            event_id: parse_uuid("event_id", event_id)?,
             stream_id,
             sequence: u64::try_from(sequence)
                 .map_err(|_| format!("invalid sequence {sequence}"))?,
             position: position_u,
-            occurred_at: parse_time("occurred_at", &occurred_at)?,
-            recorded_at: parse_time("recorded_at", &recorded_at)?,
+            occurred_at: parse_time("occurred_at", occurred_at)?,
+            recorded_at: parse_time("recorded_at", recorded_at)?,
             causation_id: causation_id
-                .as_deref()
                 .map(|c| parse_uuid("causation_id", c))
                 .transpose()?,
-            correlation_id: parse_uuid("correlation_id", &correlation_id)?,
+            correlation_id: parse_uuid("correlation_id", correlation_id)?,
             traceparent,
             tracestate,
             event_type,
             schema_version: u32::try_from(schema_version)
                 .map_err(|_| format!("invalid schema_version {schema_version}"))?,
-            // The error text of serde_json names a line and column, never
-            // the payload itself.
-            payload: serde_json::from_str(&payload)
-                .map_err(|e| format!("payload is not JSON: {e}"))?,
+            payload: serde_json::Value::Null,
         })
     })();
     Ok(decoded.map_err(corrupt))
@@ -107,12 +134,22 @@ pub(crate) fn query_envelopes(
     sql: &str,
     params: impl rusqlite::Params,
 ) -> Result<Vec<Envelope>, Error> {
+    query_rows(conn, sql, params, decode_row)
+}
+
+/// Run a query and decode every row with `decode`.
+pub(crate) fn query_rows<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    decode: fn(&Row<'_>) -> rusqlite::Result<Result<T, Error>>,
+) -> Result<Vec<T>, Error> {
     let sqlite = |e| unavailable("reading events", e);
-    let mut stmt = conn.prepare(sql).map_err(sqlite)?;
+    let mut stmt = conn.prepare_cached(sql).map_err(sqlite)?;
     let mut rows = stmt.query(params).map_err(sqlite)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(sqlite)? {
-        out.push(decode_row(row).map_err(sqlite)??);
+        out.push(decode(row).map_err(sqlite)??);
     }
     Ok(out)
 }

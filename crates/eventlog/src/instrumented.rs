@@ -13,7 +13,7 @@ use tracing::Instrument as _;
 
 use crate::{
     Appended, Envelope, Error, EventLog, ExpectedVersion, Metadata, NewEvent, StartFrom,
-    Subscription,
+    StoredEvent, Subscription,
 };
 
 /// Wraps an adapter with metrics and tracing.
@@ -142,6 +142,18 @@ impl Subscription for InstrumentedSubscription {
 
     async fn poll_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error> {
         let batch = self.inner.poll_batch(max).await?;
+        self.record_lag().await;
+        Ok(batch)
+    }
+
+    async fn next_stored(&mut self, max: usize) -> Result<Vec<StoredEvent>, Error> {
+        let batch = self.inner.next_stored(max).await?;
+        self.record_lag().await;
+        Ok(batch)
+    }
+
+    async fn poll_stored(&mut self, max: usize) -> Result<Vec<StoredEvent>, Error> {
+        let batch = self.inner.poll_stored(max).await?;
         self.record_lag().await;
         Ok(batch)
     }

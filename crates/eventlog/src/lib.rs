@@ -225,6 +225,21 @@ pub trait Subscription: Send + Sync + fmt::Debug {
     /// Return the next batch if one is available now, otherwise an empty vec.
     async fn poll_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error>;
 
+    /// [`Subscription::next_batch`] for a read model: an adapter that holds
+    /// payloads as text may hand them over unparsed ([`StoredEvent`]); the
+    /// default parses them, as `next_batch` does.
+    async fn next_stored(&mut self, max: usize) -> Result<Vec<StoredEvent>, Error> {
+        let batch = self.next_batch(max).await?;
+        Ok(batch.into_iter().map(StoredEvent::parsed).collect())
+    }
+
+    /// [`Subscription::poll_batch`] with payloads possibly unparsed, as
+    /// [`Subscription::next_stored`].
+    async fn poll_stored(&mut self, max: usize) -> Result<Vec<StoredEvent>, Error> {
+        let batch = self.poll_batch(max).await?;
+        Ok(batch.into_iter().map(StoredEvent::parsed).collect())
+    }
+
     /// Durably record that every event returned so far has been handled.
     async fn commit(&mut self) -> Result<(), Error>;
 
@@ -297,18 +312,118 @@ pub fn json_error_reason(e: &serde_json::Error) -> String {
 pub fn decode<T: serde::de::DeserializeOwned>(envelope: &Envelope) -> Result<T, serde_json::Error> {
     T::deserialize(Tagged {
         event_type: &envelope.event_type,
-        payload: &envelope.payload,
+        payload: Some(&envelope.payload),
     })
 }
 
-/// An event type and its payload, deserialised as the adjacently tagged map
-/// `{"type": .., "data": ..}`.
-struct Tagged<'a> {
-    event_type: &'a str,
-    payload: &'a serde_json::Value,
+/// Decode an event of type `event_type` whose payload is the JSON text
+/// `payload` into an adjacently tagged enum `T`, straight from the text.
+pub fn decode_text<T: serde::de::DeserializeOwned>(
+    event_type: &str,
+    payload: &str,
+) -> Result<T, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(payload);
+    let value = T::deserialize(Tagged {
+        event_type,
+        payload: Some(&mut de),
+    })?;
+    de.end()?;
+    Ok(value)
 }
 
-impl<'de, 'a: 'de> serde::Deserializer<'de> for Tagged<'a> {
+/// An event as a read model folds it: the envelope and, when the log hands
+/// it over unparsed, the payload as the JSON text it stored. A read model
+/// then reads the fields it needs from the text, instead of the whole
+/// payload being built as a [`serde_json::Value`] first (a
+/// `ReferralReceived` carries the whole FHIR message).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    envelope: Envelope,
+    /// The payload's text; the envelope's `payload` is `Null` meanwhile.
+    text: Option<String>,
+}
+
+impl StoredEvent {
+    /// An event whose payload is already parsed.
+    pub fn parsed(envelope: Envelope) -> Self {
+        Self {
+            envelope,
+            text: None,
+        }
+    }
+
+    /// An event whose payload is still the stored text `payload` (the
+    /// envelope's own `payload` is ignored and left `Null`).
+    pub fn unparsed(mut envelope: Envelope, payload: String) -> Self {
+        envelope.payload = serde_json::Value::Null;
+        Self {
+            envelope,
+            text: Some(payload),
+        }
+    }
+
+    /// The envelope. Its `payload` is `Null` while [`Self::payload_text`]
+    /// holds the payload: read the payload with [`Self::decode`] or
+    /// [`Self::read`], or [`Self::parse`] it first.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The payload's stored text, if it has not been parsed.
+    pub fn payload_text(&self) -> Option<&str> {
+        self.text.as_deref()
+    }
+
+    /// Parse the payload into the envelope, if it is still text.
+    pub fn parse(&mut self) -> Result<&Envelope, serde_json::Error> {
+        if let Some(text) = self.text.take() {
+            match serde_json::from_str(&text) {
+                Ok(payload) => self.envelope.payload = payload,
+                Err(e) => {
+                    self.text = Some(text);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(&self.envelope)
+    }
+
+    /// The envelope with its payload parsed.
+    pub fn into_envelope(mut self) -> Result<Envelope, serde_json::Error> {
+        self.parse()?;
+        Ok(self.envelope)
+    }
+
+    /// Decode the event into an adjacently tagged enum `T` (as [`decode`]),
+    /// from the text when the payload is still text.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        match &self.text {
+            Some(text) => decode_text(&self.envelope.event_type, text),
+            None => decode(&self.envelope),
+        }
+    }
+
+    /// Read the payload alone into `T` (a struct naming the fields wanted;
+    /// the others are passed over), from the text when it is still text.
+    pub fn read<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        match &self.text {
+            Some(text) => serde_json::from_str(text),
+            None => T::deserialize(&self.envelope.payload),
+        }
+    }
+}
+
+/// An event type and its payload, deserialised as the adjacently tagged map
+/// `{"type": .., "data": ..}`; the payload is any deserialiser (a parsed
+/// value or the stored text).
+struct Tagged<'t, D> {
+    event_type: &'t str,
+    payload: Option<D>,
+}
+
+impl<'de, D: serde::Deserializer<'de, Error = serde_json::Error>> serde::Deserializer<'de>
+    for Tagged<'_, D>
+{
     type Error = serde_json::Error;
 
     fn deserialize_any<V: serde::de::Visitor<'de>>(
@@ -329,12 +444,14 @@ impl<'de, 'a: 'de> serde::Deserializer<'de> for Tagged<'a> {
 }
 
 /// The two entries of [`Tagged`], in order.
-struct TaggedMap<'a> {
-    tagged: Tagged<'a>,
+struct TaggedMap<'t, D> {
+    tagged: Tagged<'t, D>,
     next: u8,
 }
 
-impl<'de, 'a: 'de> serde::de::MapAccess<'de> for TaggedMap<'a> {
+impl<'de, D: serde::Deserializer<'de, Error = serde_json::Error>> serde::de::MapAccess<'de>
+    for TaggedMap<'_, D>
+{
     type Error = serde_json::Error;
 
     fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
@@ -354,11 +471,15 @@ impl<'de, 'a: 'de> serde::de::MapAccess<'de> for TaggedMap<'a> {
         &mut self,
         seed: V,
     ) -> Result<V::Value, Self::Error> {
+        use serde::de::Error as _;
         use serde::de::IntoDeserializer as _;
         self.next += 1;
         match self.next {
             1 => seed.deserialize(self.tagged.event_type.into_deserializer()),
-            _ => seed.deserialize(self.tagged.payload),
+            _ => match self.tagged.payload.take() {
+                Some(payload) => seed.deserialize(payload),
+                None => Err(serde_json::Error::custom("the payload was read already")),
+            },
         }
     }
 
@@ -421,6 +542,35 @@ mod tests {
         Ok(())
     }
 
+    #[test]
+    fn decode_of_the_text_equals_decode_of_the_value() -> Result<(), serde_json::Error> {
+        let ev = new_event(&Sample::Happened { n: 7 }, 1, Utc::now())?;
+        let env = stored(ev);
+        let text = serde_json::to_string(&env.payload)?;
+        let unparsed = StoredEvent::unparsed(env.clone(), text.clone());
+        assert_eq!(unparsed.envelope().payload, serde_json::Value::Null);
+        assert_eq!(unparsed.payload_text(), Some(text.as_str()));
+        assert_eq!(unparsed.decode::<Sample>()?, decode::<Sample>(&env)?);
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct N {
+            n: u32,
+        }
+        assert_eq!(unparsed.read::<N>()?, N { n: 7 });
+        assert_eq!(StoredEvent::parsed(env.clone()).read::<N>()?, N { n: 7 });
+        assert_eq!(unparsed.clone().into_envelope()?, env);
+
+        // Bad text fails to decode, to read and to parse, and stays text.
+        let mut bad = StoredEvent::unparsed(env.clone(), r#"{"n": "seven"}"#.into());
+        assert!(bad.decode::<Sample>().is_err() && bad.read::<N>().is_err());
+        let mut cut = StoredEvent::unparsed(env.clone(), r#"{"n": 7"#.into());
+        assert!(cut.decode::<Sample>().is_err() && cut.parse().is_err());
+        assert!(cut.payload_text().is_some());
+        let mut trailing = StoredEvent::unparsed(env, r#"{"n": 7} x"#.into());
+        assert!(trailing.decode::<Sample>().is_err() && trailing.parse().is_err());
+        assert!(bad.parse().is_ok() && bad.payload_text().is_none());
+        Ok(())
+    }
+
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     #[serde(tag = "type", content = "data")]
     enum Shapes {
@@ -441,6 +591,8 @@ mod tests {
             let ev = new_event(&shape, 1, Utc::now())?;
             let env = stored(ev);
             assert_eq!(decode::<Shapes>(&env)?, shape);
+            let text = serde_json::to_string(&env.payload)?;
+            assert_eq!(decode_text::<Shapes>(&env.event_type, &text)?, shape);
         }
         Ok(())
     }

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use mskflow_eventlog::{Envelope, EventLog, StartFrom, Subscription};
+use mskflow_eventlog::{Envelope, EventLog, StartFrom, StoredEvent, Subscription};
 pub use rusqlite;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction};
 use tokio::sync::watch;
@@ -160,7 +160,8 @@ pub trait Projection: Send + 'static {
     const SCHEMA: &'static str;
 
     /// Whether the event concerns this projection, decided cheaply from the
-    /// envelope's stream id and type. Others only move the checkpoint.
+    /// envelope's stream id and type (its payload may not be parsed yet:
+    /// see [`Projection::apply_stored`]). Others only move the checkpoint.
     fn wants(&self, envelope: &Envelope) -> bool;
 
     /// The event types `wants` can accept, when it accepts only some: the
@@ -173,6 +174,24 @@ pub trait Projection: Send + 'static {
 
     /// Fold one event into the tables, inside the batch's transaction.
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError>;
+
+    /// Fold one event as the log handed it over, its payload possibly still
+    /// the stored text: what the [`Projector`] calls. The default parses the
+    /// payload (a payload that is not JSON is skipped) and calls
+    /// [`Projection::apply`]; a projection that needs only a few fields of
+    /// large payloads reads them from the text instead
+    /// ([`StoredEvent::decode`], [`StoredEvent::read`]), and must fold
+    /// exactly as `apply` does.
+    fn apply_stored(
+        &mut self,
+        tx: &Transaction<'_>,
+        event: &mut StoredEvent,
+    ) -> Result<(), ApplyError> {
+        let envelope = event
+            .parse()
+            .map_err(|e| ApplyError::Skip(mskflow_eventlog::json_error_reason(&e)))?;
+        self.apply(tx, envelope)
+    }
 
     /// Write whatever `apply` kept back for the batch (a write-behind of
     /// rows touched many times in one batch), inside its transaction, just
@@ -503,20 +522,26 @@ impl<P: Projection> Projector<P> {
         })?;
         let mut read = 0_u64;
         let mut applied = 0_u64;
-        loop {
-            let batch = sub
-                .poll_batch(projector.inner.batch)
-                .await
-                .map_err(|source| Error::Log {
-                    name: P::NAME,
-                    source,
-                })?;
-            let Some(to) = read_to(&batch, sub.as_ref()).filter(|to| *to > projector.applied())
-            else {
-                break;
-            };
+        // The next batch is read while the last one is stored: the log's
+        // reads and the projection's writes run on two threads.
+        let log_err = |source| Error::Log {
+            name: P::NAME,
+            source,
+        };
+        let mut batch = sub
+            .poll_stored(projector.inner.batch)
+            .await
+            .map_err(log_err)?;
+        let mut scanned = sub.scanned();
+        while let Some(to) = read_to(&batch, scanned).filter(|to| *to > projector.applied()) {
             read += batch.len() as u64;
-            applied += projector.apply_batch(batch, to).await?;
+            let (stored, next) = tokio::join!(
+                projector.apply_batch(std::mem::take(&mut batch), to),
+                sub.poll_stored(projector.inner.batch)
+            );
+            applied += stored?;
+            batch = next.map_err(log_err)?;
+            scanned = sub.scanned();
         }
         let events = projector.applied().saturating_sub(checkpoint);
         projector.inner.ready.store(true, Ordering::Release);
@@ -542,12 +567,12 @@ impl<P: Projection> Projector<P> {
     /// Apply one batch and checkpoint `last` (its last event's position, or
     /// further when the log read past events left out) in one transaction;
     /// returns how many events the projection folded.
-    async fn apply_batch(&self, batch: Vec<Envelope>, last: u64) -> Result<u64, Error> {
+    async fn apply_batch(&self, mut batch: Vec<StoredEvent>, last: u64) -> Result<u64, Error> {
         let inner = Arc::clone(&self.inner);
         let folded = blocking(P::NAME, move || {
             let mut guard = lock(&inner.writer);
             let Writer { conn, projection } = &mut *guard;
-            let result = apply_in_tx(conn, projection, &batch, last, &inner.skipped);
+            let result = apply_in_tx(conn, projection, &mut batch, last, &inner.skipped);
             match result {
                 Ok(folded) => {
                     projection.committed(last);
@@ -581,13 +606,13 @@ impl<P: Projection> Projector<P> {
         let Following { mut sub } = following;
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(100);
-        let mut pending: Option<Vec<Envelope>> = None;
+        let mut pending: Option<Vec<StoredEvent>> = None;
         loop {
             let batch = match pending.take() {
                 Some(batch) => batch,
                 None => tokio::select! {
                     () = &mut shutdown => return,
-                    batch = sub.next_batch(self.inner.batch) => match batch {
+                    batch = sub.next_stored(self.inner.batch) => match batch {
                         Ok(batch) => batch,
                         Err(e) => {
                             self.inner.ready.store(false, Ordering::Release);
@@ -602,7 +627,7 @@ impl<P: Projection> Projector<P> {
                     },
                 },
             };
-            let Some(last) = read_to(&batch, sub.as_ref()) else {
+            let Some(last) = read_to(&batch, sub.scanned()) else {
                 continue;
             };
             match self.apply_batch(batch.clone(), last).await {
@@ -759,11 +784,12 @@ fn dump_tables(conn: &Connection) -> rusqlite::Result<Dump> {
 }
 
 /// How far a batch takes the projection: its last event, or further when
-/// the subscription read past events it left out. `None` for an empty batch
-/// that moved nothing.
-fn read_to(batch: &[Envelope], sub: &dyn Subscription) -> Option<u64> {
-    let last = batch.last().map(|e| e.position);
-    match (last, sub.scanned()) {
+/// the subscription read past events it left out (`scanned`, as it was
+/// right after reading the batch). `None` for an empty batch that moved
+/// nothing.
+fn read_to(batch: &[StoredEvent], scanned: Option<u64>) -> Option<u64> {
+    let last = batch.last().map(|e| e.envelope().position);
+    match (last, scanned) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     }
@@ -778,17 +804,17 @@ pub struct Following {
 fn apply_in_tx<P: Projection>(
     conn: &mut Connection,
     projection: &mut P,
-    batch: &[Envelope],
+    batch: &mut [StoredEvent],
     last: u64,
     skipped: &AtomicU64,
 ) -> rusqlite::Result<u64> {
     let tx = conn.transaction()?;
     let mut folded = 0_u64;
-    for envelope in batch {
-        if !projection.wants(envelope) {
+    for event in batch {
+        if !projection.wants(event.envelope()) {
             continue;
         }
-        match projection.apply(&tx, envelope) {
+        match projection.apply_stored(&tx, event) {
             Ok(()) => folded += 1,
             Err(ApplyError::Skip(reason)) => {
                 skipped.fetch_add(1, Ordering::Relaxed);
@@ -796,8 +822,8 @@ fn apply_in_tx<P: Projection>(
                     .increment(1);
                 tracing::error!(
                     projection = P::NAME,
-                    position = envelope.position,
-                    event_type = %envelope.event_type,
+                    position = event.envelope().position,
+                    event_type = %event.envelope().event_type,
                     %reason,
                     "event skipped by the projection"
                 );
@@ -806,13 +832,11 @@ fn apply_in_tx<P: Projection>(
         }
     }
     projection.flush(&tx)?;
-    tx.execute(
-        "UPDATE projection_meta SET checkpoint = ?1, updated_at = ?2",
-        rusqlite::params![
+    tx.prepare_cached("UPDATE projection_meta SET checkpoint = ?1, updated_at = ?2")?
+        .execute(rusqlite::params![
             i64::try_from(last).unwrap_or(i64::MAX),
             chrono::Utc::now().to_rfc3339()
-        ],
-    )?;
+        ])?;
     tx.commit()?;
     Ok(folded)
 }

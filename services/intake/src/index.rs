@@ -11,10 +11,10 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use mskflow_eventlog::{Envelope, decode};
-use mskflow_events::intake::IntakeEvent;
+use mskflow_eventlog::{Envelope, StoredEvent};
 use mskflow_projection::rusqlite::{OptionalExtension, Transaction, params};
 use mskflow_projection::{ApplyError, Projection};
+use serde::Deserialize;
 use uuid::Uuid;
 
 /// The stored index.
@@ -23,6 +23,33 @@ pub struct RequestIndex;
 
 /// The events the index folds.
 const EVENT_TYPES: &[&str] = &["ReferralReceived", "ReferralCancelled"];
+
+/// The two fields the index reads of `ReferralReceived` and
+/// `ReferralCancelled` payloads; the rest (the FHIR message of a received
+/// referral among it) is passed over, not kept.
+#[derive(Deserialize)]
+struct RequestRef {
+    referral_id: Uuid,
+    request_id: Uuid,
+}
+
+impl RequestIndex {
+    fn insert(
+        tx: &Transaction<'_>,
+        ids: Result<RequestRef, serde_json::Error>,
+    ) -> Result<(), ApplyError> {
+        let ids = ids.map_err(|e| ApplyError::Skip(mskflow_eventlog::json_error_reason(&e)))?;
+        tx.prepare_cached(
+            "INSERT INTO requests (request_id, referral_id) VALUES (?1, ?2) \
+             ON CONFLICT (request_id) DO NOTHING",
+        )?
+        .execute(params![
+            ids.request_id.as_bytes().as_slice(),
+            ids.referral_id.as_bytes().as_slice()
+        ])?;
+        Ok(())
+    }
+}
 
 impl Projection for RequestIndex {
     const NAME: &'static str = "intake-index";
@@ -43,21 +70,22 @@ impl Projection for RequestIndex {
     }
 
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
-        let (request_id, referral_id) = match decode::<IntakeEvent>(envelope) {
-            Ok(IntakeEvent::ReferralReceived(e)) => (e.request_id, e.referral_id),
-            Ok(IntakeEvent::ReferralCancelled(e)) => (e.request_id, e.referral_id),
-            Ok(_) => return Ok(()),
-            Err(e) => return Err(ApplyError::Skip(mskflow_eventlog::json_error_reason(&e))),
-        };
-        tx.prepare_cached(
-            "INSERT INTO requests (request_id, referral_id) VALUES (?1, ?2) \
-             ON CONFLICT (request_id) DO NOTHING",
-        )?
-        .execute(params![
-            request_id.as_bytes().as_slice(),
-            referral_id.as_bytes().as_slice()
-        ])?;
-        Ok(())
+        if !self.wants(envelope) {
+            return Ok(());
+        }
+        Self::insert(tx, RequestRef::deserialize(&envelope.payload))
+    }
+
+    /// Reads the two ids straight from the stored text.
+    fn apply_stored(
+        &mut self,
+        tx: &Transaction<'_>,
+        event: &mut StoredEvent,
+    ) -> Result<(), ApplyError> {
+        if !self.wants(event.envelope()) {
+            return Ok(());
+        }
+        Self::insert(tx, event.read::<RequestRef>())
     }
 }
 
