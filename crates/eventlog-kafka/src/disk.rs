@@ -525,6 +525,53 @@ impl SqliteStore {
         self.read("looking up an event id", |conn| contains_of(conn, event_id))
     }
 
+    /// The decisions on a partition's records from `from` on, in offset
+    /// order, at most `max` (for readers: a consumer group's member reading
+    /// its partitions from the index instead of from the brokers).
+    pub fn decided_from(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<(i64, Decided)>, Error> {
+        let rows = self.read("reading a partition's decisions", |conn| {
+            conn.prepare_cached(
+                "SELECT record_offset, append_id, kind, first, count, version, stream_id, \
+                 expected, event_id, reason FROM records \
+                 WHERE topic = ?1 AND partition_no = ?2 AND record_offset >= ?3 \
+                 ORDER BY record_offset LIMIT ?4",
+            )?
+            .query_map(params![topic, partition, from, i64_of(max as u64)], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    (
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                        row.get(6)?,
+                        row.get(7)?,
+                        row.get(8)?,
+                        row.get(9)?,
+                    ),
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<(i64, RecordRow)>>>()
+        })?;
+        rows.into_iter()
+            .map(|(offset, row)| {
+                decided_of(row)
+                    .map(|d| (offset, d))
+                    .map_err(|reason| Error::Corrupt {
+                        position: u64_of(offset),
+                        reason: format!("decision of {topic}/{partition}@{offset}: {reason}"),
+                    })
+            })
+            .collect()
+    }
+
     fn envelopes(
         &self,
         context: &str,
@@ -1036,6 +1083,28 @@ mod tests {
         let mut reference = Index::open(Arc::new(MemoryStore::default())).unwrap();
         feed(&mut reference, 400, 1000);
         assert_eq!(answers(&*store, 400), answers(&**reference.store(), 400));
+    }
+
+    #[test]
+    fn a_partitions_decisions_are_read_in_offset_order_from_any_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open_at(&dir.path().join("index.db"));
+        let store = Arc::new(store);
+        let mut index = Index::open(store.clone()).unwrap();
+        feed(&mut index, 120, 32);
+        let range = store.decided_from("t", 1, 40, 25).unwrap();
+        assert_eq!(
+            range.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            (40..65).collect::<Vec<_>>()
+        );
+        for (o, d) in &range {
+            assert_eq!(Some(d), store.decided("t", 1, *o).unwrap().as_ref());
+        }
+        // The end of the partition, another partition, and past the end.
+        assert_eq!(store.decided_from("t", 1, 110, 100).unwrap().len(), 10);
+        assert_eq!(store.decided_from("t", 0, 0, 1).unwrap()[0].0, 0);
+        assert!(store.decided_from("t", 1, 120, 10).unwrap().is_empty());
+        assert!(store.decided_from("u", 1, 0, 10).unwrap().is_empty());
     }
 
     #[test]

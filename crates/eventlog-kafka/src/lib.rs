@@ -33,6 +33,7 @@
 //!
 //! See `docs/adr/0004-kafka-event-log.md` for the reasoning.
 
+pub mod bench;
 mod disk;
 mod index;
 pub mod publish;
@@ -42,7 +43,7 @@ pub mod topics;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,6 +100,17 @@ pub struct Options {
     /// Extra librdkafka settings (`security.protocol`, `ssl.ca.location`,
     /// `sasl.mechanisms`, …), applied to every client.
     pub extra: Vec<(String, String)>,
+    /// Where a consumer group's members read their records: from this
+    /// instance's index (the default: the brokers serve one fetcher per
+    /// instance) or each from the brokers.
+    pub group_reads: GroupReads,
+    /// `fetch.wait.max.ms` of the index's consumer (and of group members
+    /// that fetch): how long the brokers may hold a fetch open while no
+    /// record arrives.
+    pub fetch_wait: Duration,
+    /// The producer's `linger.ms`: how long a record waits for others to
+    /// share its request.
+    pub linger: Duration,
     /// This instance's index file (SQLite; one per instance): kept across
     /// restarts, so the index resumes at its stored offsets. `None`: a
     /// temporary file, removed when the log is dropped (the index is
@@ -116,6 +128,9 @@ impl Options {
             session_timeout: Duration::from_secs(10),
             append_timeout: Duration::from_secs(5),
             extra: Vec::new(),
+            group_reads: GroupReads::default(),
+            fetch_wait: FETCH_WAIT,
+            linger: LINGER,
             index_path: None,
         }
     }
@@ -130,6 +145,33 @@ impl Options {
         c
     }
 }
+
+/// Where a durable consumer's records come from (see
+/// [`Options::group_reads`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GroupReads {
+    /// From this instance's index: the group shares out the partitions and
+    /// keeps the committed offsets; its members fetch nothing.
+    #[default]
+    Index,
+    /// Each member fetches its partitions' records from the brokers and
+    /// waits for the index to decide each.
+    Brokers,
+}
+
+impl std::str::FromStr for GroupReads {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "index" => Ok(Self::Index),
+            "brokers" => Ok(Self::Brokers),
+            other => Err(format!("{other:?}: expected index or brokers")),
+        }
+    }
+}
+
+/// The producer's default `linger.ms`.
+pub const LINGER: Duration = Duration::from_millis(1);
 
 /// A duration as librdkafka milliseconds (at least 1).
 fn millis(d: Duration) -> String {
@@ -322,7 +364,7 @@ fn new_producer(options: &Options) -> Result<FutureProducer, Error> {
         .client_config("producer")
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "1")
+        .set("linger.ms", millis(options.linger))
         .set("message.timeout.ms", millis(options.append_timeout))
         .set("request.timeout.ms", millis(options.append_timeout))
         .create()
@@ -585,6 +627,9 @@ const CONCURRENT_READS: usize = 8;
 /// catches up with the topics.
 const CATCH_UP_STALL: Duration = Duration::from_secs(300);
 
+/// The default of [`Options::fetch_wait`].
+pub const FETCH_WAIT: Duration = Duration::from_millis(20);
+
 /// Most records the index decides and stores in one transaction.
 const INDEX_BATCH: usize = 2000;
 
@@ -656,8 +701,8 @@ fn index_consumer(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "20")
-        .create_with_context(Logging("index".to_owned()))
+        .set("fetch.wait.max.ms", millis(options.fetch_wait))
+        .create_with_context(Logging::new("index"))
         .map_err(|e| unavailable("creating the index consumer", e))?;
     let mut tpl = TopicPartitionList::new();
     for tp in partitions {
@@ -805,40 +850,124 @@ async fn follow(
     tracing::debug!("index follower stopped");
 }
 
-/// Logs librdkafka's messages and rebalances through `tracing`.
+/// Logs librdkafka's messages and rebalances through `tracing`; for a
+/// group member that reads its records from the index, also pauses every
+/// partition it is given (the brokers send it no records) and keeps the
+/// assignment for the subscription.
 #[derive(Debug, Clone)]
-struct Logging(String);
+struct Logging {
+    name: String,
+    assigned: Option<Arc<Assigned>>,
+}
+
+impl Logging {
+    fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            assigned: None,
+        }
+    }
+}
 
 impl ClientContext for Logging {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
             L::Emerg | L::Alert | L::Critical | L::Error => {
-                tracing::error!(client = %self.0, fac, "{log_message}")
+                tracing::error!(client = %self.name, fac, "{log_message}")
             }
-            L::Warning => tracing::warn!(client = %self.0, fac, "{log_message}"),
-            _ => tracing::debug!(client = %self.0, fac, "{log_message}"),
+            L::Warning => tracing::warn!(client = %self.name, fac, "{log_message}"),
+            _ => tracing::debug!(client = %self.name, fac, "{log_message}"),
         }
     }
 }
 
 impl ConsumerContext for Logging {
-    fn post_rebalance(&self, _base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => tracing::info!(
-                consumer = %self.0,
-                partitions = ?partitions_of(tpl),
-                "partitions assigned"
-            ),
-            Rebalance::Revoke(tpl) => tracing::info!(
-                consumer = %self.0,
-                partitions = ?partitions_of(tpl),
-                "partitions revoked"
-            ),
+            Rebalance::Assign(tpl) => {
+                tracing::info!(
+                    consumer = %self.name,
+                    partitions = ?partitions_of(tpl),
+                    "partitions assigned"
+                );
+                if let Some(assigned) = &self.assigned {
+                    if let Err(e) = base.pause(tpl) {
+                        tracing::warn!(consumer = %self.name, error = %e, "pausing the assigned partitions failed; their records are fetched and ignored");
+                    }
+                    assigned.assign(tps_of(tpl));
+                }
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(
+                    consumer = %self.name,
+                    partitions = ?partitions_of(tpl),
+                    "partitions revoked"
+                );
+                if let Some(assigned) = &self.assigned {
+                    assigned.revoke(&tps_of(tpl));
+                }
+            }
             Rebalance::Error(e) => {
-                tracing::warn!(consumer = %self.0, error = %e, "rebalance failed")
+                tracing::warn!(consumer = %self.name, error = %e, "rebalance failed")
             }
         }
+    }
+}
+
+fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+/// The partitions a group member holds, as the last rebalance left them,
+/// and a generation bumped at every change.
+#[derive(Debug)]
+struct Assigned {
+    held: std::sync::Mutex<(u64, Vec<Tp>)>,
+    changed: watch::Sender<u64>,
+}
+
+impl Assigned {
+    fn new() -> Self {
+        Self {
+            held: std::sync::Mutex::new((0, Vec::new())),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Vec<Tp>)) {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.0 += 1;
+        f(&mut held.1);
+        self.changed.send_replace(held.0);
+    }
+
+    fn assign(&self, tps: Vec<Tp>) {
+        self.update(|held| {
+            for tp in tps {
+                if !held.contains(&tp) {
+                    held.push(tp);
+                }
+            }
+        });
+    }
+
+    fn revoke(&self, tps: &[Tp]) {
+        self.update(|held| held.retain(|tp| !tps.contains(tp)));
+    }
+
+    /// The generation and the partitions held.
+    fn get(&self) -> (u64, Vec<Tp>) {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -1076,13 +1205,15 @@ impl EventLog for KafkaEventLog {
             StartFrom::Checkpoint => {
                 let options = &self.inner.options;
                 let group = options.topics.group(consumer);
+                let assigned =
+                    (options.group_reads == GroupReads::Index).then(|| Arc::new(Assigned::new()));
                 let kafka: StreamConsumer<Logging> = options
                     .client_config(consumer)
                     .set("group.id", &group)
                     .set("enable.auto.commit", "false")
                     .set("enable.auto.offset.store", "false")
                     .set("auto.offset.reset", "earliest")
-                    .set("fetch.wait.max.ms", "20")
+                    .set("fetch.wait.max.ms", millis(options.fetch_wait))
                     .set(
                         "session.timeout.ms",
                         options.session_timeout.as_millis().to_string(),
@@ -1093,22 +1224,36 @@ impl EventLog for KafkaEventLog {
                             .max(100)
                             .to_string(),
                     )
-                    .create_with_context(Logging(group.clone()))
+                    .create_with_context(Logging {
+                        name: group.clone(),
+                        assigned: assigned.clone(),
+                    })
                     .map_err(|e| unavailable(format!("creating consumer group {group}"), e))?;
                 let names = options.topics.names();
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
                 kafka
                     .subscribe(&refs)
                     .map_err(|e| unavailable(format!("subscribing {group}"), e))?;
+                let kafka = Arc::new(kafka);
+                let reads = assigned.map(|assigned| IndexReads {
+                    assigned_rx: assigned.changed.subscribe(),
+                    assigned,
+                    generation: 0,
+                    cursors: BTreeMap::new(),
+                    index_rx: self.inner.shared.changed.subscribe(),
+                    turn: 0,
+                    _poller: keep_polled(kafka.clone(), group.clone()),
+                });
                 Ok(Box::new(GroupSubscription {
                     log: self.clone(),
                     name: consumer.to_owned(),
                     group,
-                    consumer: Arc::new(kafka),
+                    consumer: kafka,
                     shared: self.inner.shared.clone(),
                     uncommitted: HashMap::new(),
                     commit_pending: false,
                     handed_out: false,
+                    reads,
                 }))
             }
         }
@@ -1211,6 +1356,60 @@ struct GroupSubscription {
     /// Events were returned since the last commit (only the handler may
     /// commit those).
     handed_out: bool,
+    /// Reading the held partitions' records from this instance's index
+    /// ([`GroupReads::Index`]); `None`: from the brokers.
+    reads: Option<IndexReads>,
+}
+
+/// A group member's reads from the index: the group only shares out the
+/// partitions (and keeps the committed offsets); the records themselves,
+/// already fetched and decided by the index, are read from its file.
+struct IndexReads {
+    assigned: Arc<Assigned>,
+    assigned_rx: watch::Receiver<u64>,
+    /// The assignment generation `cursors` were set for.
+    generation: u64,
+    /// The next offset to hand out of each partition held.
+    cursors: BTreeMap<Tp, i64>,
+    /// Bumped whenever the index stores a batch.
+    index_rx: watch::Receiver<u64>,
+    /// The partition to read first next time (so that one busy partition
+    /// does not hold the others back).
+    turn: usize,
+    /// Stops the task that keeps the membership polled when dropped.
+    _poller: watch::Sender<bool>,
+}
+
+/// What one pass over the held partitions found: the events to hand out,
+/// the records no reader can decode, and where each partition's cursor
+/// moves once they are handled.
+#[derive(Default)]
+struct Found {
+    events: Vec<Envelope>,
+    undecodable: Vec<(String, i32, i64, String)>,
+    moves: Vec<(Tp, i64)>,
+}
+
+/// Poll a consumer group member for as long as its subscription lives, so
+/// that it keeps its membership, heartbeats and takes part in rebalances
+/// (its partitions are paused: records it gets anyway, fetched before a
+/// pause took effect, are dropped; the index has them).
+fn keep_polled(consumer: Arc<StreamConsumer<Logging>>, group: String) -> watch::Sender<bool> {
+    let (stop, mut stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => break,
+                m = consumer.recv() => {
+                    if let Err(e) = m {
+                        tracing::warn!(%group, error = %e, "consumer error; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }
+    });
+    stop
 }
 
 impl fmt::Debug for GroupSubscription {
@@ -1308,6 +1507,179 @@ impl GroupSubscription {
         }
     }
 
+    /// After a rebalance: start each partition held at the group's
+    /// committed offset (the beginning when it has none), as a consumer
+    /// that fetches would. What was handed out and not committed is handed
+    /// out again (handlers are idempotent).
+    async fn refresh(&mut self) -> Result<(), Error> {
+        let Some(reads) = &mut self.reads else {
+            return Ok(());
+        };
+        let (generation, held) = reads.assigned.get();
+        if generation == reads.generation {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        let group = self.group.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for (topic, partition) in &held {
+                tpl.add_partition(topic, *partition);
+            }
+            if tpl.count() == 0 {
+                return Ok(Vec::new());
+            }
+            let committed = consumer
+                .committed_offsets(tpl, Duration::from_secs(10))
+                .map_err(|e| unavailable(format!("committed offsets of {group}"), e))?;
+            Ok(committed
+                .elements()
+                .iter()
+                .map(|e| {
+                    let at = match e.offset() {
+                        Offset::Offset(o) => o,
+                        _ => 0,
+                    };
+                    ((e.topic().to_owned(), e.partition()), at)
+                })
+                .collect::<Vec<_>>())
+        })
+        .await
+        .map_err(|e| Error::Unavailable {
+            context: format!("committed offsets of {}", self.group),
+            source: Box::new(e),
+        })??;
+        reads.cursors = committed.into_iter().collect();
+        reads.generation = generation;
+        tracing::debug!(group = %self.group, generation, partitions = reads.cursors.len(), "reading the held partitions from the index");
+        Ok(())
+    }
+
+    /// One pass over the held partitions: records the index has decided
+    /// past each cursor, at most `max` events in all.
+    async fn find(&mut self, max: usize) -> Result<Found, Error> {
+        let Some(reads) = &mut self.reads else {
+            return Ok(Found::default());
+        };
+        let work: Vec<(Tp, i64, i64)> = self.shared.read(|v| {
+            reads
+                .cursors
+                .iter()
+                .map(|(tp, at)| (tp.clone(), *at, v.next_offset(&tp.0, tp.1)))
+                .filter(|(_, at, end)| at < end)
+                .collect()
+        });
+        let mut found = Found::default();
+        if work.is_empty() {
+            return Ok(found);
+        }
+        let start = reads.turn % work.len();
+        reads.turn = reads.turn.wrapping_add(1);
+        for (tp, at, end) in work[start..].iter().chain(&work[..start]) {
+            let room = max.saturating_sub(found.events.len());
+            if room == 0 {
+                break;
+            }
+            let (topic, partition, from) = (tp.0.clone(), tp.1, *at);
+            let decided = self
+                .shared
+                .query(move |store| store.decided_from(&topic, partition, from, room))
+                .await?;
+            let mut next = *at;
+            let complete = decided.len() < room;
+            for (offset, d) in decided {
+                match d.outcome {
+                    Outcome::Accepted { first, count, .. } => {
+                        let count = usize::try_from(count).unwrap_or(usize::MAX);
+                        found.events.extend(self.shared.slice(first, count).await?);
+                    }
+                    Outcome::Undecodable { reason } => {
+                        found.undecodable.push((tp.0.clone(), tp.1, offset, reason));
+                    }
+                    Outcome::WrongVersion { .. } | Outcome::Duplicate { .. } => {}
+                }
+                next = offset + 1;
+                if found.events.len() >= max {
+                    break;
+                }
+            }
+            if complete && found.events.len() < max {
+                // Everything below the index's offset was read.
+                next = next.max(*end);
+            }
+            if next > *at {
+                found.moves.push((tp.clone(), next));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Read from the index once: dead-letter what does not decode, move
+    /// the cursors, and return the events.
+    async fn take_from_index(&mut self, max: usize) -> Result<Vec<Envelope>, Error> {
+        self.refresh().await?;
+        let found = self.find(max.max(1)).await?;
+        for (topic, partition, offset, reason) in &found.undecodable {
+            self.dead_letter(topic, *partition, *offset, reason).await?;
+        }
+        if let Some(reads) = &mut self.reads {
+            for (tp, next) in found.moves {
+                if let Some(at) = reads.cursors.get_mut(&tp) {
+                    *at = next;
+                    self.uncommitted.insert(tp, next);
+                }
+            }
+        }
+        if !found.events.is_empty() {
+            self.handed_out = true;
+        }
+        Ok(found.events)
+    }
+
+    /// [`Subscription::next_batch`] from the index: wait until the index
+    /// has stored records past a cursor, or the assignment changes.
+    async fn next_from_index(&mut self, max: usize) -> Result<Vec<Envelope>, Error> {
+        loop {
+            if let Some(reads) = &mut self.reads {
+                reads.index_rx.mark_unchanged();
+                reads.assigned_rx.mark_unchanged();
+            }
+            let batch = match self.take_from_index(max).await {
+                Ok(b) => b,
+                Err(e @ Error::Unavailable { .. }) => {
+                    tracing::warn!(group = %self.group, error = %e, "reading the held partitions failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if !batch.is_empty() {
+                self.commit_pending = false;
+                return Ok(batch);
+            }
+            if !self.handed_out && !self.uncommitted.is_empty() {
+                self.commit_pending = true;
+            }
+            let Some(reads) = &mut self.reads else {
+                return Ok(Vec::new());
+            };
+            let commit_pending = self.commit_pending;
+            let retry = tokio::select! {
+                r = reads.index_rx.changed() => {
+                    if r.is_err() {
+                        return Err(Error::Closed);
+                    }
+                    false
+                }
+                _ = reads.assigned_rx.changed() => false,
+                () = tokio::time::sleep(COMMIT_RETRY), if commit_pending => true,
+            };
+            if retry {
+                self.commit().await?;
+            }
+        }
+    }
+
     async fn collect(
         &mut self,
         first: (String, i32, i64),
@@ -1345,6 +1717,9 @@ impl GroupSubscription {
 #[async_trait]
 impl Subscription for GroupSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error> {
+        if self.reads.is_some() {
+            return self.next_from_index(max).await;
+        }
         loop {
             let received = if self.commit_pending {
                 match tokio::time::timeout(COMMIT_RETRY, self.consumer.recv()).await {
@@ -1378,6 +1753,9 @@ impl Subscription for GroupSubscription {
     }
 
     async fn poll_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error> {
+        if self.reads.is_some() {
+            return self.take_from_index(max).await;
+        }
         let first = match self.consumer.recv().now_or_never() {
             Some(Ok(m)) => (m.topic().to_owned(), m.partition(), m.offset()),
             _ => return Ok(Vec::new()),
@@ -1447,6 +1825,15 @@ impl Subscription for GroupSubscription {
     }
 
     async fn lag(&self) -> Result<u64, Error> {
+        if let Some(reads) = &self.reads {
+            return Ok(self.shared.read(|v| {
+                reads
+                    .cursors
+                    .iter()
+                    .map(|(tp, at)| (v.next_offset(&tp.0, tp.1) - at).max(0) as u64)
+                    .sum()
+            }));
+        }
         let position = match self.consumer.position() {
             Ok(p) => p,
             Err(e) => return Err(unavailable("consumer position", e)),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use mskflow_eventlog::{Envelope, Error, EventLog, ExpectedVersion, Metadata, NewEvent, StartFrom};
 use mskflow_eventlog_kafka::testing::{Broker, unique_prefix};
 use mskflow_eventlog_kafka::{
-    KafkaEventLog, Options, TopicProblem, TopicSettings, create_topics, topic_problems,
+    GroupReads, KafkaEventLog, Options, TopicProblem, TopicSettings, create_topics, topic_problems,
 };
 use uuid::Uuid;
 
@@ -473,6 +473,23 @@ async fn effects_follow_their_causes_on_every_instance() -> TestResult {
 /// consumer resumes from its committed offsets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rebalance_moves_partitions_without_loss_or_double_effects() -> TestResult {
+    rebalance_case(GroupReads::Index).await
+}
+
+/// The same with every group member fetching its records from the
+/// brokers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebalance_moves_partitions_without_loss_or_double_effects_fetching_from_the_brokers()
+-> TestResult {
+    rebalance_case(GroupReads::Brokers).await
+}
+
+async fn rebalance_case(reads: GroupReads) -> TestResult {
+    let open = |broker: &Broker, prefix: &str, client: &str| {
+        let mut o = options(broker, prefix, client);
+        o.group_reads = reads;
+        KafkaEventLog::open(o)
+    };
     let broker = Broker::start()?;
     let prefix = unique_prefix("rebalance");
     create_topics(&options(&broker, &prefix, "setup")).await?;
@@ -1114,5 +1131,70 @@ async fn a_killed_instance_resumes_from_its_index_file() -> TestResult {
     let resumed = all(reopened.clone()).await?;
     assert_eq!(resumed.len(), reopened.indexed(), "positions without gaps");
     assert_eq!(resumed, all(fresh.clone()).await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_broker_ceiling_reads_back_every_record_and_a_profile_counts_the_topics() -> TestResult
+{
+    use mskflow_eventlog_kafka::bench::{self, BenchOptions, SizeMix};
+    let broker = Broker::start()?;
+    let prefix = unique_prefix("bench");
+    let o = options(&broker, &prefix, "bench");
+    create_topics(&o).await?;
+    let log = KafkaEventLog::open(o.clone()).await?;
+    let big = serde_json::json!({ "text": "x".repeat(4000) });
+    for _ in 0..4 {
+        let mut e = event("ReferralReceived", 1);
+        e.payload = big.clone();
+        log.append(
+            &format!("referral-{}", Uuid::new_v4()),
+            ExpectedVersion::NoStream,
+            vec![e],
+            &meta(),
+        )
+        .await?;
+    }
+    let profile = bench::profile_topics(&o).await?;
+    let intake = profile
+        .iter()
+        .find(|t| t.topic == format!("{prefix}.intake.v1"))
+        .ok_or("no intake topic in the profile")?;
+    assert_eq!((intake.records, intake.sampled), (4, 4), "{profile:?}");
+    assert!((4000.0..6000.0).contains(&intake.mean_bytes), "{profile:?}");
+    assert!(
+        profile
+            .iter()
+            .filter(|t| t.topic != intake.topic)
+            .all(|t| t.records == 0),
+        "{profile:?}"
+    );
+    assert_eq!(
+        SizeMix::of_profile(&profile).map(|m| m.0.len()),
+        Some(1),
+        "only the intake topic has records"
+    );
+
+    let sizes = SizeMix(vec![(2000, 1), (100, 3)]);
+    let report = bench::run(
+        &o,
+        &BenchOptions {
+            records: 400,
+            in_flight: 50,
+            sizes: sizes.clone(),
+            ..BenchOptions::default()
+        },
+    )
+    .await?;
+    assert_eq!((report.records, report.consumed), (400, 400), "{report:?}");
+    assert_eq!(report.partitions, 3);
+    assert_eq!(report.produce_to_consume_ms.count, 400);
+    assert_eq!(report.ack_ms.count, 400);
+    // Payloads of the mix plus 36-byte keys.
+    let payloads: u64 = (0..400).map(|i| sizes.size(i) as u64).sum();
+    assert_eq!(report.bytes, payloads + 400 * 36);
+    assert!(report.records_per_sec > 0.0 && report.mb_per_sec > 0.0);
+    assert!(report.produce_to_consume_ms.p50 <= report.produce_to_consume_ms.p99);
+    assert!(report.render().contains("records/s"));
     Ok(())
 }

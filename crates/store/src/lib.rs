@@ -43,6 +43,19 @@ pub struct StoreArgs {
     /// before it fails as unavailable (gRPC `UNAVAILABLE`, HTTP 503).
     #[arg(long, env = "MSKFLOW_KAFKA_APPEND_TIMEOUT_MS", default_value_t = 5_000)]
     pub kafka_append_timeout_ms: u64,
+    /// Where durable consumers (consumer groups) read their records:
+    /// `index` (from this instance's index of the topics; the group only
+    /// shares out partitions and keeps offsets) or `brokers` (each member
+    /// fetches its own).
+    #[arg(long, env = "MSKFLOW_KAFKA_GROUP_READS", default_value = "index")]
+    pub kafka_group_reads: mskflow_eventlog_kafka::GroupReads,
+    /// `fetch.wait.max.ms` of the index's consumer: how long the brokers may
+    /// hold a fetch while no record arrives.
+    #[arg(long, env = "MSKFLOW_KAFKA_FETCH_WAIT_MS", default_value_t = 20)]
+    pub kafka_fetch_wait_ms: u64,
+    /// The producer's `linger.ms`.
+    #[arg(long, env = "MSKFLOW_KAFKA_LINGER_MS", default_value_t = 1)]
+    pub kafka_linger_ms: u64,
     /// Extra librdkafka settings, `key=value`, comma separated
     /// (`security.protocol=ssl,ssl.ca.location=/etc/kafka/ca.pem`).
     #[arg(long, env = "MSKFLOW_KAFKA_OPTIONS", value_delimiter = ',')]
@@ -111,6 +124,9 @@ impl StoreArgs {
         options.index_path = self.kafka_index_path();
         options.session_timeout = Duration::from_millis(self.kafka_session_timeout_ms);
         options.append_timeout = Duration::from_millis(self.kafka_append_timeout_ms);
+        options.group_reads = self.kafka_group_reads;
+        options.fetch_wait = Duration::from_millis(self.kafka_fetch_wait_ms);
+        options.linger = Duration::from_millis(self.kafka_linger_ms);
         for kv in self.kafka_option.iter().filter(|s| !s.trim().is_empty()) {
             let (k, v) = kv
                 .split_once('=')
@@ -284,6 +300,9 @@ mod tests {
             kafka_replication: 1,
             kafka_session_timeout_ms: 6000,
             kafka_append_timeout_ms: 500,
+            kafka_group_reads: mskflow_eventlog_kafka::GroupReads::Index,
+            kafka_fetch_wait_ms: 20,
+            kafka_linger_ms: 1,
             kafka_option: Vec::new(),
             state_dir: None,
         }
@@ -337,6 +356,38 @@ mod tests {
         assert_eq!(
             a.kafka("test").unwrap().unwrap().index_path,
             Some(PathBuf::from("/var/lib/mskflow/intake-0/kafka-index.db"))
+        );
+    }
+
+    #[test]
+    fn the_kafka_tuning_reaches_the_adapter_and_parses_from_the_command_line() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            store: StoreArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "x",
+            "--kafka-brokers",
+            "127.0.0.1:1",
+            "--kafka-group-reads",
+            "brokers",
+            "--kafka-fetch-wait-ms",
+            "5",
+            "--kafka-linger-ms",
+            "3",
+        ])
+        .unwrap();
+        let o = cli.store.kafka("test").unwrap().unwrap();
+        assert_eq!(o.group_reads, mskflow_eventlog_kafka::GroupReads::Brokers);
+        assert_eq!(o.fetch_wait, Duration::from_millis(5));
+        assert_eq!(o.linger, Duration::from_millis(3));
+        let o = args(Some("127.0.0.1:1")).kafka("test").unwrap().unwrap();
+        assert_eq!(o.group_reads, mskflow_eventlog_kafka::GroupReads::Index);
+        assert!(
+            Cli::try_parse_from(["x", "--kafka-group-reads", "sometimes"]).is_err(),
+            "an unknown mode is refused"
         );
     }
 
