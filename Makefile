@@ -4,7 +4,7 @@ CARGO   ?= cargo
 PROFILE ?= dev
 ARGS    ?=
 
-.PHONY: run test build lint fmt bench schemas clean-data broker browser deny fuzz
+.PHONY: run test build lint fmt bench bench-kafka schemas clean-data broker browser deny fuzz
 
 ## Build and start every service in one process on the embedded event store.
 run:
@@ -68,6 +68,16 @@ bench:
 	$(BENCH_TARGET)/release/mskflow load --referrals $(BENCH_REFERRALS) --concurrency 32 --replay --json $(BENCH_OUT)/load-100k.json
 	scripts/bench-report.sh $(BENCH_OUT) $(BENCH_TARGET)/criterion > $(BENCH_OUT)/REPORT.md
 	cat $(BENCH_OUT)/REPORT.md
+
+## The Kafka deployment against the broker's own ceiling, in one run
+## (scripts/kafka-load.sh, release build): the ceiling with a plain client,
+## mskflow end to end at each of KAFKA_SIZES referrals, the fraction, and
+## two gateway, intake and assessment instances against one (KAFKA_SCALE
+## referrals; 0 skips it). About 10 minutes once built.
+KAFKA_SIZES ?= 1000 5000 20000
+KAFKA_SCALE ?= 5000
+bench-kafka:
+	SCALE_SIZE=$(KAFKA_SCALE) scripts/kafka-load.sh $(KAFKA_SIZES)
 
 ## Regenerate schemas/events/ and schemas/analytics/ from the Rust types.
 schemas:

@@ -22,8 +22,9 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = mskflow::load::LoadArgs {
-        url: None,
+        url: Vec::new(),
         token: None,
+        hs256_secret_file: None,
         ods: None,
         referrals: Some(cli.referrals),
         concurrency: cli.concurrency,

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod export;
+pub mod kafka_bench;
 pub mod load;
 pub mod ops;
 pub mod topics;

@@ -44,13 +44,20 @@ use referrals::Generator;
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
     /// Base FHIR URL of a running gateway (e.g. http://127.0.0.1:8080/fhir).
-    /// Default: start every service in this process on a temporary directory.
-    #[arg(long)]
-    pub url: Option<String>,
+    /// Repeat it (or separate with commas) to spread the clients over
+    /// several gateways: client `i` posts to URL `i mod n`. Default: start
+    /// every service in this process on a temporary directory.
+    #[arg(long, value_delimiter = ',')]
+    pub url: Vec<String>,
     /// Bearer token for --url (otherwise MSKFLOW_LOAD_TOKEN). The in-process
     /// system gets its own key and signs one token per sending practice.
     #[arg(long, env = "MSKFLOW_LOAD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// With --url: the gateways' shared HS256 secret (the file their
+    /// `--auth-hs256-secret-file` names); one token per sending practice is
+    /// signed with it, as in-process, instead of --token.
+    #[arg(long, conflicts_with = "token")]
+    pub hs256_secret_file: Option<PathBuf>,
     /// Sending practice (ODS code) of every referral; must be the token's
     /// organisation. Default with --url: A81001.
     #[arg(long)]
@@ -198,6 +205,41 @@ pub struct Report {
     /// The generated mix: red flags and STarT Back risks.
     pub red_flags: u64,
     pub start_back: HashMap<String, u64>,
+}
+
+/// One bearer token per sending practice (or only `ods`), signed with the
+/// gateways' HS256 secret.
+fn practice_tokens(secret: &[u8], ods: Option<&str>) -> anyhow::Result<HashMap<String, String>> {
+    let codes: Vec<String> = match ods {
+        Some(o) => vec![o.to_owned()],
+        None => (0..referrals::PRACTICES)
+            .map(Generator::practice_code)
+            .collect(),
+    };
+    let mut tokens = HashMap::new();
+    for ods in codes {
+        let claims =
+            mskflow_gateway::auth::TokenClaims::new("mskflow-load", &ods, "system/*.*", 86_400);
+        let token = mskflow_gateway::auth::sign_hs256(secret, &claims)?;
+        tokens.insert(ods, token);
+    }
+    Ok(tokens)
+}
+
+/// An HS256 secret file as the gateway reads it (one trailing newline is
+/// not part of the secret).
+fn read_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let mut secret =
+        std::fs::read(path).with_context(|| format!("reading the secret {}", path.display()))?;
+    if secret.last() == Some(&b'\n') {
+        secret.pop();
+    }
+    anyhow::ensure!(
+        secret.len() >= 32,
+        "the HS256 secret in {} is shorter than 32 bytes",
+        path.display()
+    );
+    Ok(secret)
 }
 
 /// POST a FHIR JSON body with fresh request and correlation ids, and the
@@ -531,7 +573,7 @@ struct WorkerResult {
 /// Run the load and return the report.
 pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
-    let in_process = args.url.is_none();
+    let in_process = args.url.is_empty();
     anyhow::ensure!(
         in_process || !(args.end_to_end || args.replay),
         "--end-to-end and --replay need the in-process system (no --url)"
@@ -546,43 +588,44 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
     // Bearer tokens by sending practice.
     let mut tokens: HashMap<String, String> = HashMap::new();
     let mut in_process_config = None;
-    let (running, base, practice) = match &args.url {
-        Some(url) => {
-            let ods = args.ods.clone().unwrap_or_else(|| "A81001".to_owned());
-            if let Some(t) = &args.token {
-                tokens.insert(ods.clone(), t.clone());
+    let (running, bases, practice) = if in_process {
+        let mut config = crate::Config::ephemeral(tmp.path());
+        let secret = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        let secret_file = tmp.path().join("load-hs256.secret");
+        std::fs::write(&secret_file, &secret).context("writing the load run's key")?;
+        config.gateway.auth.mode = mskflow_gateway::auth::Mode::Jwt;
+        config.gateway.auth.hs256_secret_file = Some(secret_file);
+        tokens = practice_tokens(secret.as_bytes(), args.ods.as_deref())?;
+        let running = crate::start(&config).await?;
+        let base = format!("http://{}/fhir", running.gateway_addr);
+        in_process_config = Some(config);
+        (Some(running), vec![base], args.ods.clone())
+    } else {
+        let bases: Vec<String> = args
+            .url
+            .iter()
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .collect();
+        anyhow::ensure!(
+            bases.iter().all(|b| !b.is_empty()),
+            "--url must not be empty"
+        );
+        match &args.hs256_secret_file {
+            Some(path) => {
+                let secret = read_secret(path)?;
+                tokens = practice_tokens(&secret, args.ods.as_deref())?;
+                (None, bases, args.ods.clone())
             }
-            (None, url.trim_end_matches('/').to_owned(), Some(ods))
-        }
-        None => {
-            let mut config = crate::Config::ephemeral(tmp.path());
-            let secret = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-            let secret_file = tmp.path().join("load-hs256.secret");
-            std::fs::write(&secret_file, &secret).context("writing the load run's key")?;
-            config.gateway.auth.mode = mskflow_gateway::auth::Mode::Jwt;
-            config.gateway.auth.hs256_secret_file = Some(secret_file);
-            let codes: Vec<String> = match &args.ods {
-                Some(o) => vec![o.clone()],
-                None => (0..referrals::PRACTICES)
-                    .map(Generator::practice_code)
-                    .collect(),
-            };
-            for ods in codes {
-                let claims = mskflow_gateway::auth::TokenClaims::new(
-                    "mskflow-load",
-                    &ods,
-                    "system/*.*",
-                    86_400,
-                );
-                let token = mskflow_gateway::auth::sign_hs256(secret.as_bytes(), &claims)?;
-                tokens.insert(ods, token);
+            None => {
+                let ods = args.ods.clone().unwrap_or_else(|| "A81001".to_owned());
+                if let Some(t) = &args.token {
+                    tokens.insert(ods.clone(), t.clone());
+                }
+                (None, bases, Some(ods))
             }
-            let running = crate::start(&config).await?;
-            let base = format!("http://{}/fhir", running.gateway_addr);
-            in_process_config = Some(config);
-            (Some(running), base, args.ods.clone())
         }
     };
+    let base = bases.first().cloned().unwrap_or_default();
     let tokens = Arc::new(tokens);
 
     let tracker = Arc::new(Mutex::new(EndToEnd {
@@ -602,7 +645,10 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
         .pool_max_idle_per_host(args.concurrency)
         .tcp_nodelay(true)
         .build()?;
-    let url = format!("{base}/$process-message");
+    let urls: Vec<String> = bases
+        .iter()
+        .map(|b| format!("{b}/$process-message"))
+        .collect();
     let generator = Arc::new(Generator::new(args.seed, Uuid::new_v4())?.from_practice(practice));
     let next = Arc::new(AtomicU64::new(0));
     let bar = indicatif::ProgressBar::new(total);
@@ -635,11 +681,12 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
         _ => None,
     };
     let mut tasks = Vec::with_capacity(args.concurrency);
-    for _ in 0..args.concurrency {
+    for n in 0..args.concurrency {
         let tokens = tokens.clone();
+        let url = urls.get(n % urls.len().max(1)).cloned().unwrap_or_default();
         let (client, url, next, generator, bar, tracker, accepted_so_far) = (
             client.clone(),
-            url.clone(),
+            url,
             next.clone(),
             generator.clone(),
             bar.clone(),
@@ -802,7 +849,11 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<Report> {
     let accepted = latency.len();
     Ok(Report {
         mode: if args.rate.is_some() { "rate" } else { "max" },
-        target: args.url.clone().unwrap_or_else(|| "in-process".to_owned()),
+        target: if in_process {
+            "in-process".to_owned()
+        } else {
+            bases.join(",")
+        },
         target_rate: args.rate,
         concurrency: args.concurrency,
         referrals: total,
@@ -990,8 +1041,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("load.json");
         let args = LoadArgs {
-            url: None,
+            url: Vec::new(),
             token: None,
+            hs256_secret_file: None,
             ods: None,
             referrals: Some(60),
             concurrency: 4,
@@ -1050,6 +1102,57 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("responses scored/s"), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_spreads_over_several_urls_with_tokens_signed_by_the_shared_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("hs256.secret");
+        std::fs::write(&secret_file, format!("{}\n", "k".repeat(40))).unwrap();
+        let mut config = crate::Config::ephemeral(dir.path());
+        config.gateway.auth.mode = mskflow_gateway::auth::Mode::Jwt;
+        config.gateway.auth.hs256_secret_file = Some(secret_file.clone());
+        let running = crate::start(&config).await.unwrap();
+        let base = format!("http://{}/fhir", running.gateway_addr);
+        let args = LoadArgs {
+            url: vec![base.clone(), format!("{base}/")],
+            token: None,
+            hs256_secret_file: Some(secret_file.clone()),
+            ods: None,
+            referrals: Some(20),
+            concurrency: 4,
+            rate: None,
+            duration: 1.0,
+            end_to_end: false,
+            replay: false,
+            rss_pid: None,
+            seed: 5,
+            json: None,
+            sample_every: 0.0,
+            questionnaires: false,
+        };
+        let report = run(&args).await.unwrap();
+        assert_eq!((report.accepted, report.failed), (20, 0), "{report:?}");
+        assert_eq!(report.target, format!("{base},{base}"));
+
+        // A secret the gateways do not share is refused on every request.
+        let other = dir.path().join("other.secret");
+        std::fs::write(&other, "x".repeat(40)).unwrap();
+        let refused = run(&LoadArgs {
+            hs256_secret_file: Some(other),
+            referrals: Some(4),
+            ..args.clone()
+        })
+        .await
+        .unwrap();
+        assert_eq!(refused.accepted, 0);
+        assert_eq!(refused.failures.get("401"), Some(&4), "{refused:?}");
+        running.stop().await.unwrap();
+
+        let short = dir.path().join("short.secret");
+        std::fs::write(&short, "short\n").unwrap();
+        assert!(read_secret(&short).is_err());
+        assert_eq!(read_secret(&secret_file).unwrap().len(), 40);
     }
 
     #[test]

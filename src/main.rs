@@ -90,6 +90,11 @@ enum Command {
     /// Post generated referral messages over HTTP (in-process system by
     /// default) and report throughput and latency percentiles.
     Load(mskflow::load::LoadArgs),
+    /// The brokers' own ceiling for mskflow's traffic: keyed records
+    /// produced (acks=all, idempotent) and read back by a plain client,
+    /// sized like the topic set's records, and (with --referrals) that
+    /// ceiling in referrals per second.
+    KafkaBench(mskflow::kafka_bench::KafkaBenchArgs),
     /// The Kafka topic set: create what is missing, or check it.
     Topics {
         #[command(subcommand)]
@@ -253,6 +258,10 @@ async fn main() -> anyhow::Result<()> {
                 TopicsAction::List => mskflow::topics::Action::List,
             };
             print!("{}", mskflow::topics::run(action, &store).await?);
+            Ok(())
+        }
+        Command::KafkaBench(args) => {
+            print!("{}", mskflow::kafka_bench::command(&args).await?);
             Ok(())
         }
         Command::Load(args) => {
