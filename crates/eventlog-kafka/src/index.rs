@@ -15,7 +15,11 @@
 //!
 //! A record is applied only after the records its writer had applied (its
 //! `after` frontier), so every instance sees causes before effects across
-//! topics.
+//! topics. An instance that follows only some topics (its service's, see
+//! `topics::reads_of`) waits only for causes on those: the others it never
+//! reads. Sequences are therefore local to an instance (they always were:
+//! two instances interleave partitions differently); decisions are not, as
+//! each stream's records are decided in its own partition's order.
 //!
 //! What has been decided lives in a [`Store`] (`disk.rs`: one SQLite file
 //! per instance). The index keeps in memory only the decisions of the batch
@@ -183,6 +187,9 @@ pub struct Index<S> {
     batch_ids: HashSet<Uuid>,
     waiting: HashMap<Tp, VecDeque<Incoming>>,
     stalled: usize,
+    /// The topics this instance reads, when not all of them
+    /// ([`Index::following`]).
+    follows: Option<HashSet<String>>,
 }
 
 impl<S: Store> Index<S> {
@@ -197,7 +204,26 @@ impl<S: Store> Index<S> {
             batch_ids: HashSet::new(),
             waiting: HashMap::new(),
             stalled: 0,
+            follows: None,
         })
+    }
+
+    /// This index is offered the records of `topics` only: a frontier entry
+    /// on any other topic is a cause this instance never reads, so a record
+    /// does not wait for it. (Its effects on the topics read are ordered by
+    /// their own frontiers.)
+    #[must_use]
+    pub fn following<I, T>(mut self, topics: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.follows = Some(topics.into_iter().map(Into::into).collect());
+        self
+    }
+
+    fn follows(&self, topic: &str) -> bool {
+        self.follows.as_ref().is_none_or(|f| f.contains(topic))
     }
 
     /// Offer the next record of a partition (records of one partition must
@@ -257,6 +283,7 @@ impl<S: Store> Index<S> {
                 // A record never waits on its own partition's past (those
                 // records are before it already).
                 (f.topic == incoming.topic && f.partition == incoming.partition)
+                    || !self.follows(&f.topic)
                     || self.next_offset(&f.topic, f.partition) >= f.next
             }),
         }
@@ -648,6 +675,36 @@ mod tests {
             .map(|e| e.event_id)
             .collect();
         assert_eq!(order, vec![cause, effect]);
+    }
+
+    #[test]
+    fn an_instance_that_does_not_read_the_causes_topic_does_not_wait_for_it() {
+        let mut index = new_index().following(["assessment"]);
+        let effect = Uuid::new_v4();
+        let mut r = record("assessment-x", WireExpected::NoStream, &[effect]);
+        r.after = vec![
+            FrontierEntry {
+                topic: "intake".to_owned(),
+                partition: 0,
+                next: 1,
+            },
+            FrontierEntry {
+                topic: "assessment".to_owned(),
+                partition: 1,
+                next: 1,
+            },
+        ];
+        // It still waits for a cause on a topic it reads ...
+        assert_eq!(offer(&mut index, incoming("assessment", 0, 0, r)), 0);
+        assert_eq!(index.stalled(), 1);
+        // ... and applies once that cause is in, never waiting for intake.
+        let cause = record("assessment-y", WireExpected::NoStream, &[Uuid::new_v4()]);
+        assert_eq!(offer(&mut index, incoming("assessment", 1, 0, cause)), 2);
+        assert_eq!(index.stalled(), 0);
+        assert!(matches!(
+            outcome(&index, "assessment", 0, 0),
+            Some(Outcome::Accepted { .. })
+        ));
     }
 
     #[test]

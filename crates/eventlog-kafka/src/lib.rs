@@ -15,8 +15,10 @@
 //! * **Causal order**: each record carries its writer's applied frontier;
 //!   readers apply it only after what its writer had seen (except the
 //!   gateway topic: audit and delivery attempts cause nothing elsewhere).
-//! * **Reads**: every instance folds every topic into a local index kept in
-//!   a SQLite file of its own (`disk.rs`, [`Options::index_path`]):
+//! * **Reads**: every instance folds the topics it follows
+//!   ([`Options::follow`]: a service's instances read their own service's
+//!   topics and those whose events they consume; the gateway and the tools
+//!   read all) into a local index kept in a SQLite file of its own (`disk.rs`, [`Options::index_path`]):
 //!   accepted events in local order, stream versions, event ids, every
 //!   record's decision and each partition's next offset, stored in one
 //!   transaction per batch. `read_stream` and `StartFrom::Beginning` /
@@ -75,7 +77,7 @@ use crate::disk::{Identity, Location, Opened, SqliteStore};
 use crate::index::{Batch, Decided, Incoming, Index, Outcome, Place, Store as _, Tp};
 pub use crate::publish::TopicPublisher;
 use crate::record::{AppendRecord, FORMAT, WireEvent, headers, partition_key};
-pub use crate::topics::{TopicSettings, TopicSpec};
+pub use crate::topics::{TopicSettings, TopicSpec, reads_of, service_of_consumer};
 
 /// Adapter settings.
 #[derive(Debug, Clone)]
@@ -116,6 +118,11 @@ pub struct Options {
     /// temporary file, removed when the log is dropped (the index is
     /// rebuilt from the start of the topics at each start).
     pub index_path: Option<PathBuf>,
+    /// The service this instance runs (`topics::reads_of`): the index
+    /// follows the topics that service reads, the dead-letter topics of its
+    /// consumers and the operations topic. `None` (or a service that reads
+    /// everything): every topic of the log.
+    pub follow: Option<String>,
 }
 
 impl Options {
@@ -132,7 +139,24 @@ impl Options {
             fetch_wait: FETCH_WAIT,
             linger: LINGER,
             index_path: None,
+            follow: None,
         }
+    }
+
+    /// The log's topics this instance follows ([`Options::follow`]).
+    pub fn followed_topics(&self) -> Vec<String> {
+        self.topics.followed(self.follow.as_deref())
+    }
+
+    /// The topics a durable consumer's group reads: those its service
+    /// reads, of those this instance follows.
+    fn group_topics(&self, consumer: &str) -> Vec<String> {
+        let followed = self.followed_topics();
+        self.topics
+            .followed(Some(service_of_consumer(consumer)))
+            .into_iter()
+            .filter(|t| followed.contains(t))
+            .collect()
     }
 
     fn client_config(&self, role: &str) -> ClientConfig {
@@ -349,6 +373,8 @@ pub struct KafkaEventLog {
 
 struct Inner {
     options: Options,
+    /// The topics the index follows ([`Options::followed_topics`]).
+    followed: Vec<String>,
     producer: Producers,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
@@ -443,7 +469,7 @@ impl KafkaEventLog {
     /// index has caught up with the topics as they were at start, so reads
     /// and appends see everything recorded before.
     pub async fn open(options: Options) -> Result<Self, Error> {
-        let names = options.topics.names();
+        let names = options.followed_topics();
         check_topics(&options).await?;
 
         let producer = Producers::new(&options)?;
@@ -469,6 +495,7 @@ impl KafkaEventLog {
                 .topics
                 .specs()
                 .into_iter()
+                .filter(|s| names.contains(&s.name))
                 .map(|s| (s.name, s.partitions))
                 .collect(),
         };
@@ -488,7 +515,8 @@ impl KafkaEventLog {
         let store = Arc::new(store);
         let index = {
             let store = store.clone();
-            blocking(move || Index::open(store)).await?
+            let options = options.clone();
+            blocking(move || open_index(store, &options)).await?
         };
         let stored = index.offsets().clone();
         match &opened {
@@ -535,6 +563,7 @@ impl KafkaEventLog {
 
         let log = Self {
             inner: Arc::new(Inner {
+                followed: names,
                 options,
                 producer,
                 shared,
@@ -612,6 +641,17 @@ impl KafkaEventLog {
     /// The topic set this log uses.
     pub fn topics(&self) -> &TopicSettings {
         &self.inner.options.topics
+    }
+
+    /// The topics this instance follows ([`Options::follow`]).
+    pub fn followed_topics(&self) -> &[String] {
+        &self.inner.followed
+    }
+
+    /// The topic of `stream_id` when this instance does not follow it.
+    fn unfollowed(&self, stream_id: &str) -> Option<String> {
+        let topic = self.inner.options.topics.topic_for_stream(stream_id);
+        (!self.inner.followed.contains(&topic)).then_some(topic)
     }
 }
 
@@ -762,6 +802,18 @@ fn apply_fetched(
     Ok((batch, index.events(), index.stalled()))
 }
 
+/// The index on `store`, following the topics `options` say.
+fn open_index(
+    store: Arc<SqliteStore>,
+    options: &Options,
+) -> Result<Index<Arc<SqliteStore>>, Error> {
+    let index = Index::open(store)?;
+    Ok(match options.follow {
+        Some(_) => index.following(options.followed_topics()),
+        None => index,
+    })
+}
+
 /// The index's consumer loop: a batch of whatever has arrived, decided and
 /// stored in one transaction, then published to readers and writers. A
 /// failure of the index file drops the batch's decisions and starts again
@@ -779,11 +831,14 @@ async fn follow(
         let Some(mut current) = index.take() else {
             // Lost to a failure: reopen it from the file.
             let store = shared.store.clone();
-            let reopened = blocking(move || Index::open(store)).await.and_then(|i| {
-                let stored = i.offsets().clone();
-                let c = index_consumer(&options, &partitions, &stored)?;
-                Ok((i, c))
-            });
+            let opts = options.clone();
+            let reopened = blocking(move || open_index(store, &opts))
+                .await
+                .and_then(|i| {
+                    let stored = i.offsets().clone();
+                    let c = index_consumer(&options, &partitions, &stored)?;
+                    Ok((i, c))
+                });
             match reopened {
                 Ok((i, c)) => {
                     index = Some(i);
@@ -993,6 +1048,14 @@ impl EventLog for KafkaEventLog {
                 reason: "no events".to_owned(),
             });
         }
+        if let Some(topic) = self.unfollowed(stream_id) {
+            return Err(Error::InvalidAppend {
+                stream_id: stream_id.to_owned(),
+                reason: format!(
+                    "its topic {topic} is not one this instance follows, so it could not read the append back"
+                ),
+            });
+        }
         let deadline = tokio::time::Instant::now() + self.inner.options.append_timeout;
         let shared = &self.inner.shared;
         // A writer that is already behind cannot win: refuse without a
@@ -1179,6 +1242,12 @@ impl EventLog for KafkaEventLog {
         stream_id: &str,
         from_sequence: u64,
     ) -> Result<Vec<Envelope>, Error> {
+        if let Some(topic) = self.unfollowed(stream_id) {
+            return Err(Error::Unavailable {
+                context: format!("reading stream {stream_id}"),
+                source: format!("its topic {topic} is not one this instance follows").into(),
+            });
+        }
         let stream = stream_id.to_owned();
         self.inner
             .shared
@@ -1229,7 +1298,7 @@ impl EventLog for KafkaEventLog {
                         assigned: assigned.clone(),
                     })
                     .map_err(|e| unavailable(format!("creating consumer group {group}"), e))?;
-                let names = options.topics.names();
+                let names = options.group_topics(consumer);
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
                 kafka
                     .subscribe(&refs)
@@ -1979,9 +2048,10 @@ async fn check_topics(options: &Options) -> Result<(), Error> {
 }
 
 /// How far a durable consumer's group is behind: for every partition of the
-/// topic set, the high watermark minus the group's committed offset (a
-/// partition the group never committed counts from its low watermark).
-/// Zero when the group has committed everything stored.
+/// topics its service follows ([`TopicSettings::followed`]), the high
+/// watermark minus the group's committed offset (a partition the group never
+/// committed counts from its low watermark). Zero when the group has
+/// committed everything stored.
 pub async fn group_lag(options: &Options, consumer: &str) -> Result<u64, Error> {
     let group = options.topics.group(consumer);
     let client: BaseConsumer = options
@@ -1990,7 +2060,7 @@ pub async fn group_lag(options: &Options, consumer: &str) -> Result<u64, Error> 
         .set("enable.auto.commit", "false")
         .create()
         .map_err(|e| unavailable("creating the lag client", e))?;
-    let names = options.topics.names();
+    let names = options.topics.followed(Some(service_of_consumer(consumer)));
     tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_secs(10);
         let (tpl, _) = whole_topics(&client, &names)?;

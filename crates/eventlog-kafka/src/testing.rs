@@ -4,7 +4,9 @@
 //!
 //! The binary comes from `MSKFLOW_KAFKA_BROKER` or, by default,
 //! `~/.cache/mskflow/nisshi/bin/nisshi`, where `scripts/kafka-broker.sh
-//! install` (run by `make test`) puts it.
+//! install` (run by `make test`) puts it. `MSKFLOW_KAFKA_TEST_STORAGE`
+//! sets another storage engine (`memory://nisshi/`, `postgres://…`) to run
+//! the same tests against; a restart keeps only what that engine keeps.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -180,6 +182,15 @@ impl Broker {
     }
 }
 
+/// The broker's `--storage-engine`: SQLite in the broker's directory unless
+/// `MSKFLOW_KAFKA_TEST_STORAGE` names another.
+pub fn storage_engine() -> String {
+    std::env::var("MSKFLOW_KAFKA_TEST_STORAGE")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "sqlite://broker.db".to_owned())
+}
+
 /// Start the broker binary on `addr` with its storage in `dir`.
 fn launch(addr: SocketAddr, dir: &std::path::Path) -> io::Result<Child> {
     let binary = broker_binary();
@@ -201,7 +212,7 @@ fn launch(addr: SocketAddr, dir: &std::path::Path) -> io::Result<Child> {
         .arg("broker")
         .args(["--listener-url", &url])
         .args(["--advertised-listener-url", &url])
-        .args(["--storage-engine", "sqlite://broker.db"])
+        .args(["--storage-engine", &storage_engine()])
         .current_dir(dir)
         .env_remove("LISTENER_URL")
         .env_remove("ADVERTISED_LISTENER_URL")

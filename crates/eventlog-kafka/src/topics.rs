@@ -15,6 +15,29 @@ pub const CONSUMERS: &[&str] = &[
     "gateway-notifications",
 ];
 
+/// The services' topics a service's instances read: their own, and those
+/// of the services whose events they consume or look up (assessment reads
+/// referrals; scheduling reads assessments; outcomes reads assessments and
+/// rehabilitation). `None` for the gateway and anything else (the tools, the
+/// all-in-one process): every topic. Each instance also reads the
+/// operations topic and the dead-letter topics of its service's consumers
+/// ([`TopicSettings::followed`]). The service's own topic comes last.
+pub fn reads_of(service: &str) -> Option<&'static [&'static str]> {
+    match service {
+        "intake" => Some(&["intake"]),
+        "assessment" => Some(&["intake", "assessment"]),
+        "scheduling" => Some(&["assessment", "scheduling"]),
+        "outcomes" => Some(&["assessment", "scheduling", "outcomes"]),
+        _ => None,
+    }
+}
+
+/// The service a durable consumer belongs to (`gateway-delivery` is the
+/// gateway's).
+pub fn service_of_consumer(consumer: &str) -> &str {
+    consumer.split('-').next().unwrap_or(consumer)
+}
+
 /// Settings of the topic set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSettings {
@@ -177,11 +200,63 @@ impl TopicSettings {
             .filter(|n| *n != analytics)
             .collect()
     }
+
+    /// The log's topics an instance of `service` follows: those the service
+    /// reads ([`reads_of`]), the dead-letter topics of its consumers and the
+    /// operations topic; every topic ([`TopicSettings::names`]) for `None`
+    /// or a service that reads everything (the gateway).
+    pub fn followed(&self, service: Option<&str>) -> Vec<String> {
+        let Some((service, reads)) = service.and_then(|s| Some((s, reads_of(s)?))) else {
+            return self.names();
+        };
+        let mut names: Vec<String> = reads.iter().map(|s| self.service_topic(s)).collect();
+        names.extend(
+            CONSUMERS
+                .iter()
+                .filter(|c| service_of_consumer(c) == service)
+                .map(|c| self.dead_letter_topic(c)),
+        );
+        names.push(self.operations_topic());
+        names
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_follows_its_services_topics_and_its_consumers_dead_letters() {
+        let t = TopicSettings::default();
+        assert_eq!(
+            t.followed(Some("intake")),
+            ["mskflow.intake.v1", "mskflow.operations.v1"]
+        );
+        assert_eq!(
+            t.followed(Some("assessment")),
+            [
+                "mskflow.intake.v1",
+                "mskflow.assessment.v1",
+                "mskflow.deadletter.assessment.v1",
+                "mskflow.operations.v1"
+            ]
+        );
+        // Outcomes reads scheduling's topic but not its dead letters.
+        let outcomes = t.followed(Some("outcomes"));
+        assert!(outcomes.contains(&"mskflow.scheduling.v1".to_owned()));
+        assert!(outcomes.contains(&"mskflow.deadletter.outcomes.v1".to_owned()));
+        assert!(!outcomes.contains(&"mskflow.deadletter.scheduling.v1".to_owned()));
+        assert!(!outcomes.contains(&"mskflow.gateway.v1".to_owned()));
+        assert_eq!(t.followed(Some("gateway")), t.names());
+        assert_eq!(t.followed(None), t.names());
+        assert_eq!(service_of_consumer("gateway-delivery"), "gateway");
+        assert_eq!(service_of_consumer("scheduling"), "scheduling");
+        // Every service whose consumer is listed reads its dead letters.
+        for c in CONSUMERS {
+            let s = service_of_consumer(c);
+            assert!(t.followed(Some(s)).contains(&t.dead_letter_topic(c)));
+        }
+    }
 
     #[test]
     fn streams_go_to_their_owners_topic() {

@@ -467,6 +467,109 @@ async fn effects_follow_their_causes_on_every_instance() -> TestResult {
     Ok(())
 }
 
+/// An instance that follows some services' topics fetches and indexes only
+/// those, never waits for causes on the others, refuses to append to or read
+/// a stream of a topic it does not follow, and a file kept for one set of
+/// topics starts afresh when opened for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_follows_only_its_services_topics() -> TestResult {
+    let broker = Broker::start()?;
+    let prefix = unique_prefix("follow");
+    create_topics(&options(&broker, &prefix, "setup")).await?;
+    let writer = open(&broker, &prefix, "writer").await?;
+    for n in 0..10 {
+        let id = Uuid::new_v4();
+        for stream in [format!("referral-{id}"), format!("assessment-{id}")] {
+            writer
+                .append(
+                    &stream,
+                    ExpectedVersion::NoStream,
+                    vec![event("E", n)],
+                    &meta(),
+                )
+                .await?;
+        }
+        writer
+            .append(
+                &format!("audit-{id}"),
+                ExpectedVersion::NoStream,
+                vec![event("AuditRecorded", n)],
+                &meta(),
+            )
+            .await?;
+    }
+    let dir = tempfile::tempdir()?;
+    let mut o = options(&broker, &prefix, "scheduling");
+    o.follow = Some("scheduling".to_owned());
+    o.index_path = Some(dir.path().join("index.db"));
+    let reader = KafkaEventLog::open(o.clone()).await?;
+    assert_eq!(
+        reader.followed_topics(),
+        [
+            format!("{prefix}.assessment.v1"),
+            format!("{prefix}.scheduling.v1"),
+            format!("{prefix}.deadletter.scheduling.v1"),
+            format!("{prefix}.operations.v1"),
+        ]
+    );
+    // Every assessment record, each applied though its writer had read the
+    // referral before it: intake is not waited for.
+    assert_eq!(reader.indexed(), 10);
+    assert_eq!(reader.records_fetched(), 10);
+    assert_eq!(reader.stalled(), 0);
+    let mut sub = reader.subscribe("views", StartFrom::Beginning).await?;
+    let seen = sub.next_batch(100).await?;
+    assert_eq!(seen.len(), 10);
+    assert!(seen.iter().all(|e| e.stream_id.starts_with("assessment-")));
+
+    let id = Uuid::new_v4();
+    let refused = reader
+        .append(
+            &format!("referral-{id}"),
+            ExpectedVersion::NoStream,
+            vec![event("E", 0)],
+            &meta(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, Error::InvalidAppend { reason, .. } if reason.contains(".intake.v1")),
+        "{refused}"
+    );
+    let unread = reader
+        .read_stream(&format!("referral-{id}"), 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(unread, Error::Unavailable { .. }), "{unread}");
+    // Its own topic: appended and read back.
+    reader
+        .append(
+            &format!("assessment-{id}"),
+            ExpectedVersion::NoStream,
+            vec![event("E", 0)],
+            &meta(),
+        )
+        .await?;
+    assert_eq!(
+        reader
+            .read_stream(&format!("assessment-{id}"), 1)
+            .await?
+            .len(),
+        1
+    );
+    let kept = reader.log_id();
+    reader.close().await;
+    drop((sub, reader));
+
+    // The same file opened to follow every topic cannot resume: it holds
+    // none of the other topics' records.
+    o.follow = None;
+    let all = KafkaEventLog::open(o).await?;
+    assert_ne!(all.log_id(), kept);
+    assert_eq!(all.indexed(), 31);
+    Ok(())
+}
+
 /// A durable consumer group of two members: one is killed mid-way; the other
 /// takes its partitions over. Every event's effect is applied exactly once
 /// (redeliveries are absorbed by the idempotent handler), and a restarted

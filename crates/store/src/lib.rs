@@ -127,6 +127,11 @@ impl StoreArgs {
         options.group_reads = self.kafka_group_reads;
         options.fetch_wait = Duration::from_millis(self.kafka_fetch_wait_ms);
         options.linger = Duration::from_millis(self.kafka_linger_ms);
+        // A service's instances follow the topics their service reads.
+        options.follow = client_id
+            .strip_prefix("mskflow-")
+            .filter(|s| mskflow_eventlog_kafka::reads_of(s).is_some())
+            .map(str::to_owned);
         for kv in self.kafka_option.iter().filter(|s| !s.trim().is_empty()) {
             let (k, v) = kv
                 .split_once('=')
@@ -179,6 +184,7 @@ pub async fn open(args: &StoreArgs, service: &str) -> Result<Store, Error> {
             fetched = log.records_fetched(),
             index = %log.index_path().display(),
             prefix = %log.topics().prefix,
+            follows = log.followed_topics().join(","),
             "event log: Kafka"
         );
         return Ok(Store {
@@ -385,6 +391,17 @@ mod tests {
         assert_eq!(o.linger, Duration::from_millis(3));
         let o = args(Some("127.0.0.1:1")).kafka("test").unwrap().unwrap();
         assert_eq!(o.group_reads, mskflow_eventlog_kafka::GroupReads::Index);
+        assert_eq!(o.follow, None, "a tool follows every topic");
+        let o = args(Some("127.0.0.1:1"))
+            .kafka("mskflow-scheduling")
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.follow.as_deref(), Some("scheduling"));
+        let o = args(Some("127.0.0.1:1"))
+            .kafka("mskflow-gateway")
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.follow, None, "the gateway follows every topic");
         assert!(
             Cli::try_parse_from(["x", "--kafka-group-reads", "sometimes"]).is_err(),
             "an unknown mode is refused"
