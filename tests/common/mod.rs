@@ -494,30 +494,41 @@ pub fn headless_browser() -> TestResult<PathBuf> {
 }
 
 /// Load `url` in the headless browser, let its scripts run, and return the
-/// document as the browser then holds it.
+/// document as the browser then holds it. A browser that crashes (killed by
+/// a signal, or a wrapper reporting one: exit status 128 and up) is started
+/// again, twice at most: a crash says nothing about the page. Any other
+/// failure is returned at once.
 pub async fn rendered_dom(url: &str) -> TestResult<String> {
-    let profile = tempfile::tempdir()?;
-    let output = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        tokio::process::Command::new(headless_browser()?)
-            .arg("--headless")
-            .arg("--no-sandbox")
-            .arg("--disable-gpu")
-            .arg("--no-first-run")
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("--virtual-time-budget=15000")
-            .arg("--dump-dom")
-            .arg(url)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await??;
-    if !output.status.success() {
-        return Err(format!(
-            "the browser failed: {}",
-            String::from_utf8_lossy(&output.stderr)
+    use std::os::unix::process::ExitStatusExt as _;
+    let mut crashes = Vec::new();
+    loop {
+        let profile = tempfile::tempdir()?;
+        let output = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            tokio::process::Command::new(headless_browser()?)
+                .arg("--headless")
+                .arg("--no-sandbox")
+                .arg("--disable-gpu")
+                .arg("--no-first-run")
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .arg("--virtual-time-budget=15000")
+                .arg("--dump-dom")
+                .arg(url)
+                .kill_on_drop(true)
+                .output(),
         )
-        .into());
+        .await??;
+        if output.status.success() {
+            return Ok(String::from_utf8(output.stdout)?);
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let crashed =
+            output.status.signal().is_some() || output.status.code().is_some_and(|c| c >= 128);
+        if !crashed || crashes.len() == 2 {
+            crashes.push(stderr);
+            return Err(format!("the browser failed: {}", crashes.join("\n--- then ---\n")).into());
+        }
+        eprintln!("the browser crashed ({}); starting it again", output.status);
+        crashes.push(stderr);
     }
-    Ok(String::from_utf8(output.stdout)?)
 }
