@@ -33,7 +33,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use mskflow_eventlog::{Envelope, Error, ExpectedVersion};
+use mskflow_eventlog::{Envelope, Error, ExpectedVersion, StoredEvent};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use uuid::Uuid;
 
@@ -578,12 +578,73 @@ impl SqliteStore {
         sql: &str,
         params: impl rusqlite::Params,
     ) -> Result<Vec<Envelope>, Error> {
+        self.rows(context, sql, params, decode_row)
+    }
+
+    fn rows<T>(
+        &self,
+        context: &str,
+        sql: &str,
+        params: impl rusqlite::Params,
+        decode: fn(&Row<'_>) -> rusqlite::Result<Result<T, Error>>,
+    ) -> Result<Vec<T>, Error> {
         let rows = self.read(context, |conn| {
             let mut stmt = conn.prepare_cached(sql)?;
-            stmt.query_map(params, decode_row)?
+            stmt.query_map(params, decode)?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
         rows.into_iter().collect()
+    }
+
+    /// Accepted events after position `from`, at most `max`, with their
+    /// payloads left as the stored text ([`StoredEvent::unparsed`]).
+    pub fn slice_stored(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, Error> {
+        self.rows(
+            "reading events in order",
+            &format!(
+                "SELECT {ENVELOPE_COLUMNS} FROM events WHERE position > ?1 ORDER BY position \
+                 LIMIT ?2"
+            ),
+            params![i64_of(from), i64_of(max as u64)],
+            decode_row_unparsed,
+        )
+    }
+
+    /// Events of `types` after position `from` and up to `head` (every
+    /// position up to it stored), at most `max`, payloads as stored text;
+    /// and the position looked at up to: `head` when fewer than `max` were
+    /// found, else the last one returned. Rows of other types are passed
+    /// over without reading their payloads.
+    pub fn slice_types(
+        &self,
+        from: u64,
+        head: u64,
+        max: usize,
+        types: &[String],
+    ) -> Result<(Vec<StoredEvent>, u64), Error> {
+        let marks = (0..types.len())
+            .map(|i| format!("?{}", i + 4))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {ENVELOPE_COLUMNS} FROM events \
+             WHERE position > ?1 AND position <= ?2 AND event_type IN ({marks}) \
+             ORDER BY position LIMIT ?3"
+        );
+        let (from, head_param, limit) = (i64_of(from), i64_of(head), i64_of(max as u64));
+        let mut params: Vec<&dyn rusqlite::ToSql> = vec![&from, &head_param, &limit];
+        params.extend(types.iter().map(|t| t as &dyn rusqlite::ToSql));
+        let batch = self.rows(
+            "reading events of some types in order",
+            &sql,
+            params.as_slice(),
+            decode_row_unparsed,
+        )?;
+        let scanned = match batch.last() {
+            Some(last) if batch.len() >= max => last.envelope().position,
+            _ => head,
+        };
+        Ok((batch, scanned))
     }
 }
 
@@ -602,6 +663,17 @@ fn contains_of(conn: &Connection, event_id: &Uuid) -> rusqlite::Result<bool> {
 /// Decode one `events` row selected with [`ENVELOPE_COLUMNS`]. The outer
 /// result is a SQLite failure, the inner one a row that does not decode.
 fn decode_row(row: &Row<'_>) -> rusqlite::Result<Result<Envelope, Error>> {
+    Ok(decode_row_unparsed(row)?.and_then(|stored| {
+        let position = stored.envelope().position;
+        stored.into_envelope().map_err(|e| Error::Corrupt {
+            position,
+            reason: format!("payload: {}", mskflow_eventlog::json_error_reason(&e)),
+        })
+    }))
+}
+
+/// [`decode_row`] with the payload left as the stored text.
+fn decode_row_unparsed(row: &Row<'_>) -> rusqlite::Result<Result<StoredEvent, Error>> {
     let position: i64 = row.get(0)?;
     let event_id: Vec<u8> = row.get(1)?;
     let stream_id: String = row.get(2)?;
@@ -634,11 +706,12 @@ fn decode_row(row: &Row<'_>) -> rusqlite::Result<Result<Envelope, Error>> {
             event_type,
             schema_version: u32::try_from(schema_version)
                 .map_err(|_| format!("invalid schema_version {schema_version}"))?,
-            payload: serde_json::from_str(&payload)
-                .map_err(|e| format!("payload: {}", mskflow_eventlog::json_error_reason(&e)))?,
+            payload: serde_json::Value::Null,
         })
     })();
-    Ok(decoded.map_err(|reason| Error::Corrupt { position, reason }))
+    Ok(decoded
+        .map(|envelope| StoredEvent::unparsed(envelope, payload))
+        .map_err(|reason| Error::Corrupt { position, reason }))
 }
 
 fn uuid_of(column: &str, bytes: &[u8]) -> Result<Uuid, String> {

@@ -56,7 +56,7 @@ use async_trait::async_trait;
 use futures::FutureExt as _;
 use mskflow_eventlog::{
     Appended, Envelope, Error, EventLog, ExpectedVersion, Metadata, NewEvent, StartFrom,
-    Subscription,
+    StoredEvent, Subscription,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -641,6 +641,22 @@ impl KafkaEventLog {
     /// The topic set this log uses.
     pub fn topics(&self) -> &TopicSettings {
         &self.inner.options.topics
+    }
+
+    fn local_subscription(
+        &self,
+        start: StartFrom,
+        types: Option<Arc<[String]>>,
+    ) -> LocalSubscription {
+        LocalSubscription {
+            shared: self.inner.shared.clone(),
+            rx: self.inner.shared.changed.subscribe(),
+            cursor: match start {
+                StartFrom::After(position) => position,
+                _ => 0,
+            },
+            types,
+        }
     }
 
     /// The topics this instance follows ([`Options::follow`]).
@@ -1255,6 +1271,23 @@ impl EventLog for KafkaEventLog {
             .await
     }
 
+    /// A replaying subscription of some types reads only their rows from the
+    /// index file; a durable consumer gets every event.
+    async fn subscribe_types(
+        &self,
+        consumer: &str,
+        start: StartFrom,
+        types: &[&str],
+    ) -> Result<Box<dyn Subscription>, Error> {
+        match start {
+            StartFrom::Beginning | StartFrom::After(_) => {
+                let types: Arc<[String]> = types.iter().map(|t| (*t).to_owned()).collect();
+                Ok(Box::new(self.local_subscription(start, Some(types))))
+            }
+            StartFrom::Checkpoint => self.subscribe(consumer, start).await,
+        }
+    }
+
     async fn subscribe(
         &self,
         consumer: &str,
@@ -1263,14 +1296,9 @@ impl EventLog for KafkaEventLog {
         match start {
             // Positions are those of this instance's index file, stable
             // for as long as it keeps its `log_id`.
-            StartFrom::Beginning | StartFrom::After(_) => Ok(Box::new(LocalSubscription {
-                shared: self.inner.shared.clone(),
-                rx: self.inner.shared.changed.subscribe(),
-                cursor: match start {
-                    StartFrom::After(position) => position,
-                    _ => 0,
-                },
-            })),
+            StartFrom::Beginning | StartFrom::After(_) => {
+                Ok(Box::new(self.local_subscription(start, None)))
+            }
             StartFrom::Checkpoint => {
                 let options = &self.inner.options;
                 let group = options.topics.group(consumer);
@@ -1359,8 +1387,72 @@ impl EventLog for KafkaEventLog {
 struct LocalSubscription {
     shared: Arc<Shared>,
     rx: watch::Receiver<u64>,
-    /// Position of the last event returned.
+    /// Position read up to: of the last event returned or, filtering, of
+    /// the last event looked at.
     cursor: u64,
+    /// The event types returned (`None`: every event).
+    types: Option<Arc<[String]>>,
+}
+
+impl LocalSubscription {
+    /// Up to `max` events after the cursor (a `max` of 0 is taken as 1),
+    /// payloads as the stored text; moves the cursor past what was read.
+    async fn fetch(&mut self, max: usize) -> Result<Vec<StoredEvent>, Error> {
+        self.rx.mark_unchanged();
+        let from = self.cursor;
+        let max = max.max(1);
+        let Some(types) = self.types.clone() else {
+            let batch = self
+                .shared
+                .query(move |store| store.slice_stored(from, max))
+                .await?;
+            if let Some(last) = batch.last() {
+                self.cursor = last.envelope().position;
+            }
+            return Ok(batch);
+        };
+        // Every position up to the published count is in the file.
+        let head = self.shared.read(|v| v.events);
+        if head <= from {
+            return Ok(Vec::new());
+        }
+        let (batch, scanned) = self
+            .shared
+            .query(move |store| store.slice_types(from, head, max, &types))
+            .await?;
+        self.cursor = self.cursor.max(scanned);
+        Ok(batch)
+    }
+
+    /// Wait for events after the cursor. A filtering subscription that read
+    /// past events it leaves out returns (empty), so its reader can move its
+    /// checkpoint ([`Subscription::scanned`]).
+    async fn next(&mut self, max: usize) -> Result<Vec<StoredEvent>, Error> {
+        loop {
+            let before = self.cursor;
+            let batch = self.fetch(max).await?;
+            if !batch.is_empty() || self.cursor > before {
+                return Ok(batch);
+            }
+            if self.rx.changed().await.is_err() {
+                return Err(Error::Closed);
+            }
+        }
+    }
+}
+
+/// Parse the payloads of events read as stored text.
+fn parsed(batch: Vec<StoredEvent>) -> Result<Vec<Envelope>, Error> {
+    batch
+        .into_iter()
+        .map(|stored| {
+            let position = stored.envelope().position;
+            stored.into_envelope().map_err(|e| Error::Corrupt {
+                position,
+                reason: format!("payload: {}", mskflow_eventlog::json_error_reason(&e)),
+            })
+        })
+        .collect()
 }
 
 impl fmt::Debug for LocalSubscription {
@@ -1374,24 +1466,21 @@ impl fmt::Debug for LocalSubscription {
 #[async_trait]
 impl Subscription for LocalSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error> {
-        loop {
-            let batch = self.poll_batch(max).await?;
-            if !batch.is_empty() {
-                return Ok(batch);
-            }
-            if self.rx.changed().await.is_err() {
-                return Err(Error::Closed);
-            }
-        }
+        parsed(self.next(max).await?)
     }
 
     async fn poll_batch(&mut self, max: usize) -> Result<Vec<Envelope>, Error> {
-        self.rx.mark_unchanged();
-        let batch = self.shared.slice(self.cursor, max.max(1)).await?;
-        if let Some(last) = batch.last() {
-            self.cursor = last.position;
-        }
-        Ok(batch)
+        parsed(self.fetch(max).await?)
+    }
+
+    /// The payloads stay the stored text.
+    async fn next_stored(&mut self, max: usize) -> Result<Vec<StoredEvent>, Error> {
+        self.next(max).await
+    }
+
+    /// The payloads stay the stored text.
+    async fn poll_stored(&mut self, max: usize) -> Result<Vec<StoredEvent>, Error> {
+        self.fetch(max).await
     }
 
     async fn commit(&mut self) -> Result<(), Error> {
@@ -1401,6 +1490,10 @@ impl Subscription for LocalSubscription {
 
     async fn lag(&self) -> Result<u64, Error> {
         Ok(self.shared.read(|v| v.events).saturating_sub(self.cursor))
+    }
+
+    fn scanned(&self) -> Option<u64> {
+        self.types.as_ref().map(|_| self.cursor)
     }
 }
 
