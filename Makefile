@@ -73,7 +73,7 @@ bench:
 ## (scripts/kafka-load.sh, release build): the ceiling with a plain client,
 ## mskflow end to end at each of KAFKA_SIZES referrals, the fraction, and
 ## two gateway, intake and assessment instances against one (KAFKA_SCALE
-## referrals; 0 skips it). About 10 minutes once built.
+## referrals; 0 skips it). About 3 minutes once built.
 KAFKA_SIZES ?= 1000 5000 20000
 KAFKA_SCALE ?= 5000
 bench-kafka:
