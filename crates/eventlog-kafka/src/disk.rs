@@ -543,20 +543,7 @@ impl SqliteStore {
                  ORDER BY record_offset LIMIT ?4",
             )?
             .query_map(params![topic, partition, from, i64_of(max as u64)], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    (
-                        row.get(1)?,
-                        row.get(2)?,
-                        row.get(3)?,
-                        row.get(4)?,
-                        row.get(5)?,
-                        row.get(6)?,
-                        row.get(7)?,
-                        row.get(8)?,
-                        row.get(9)?,
-                    ),
-                ))
+                Ok((row.get::<_, i64>(0)?, record_row(row, 1)?))
             })?
             .collect::<rusqlite::Result<Vec<(i64, RecordRow)>>>()
         })?;
@@ -737,6 +724,22 @@ type RecordRow = (
     Option<String>,
 );
 
+/// A decision's columns (`append_id, kind, first, count, version,
+/// stream_id, expected, event_id, reason`), starting at column `at`.
+fn record_row(row: &Row<'_>, at: usize) -> rusqlite::Result<RecordRow> {
+    Ok((
+        row.get(at)?,
+        row.get(at + 1)?,
+        row.get(at + 2)?,
+        row.get(at + 3)?,
+        row.get(at + 4)?,
+        row.get(at + 5)?,
+        row.get(at + 6)?,
+        row.get(at + 7)?,
+        row.get(at + 8)?,
+    ))
+}
+
 fn decided_of(row: RecordRow) -> Result<Decided, String> {
     let (append_id, kind, first, count, version, stream_id, expected, event_id, reason) = row;
     let append_id = append_id
@@ -816,19 +819,7 @@ impl Store for SqliteStore {
                 "SELECT append_id, kind, first, count, version, stream_id, expected, event_id, \
                  reason FROM records WHERE topic = ?1 AND partition_no = ?2 AND record_offset = ?3",
             )?
-            .query_row(params![topic, partition, offset], |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                    row.get(5)?,
-                    row.get(6)?,
-                    row.get(7)?,
-                    row.get(8)?,
-                ))
-            })
+            .query_row(params![topic, partition, offset], |row| record_row(row, 0))
             .optional()
         })?;
         row.map(decided_of)
