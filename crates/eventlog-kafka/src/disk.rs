@@ -586,6 +586,17 @@ impl SqliteStore {
     /// Accepted events after position `from`, at most `max`, with their
     /// payloads left as the stored text ([`StoredEvent::unparsed`]).
     pub fn slice_stored(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, Error> {
+        self.slice_rows(from, max, decode_row_unparsed)
+    }
+
+    /// Accepted events after position `from`, at most `max`, each row
+    /// decoded by `decode`.
+    fn slice_rows<T>(
+        &self,
+        from: u64,
+        max: usize,
+        decode: fn(&Row<'_>) -> rusqlite::Result<Result<T, Error>>,
+    ) -> Result<Vec<T>, Error> {
         self.rows(
             "reading events in order",
             &format!(
@@ -593,7 +604,7 @@ impl SqliteStore {
                  LIMIT ?2"
             ),
             params![i64_of(from), i64_of(max as u64)],
-            decode_row_unparsed,
+            decode,
         )
     }
 
@@ -803,14 +814,7 @@ impl Store for SqliteStore {
     }
 
     fn slice(&self, from: u64, max: usize) -> Result<Vec<Envelope>, Error> {
-        self.envelopes(
-            "reading events in order",
-            &format!(
-                "SELECT {ENVELOPE_COLUMNS} FROM events WHERE position > ?1 ORDER BY position \
-                 LIMIT ?2"
-            ),
-            params![i64_of(from), i64_of(max as u64)],
-        )
+        self.slice_rows(from, max, decode_row)
     }
 
     fn decided(&self, topic: &str, partition: i32, offset: i64) -> Result<Option<Decided>, Error> {
