@@ -136,8 +136,7 @@ pub async fn run(args: &KafkaBenchArgs) -> anyhow::Result<Report> {
 pub async fn command(args: &KafkaBenchArgs) -> anyhow::Result<String> {
     let report = run(args).await?;
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        crate::load::write_json_report(path, &report)?;
     }
     Ok(report.render())
 }

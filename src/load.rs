@@ -988,13 +988,22 @@ impl Report {
 pub async fn command(args: &LoadArgs) -> anyhow::Result<String> {
     let report = run(args).await?;
     if let Some(path) = &args.json {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json_report(path, &report)?;
     }
     Ok(report.render())
+}
+
+/// Write a command's report as pretty JSON to `path`, creating its
+/// directory if need be.
+pub(crate) fn write_json_report(
+    path: &std::path::Path,
+    report: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(report)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

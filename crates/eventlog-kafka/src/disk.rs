@@ -661,13 +661,17 @@ fn contains_of(conn: &Connection, event_id: &Uuid) -> rusqlite::Result<bool> {
 /// Decode one `events` row selected with [`ENVELOPE_COLUMNS`]. The outer
 /// result is a SQLite failure, the inner one a row that does not decode.
 fn decode_row(row: &Row<'_>) -> rusqlite::Result<Result<Envelope, Error>> {
-    Ok(decode_row_unparsed(row)?.and_then(|stored| {
-        let position = stored.envelope().position;
-        stored.into_envelope().map_err(|e| Error::Corrupt {
-            position,
-            reason: format!("payload: {}", mskflow_eventlog::json_error_reason(&e)),
-        })
-    }))
+    Ok(decode_row_unparsed(row)?.and_then(parse_stored))
+}
+
+/// Parse the payload of an event read as stored text; a payload that is
+/// not JSON is a corrupt event at its position.
+pub(crate) fn parse_stored(stored: StoredEvent) -> Result<Envelope, Error> {
+    let position = stored.envelope().position;
+    stored.into_envelope().map_err(|e| Error::Corrupt {
+        position,
+        reason: format!("payload: {}", mskflow_eventlog::json_error_reason(&e)),
+    })
 }
 
 /// [`decode_row`] with the payload left as the stored text.

@@ -1443,16 +1443,7 @@ impl LocalSubscription {
 
 /// Parse the payloads of events read as stored text.
 fn parsed(batch: Vec<StoredEvent>) -> Result<Vec<Envelope>, Error> {
-    batch
-        .into_iter()
-        .map(|stored| {
-            let position = stored.envelope().position;
-            stored.into_envelope().map_err(|e| Error::Corrupt {
-                position,
-                reason: format!("payload: {}", mskflow_eventlog::json_error_reason(&e)),
-            })
-        })
-        .collect()
+    batch.into_iter().map(disk::parse_stored).collect()
 }
 
 impl fmt::Debug for LocalSubscription {
